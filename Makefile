@@ -1,0 +1,44 @@
+# The two commands of the README: `make run` (install + the DVC pipeline) and `make test`.
+# Both create and reuse .venv and are safe to run again.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: run test lint install install-dev lock clean
+
+run: $(VENV)/.installed
+	dvc repro
+	@echo
+	@echo "Done. Metrics: dvc metrics show   Runs: $(BIN)/mlflow ui   Chat with the model:"
+	@echo "  $(BIN)/tinyllm chat --model-uri models/model"
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+# Re-pin constraints.txt from the current environment (after changing pyproject.toml ranges).
+lock: $(VENV)/.installed-dev
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
+	  | grep -v '^tinyllm' | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,257 @@
+"""Typed sections of params.yaml, validated on load with errors that name the offending key.
+
+Every knob of the project lives in params.yaml; each section maps to one dataclass below. A field's
+metadata carries its allowed range or choices, so the validation is declared next to the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tinyllm.errors import TinyLLMError
+
+
+def knob(default: Any, *, min: float | None = None, max: float | None = None,
+         choices: tuple | None = None, min_exclusive: bool = False) -> Any:
+    """A dataclass field whose allowed values travel with it."""
+    meta = {"min": min, "max": max, "choices": choices, "min_exclusive": min_exclusive}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    """prepare: which corpus, how it is cleaned and how val/test are held out."""
+
+    corpus: str = knob("data/raw/shakespeare")
+    val_fraction: float = knob(0.05, min=0.0, max=0.5, min_exclusive=True)
+    test_fraction: float = knob(0.05, min=0.0, max=0.5, min_exclusive=True)
+    split_seed: int = knob(1337, min=0)
+    drop_stage_directions: bool = knob(False)
+    collapse_blank_lines: bool = knob(True)
+    unicode_normalization: str = knob("NFC", choices=("none", "NFC", "NFKC"))
+
+
+@dataclass
+class TokenizerConfig:
+    """tokenize: what happens to characters the training split never showed."""
+
+    unknown: str = knob("replace", choices=("replace", "drop"))
+
+
+@dataclass
+class ModelConfig:
+    """The GPT's shape; the vocabulary size comes from the fitted tokenizer."""
+
+    context_length: int = knob(128, min=2, max=65536)
+    n_layer: int = knob(4, min=1, max=256)
+    n_head: int = knob(4, min=1, max=256)
+    d_model: int = knob(128, min=8, max=65536)
+    dropout: float = knob(0.0, min=0.0, max=0.9)
+
+
+@dataclass
+class TrainConfig:
+    """train: optimisation, schedule, evaluation cadence, checkpoints and the machine."""
+
+    seed: int = knob(1337, min=0)
+    max_steps: int = knob(2000, min=1)
+    batch_size: int = knob(32, min=1)
+    grad_accum_steps: int = knob(1, min=1)
+    learning_rate: float = knob(3e-3, min=0.0, max=1.0, min_exclusive=True)
+    min_lr_fraction: float = knob(0.1, min=0.0, max=1.0)
+    warmup_steps: int = knob(100, min=0)
+    weight_decay: float = knob(0.1, min=0.0, max=1.0)
+    beta1: float = knob(0.9, min=0.0, max=1.0)
+    beta2: float = knob(0.99, min=0.0, max=1.0)
+    grad_clip: float = knob(1.0, min=0.0)
+    eval_interval: int = knob(250, min=1)
+    eval_batches: int = knob(16, min=1)
+    checkpoint_interval: int = knob(250, min=1)
+    time_budget_minutes: float = knob(0.0, min=0.0)
+    device: str = knob("auto", choices=("auto", "cpu", "cuda", "mps"))
+    threads: int = knob(0, min=0, max=1024)
+    compile: bool = knob(False)
+
+
+@dataclass
+class SamplingConfig:
+    """How text is sampled; shared by evaluation samples, `tinyllm generate` and chat."""
+
+    max_new_tokens: int = knob(300, min=1, max=100_000)
+    temperature: float = knob(0.8, min=0.0, max=10.0)
+    top_k: int = knob(0, min=0)
+    top_p: float = knob(1.0, min=0.0, max=1.0, min_exclusive=True)
+    seed: int = knob(1337, min=0)
+
+
+@dataclass
+class EvaluateConfig:
+    """evaluate: full-split metrics and the fixed-seed samples written next to them."""
+
+    batch_size: int = knob(32, min=1)
+    prompts: list = knob(["ROMEO:", "First Citizen:\n", "To be, or not to be"])
+    max_new_tokens: int = knob(300, min=1, max=100_000)
+    temperature: float = knob(0.8, min=0.0, max=10.0)
+    top_k: int = knob(0, min=0)
+    top_p: float = knob(0.95, min=0.0, max=1.0, min_exclusive=True)
+    seed: int = knob(1337, min=0)
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p,
+                              self.seed)
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: whether runs are tracked, in which experiment, and the registry name."""
+
+    enabled: bool = knob(True)
+    experiment: str = knob("tinyllm")
+    registry_name: str = knob("shakespeare")
+    champion_alias: str = knob("champion")
+
+
+@dataclass
+class Params:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def check(self) -> Params:
+        """Cross-field rules that no single key can check on its own."""
+        if self.model.d_model % self.model.n_head:
+            raise TinyLLMError(
+                f"model.d_model ({self.model.d_model}) must be divisible by model.n_head "
+                f"({self.model.n_head})")
+        if self.data.val_fraction + self.data.test_fraction >= 0.9:
+            raise TinyLLMError("data.val_fraction + data.test_fraction must leave at least 10% "
+                               "of the corpus for training")
+        if self.train.warmup_steps >= self.train.max_steps:
+            raise TinyLLMError(
+                f"train.warmup_steps ({self.train.warmup_steps}) must be below train.max_steps "
+                f"({self.train.max_steps})")
+        if not all(isinstance(p, str) and p for p in self.evaluate.prompts):
+            raise TinyLLMError("evaluate.prompts must be a list of non-empty strings")
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Every key flattened with dots (`train.learning_rate`), e.g. for MLflow params."""
+        return {f"{section}.{key}": value
+                for section, values in dataclasses.asdict(self).items()
+                for key, value in values.items()}
+
+
+def _did_you_mean(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(options)})"
+
+
+def _coerce(where: str, value: Any, f: dataclasses.Field) -> Any:
+    """Check one value against the field's declared type and range; returns the typed value."""
+    kind = _resolve_type(f.type)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TinyLLMError(f"{where} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TinyLLMError(f"{where} must be an integer, got {value!r}")
+    elif kind is float:
+        if isinstance(value, str):  # PyYAML reads `3e-3` as a string (YAML 1.1); DVC writes it
+            try:
+                value = float(value)
+            except ValueError:
+                raise TinyLLMError(f"{where} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value):
+            raise TinyLLMError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+    elif kind is str:
+        if not isinstance(value, str):
+            raise TinyLLMError(f"{where} must be a string, got {value!r}")
+    elif kind is list and not isinstance(value, list):
+        raise TinyLLMError(f"{where} must be a list, got {value!r}")
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise TinyLLMError(
+            f"{where} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and (value < low or (meta.get("min_exclusive") and value == low)):
+        relation = ">" if meta.get("min_exclusive") else ">="
+        raise TinyLLMError(f"{where} must be {relation} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise TinyLLMError(f"{where} must be <= {high}, got {value!r}")
+    return value
+
+
+def _resolve_type(annotation: Any) -> type:
+    """Field annotations are strings under `from __future__ import annotations`."""
+    table = {"int": int, "float": float, "str": str, "bool": bool, "list": list}
+    if isinstance(annotation, str):
+        return table[annotation]
+    if isinstance(annotation, types.GenericAlias):
+        return typing.get_origin(annotation)
+    return annotation
+
+
+def build_section(cls: type, name: str, values: Any) -> Any:
+    """Build one section dataclass from a mapping, rejecting unknown keys with a did-you-mean."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise TinyLLMError(f"params section '{name}' must be a mapping of keys, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            raise TinyLLMError(f"unknown params key '{name}.{key}'"
+                               + _did_you_mean(str(key), list(fields)))
+    typed = {key: _coerce(f"{name}.{key}", value, fields[key]) for key, value in values.items()}
+    return cls(**typed)
+
+
+def params_from_dict(raw: Any, source: str = "params") -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise TinyLLMError(f"{source} must be a mapping of sections, got {type(raw).__name__}")
+    sections = {f.name: f for f in dataclasses.fields(Params)}
+    for name in raw:
+        if name not in sections:
+            raise TinyLLMError(f"unknown params section '{name}' in {source}"
+                               + _did_you_mean(str(name), list(sections)))
+    built = {name: build_section(f.default_factory, name, raw.get(name))
+             for name, f in sections.items()}
+    return Params(**built).check()
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; every problem is a one-line TinyLLMError naming the key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TinyLLMError(f"params file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TinyLLMError(f"cannot read params file {path}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise TinyLLMError(f"malformed YAML in {path}{where}: {problem}") from None
+    return params_from_dict(raw, str(path))

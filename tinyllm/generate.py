@@ -1,0 +1,109 @@
+"""Sampling text from a GPT: greedy, temperature, top-k, top-p, seeds, stop strings, streaming.
+
+Long conversations slide: when the window would outgrow the context, generation continues from
+the last half-context of tokens. The KV-cache path and the full-recompute path slide at the same
+moments, so they condition on the same tokens and greedy decoding gives the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from tinyllm.config import SamplingConfig
+from tinyllm.model import GPT
+from tinyllm.tokenizer import UNKNOWN_ID, CharTokenizer
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the top-p probability mass."""
+    logits = logits.clone()
+    if 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1, None]
+        logits[logits < kth] = float("-inf")
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        sorted_logits[mass_before >= top_p] = float("-inf")  # always keeps the most likely token
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def sample_next(logits: torch.Tensor, settings: SamplingConfig,
+                generator: torch.Generator) -> int:
+    """One token id from the last position's logits (shape [vocab])."""
+    logits = logits.float().cpu()
+    logits[UNKNOWN_ID] = float("-inf")  # never emit the unknown-character placeholder
+    if settings.temperature == 0:
+        return int(torch.argmax(logits))
+    logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.inference_mode()
+def stream_tokens(model: GPT, prompt_ids: Sequence[int], settings: SamplingConfig,
+                  use_cache: bool = True) -> Iterator[int]:
+    """Yield new token ids one at a time, sliding the window past the context length."""
+    model.eval()
+    context = model.config.context_length
+    keep = max(1, context // 2)
+    device = model.tok_emb.weight.device
+    window = [int(i) for i in prompt_ids][-context:] or [UNKNOWN_ID]
+    generator = torch.Generator().manual_seed(settings.seed)
+    cache = None
+    for _ in range(settings.max_new_tokens):
+        if not use_cache:
+            logits, _ = model(torch.tensor([window], device=device))
+        elif cache is None:
+            cache = model.new_cache(1)
+            logits, _ = model(torch.tensor([window], device=device), cache=cache)
+        else:
+            logits, _ = model(torch.tensor([[window[-1]]], device=device), cache=cache)
+        token = sample_next(logits[0, -1], settings, generator)
+        yield token
+        window.append(token)
+        if len(window) > context:
+            window, cache = window[-keep:], None
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters of text could still be the start of a stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                longest = max(longest, n)
+                break
+    return longest
+
+
+def stream_text(model: GPT, tokenizer: CharTokenizer, prompt: str, settings: SamplingConfig,
+                stop: Sequence[str] = (), use_cache: bool = True) -> Iterator[str]:
+    """Yield the continuation of prompt piece by piece, ending before any stop string."""
+    stops = [s for s in stop if s]
+    prompt_ids = tokenizer.encode(prompt) if prompt else tokenizer.encode("\n")
+    generated = ""
+    emitted = 0
+    for token in stream_tokens(model, prompt_ids, settings, use_cache):
+        generated += tokenizer.decode([token])
+        hits = [generated.find(s, max(0, emitted - len(s))) for s in stops]
+        hits = [h for h in hits if h >= 0]
+        if hits:
+            end = min(hits)
+            if end > emitted:
+                yield generated[emitted:end]
+            return
+        safe = len(generated) - _held_back(generated, stops)
+        if safe > emitted:
+            yield generated[emitted:safe]
+            emitted = safe
+    if len(generated) > emitted:
+        yield generated[emitted:]
+
+
+def generate_text(model: GPT, tokenizer: CharTokenizer, prompt: str, settings: SamplingConfig,
+                  stop: Sequence[str] = (), use_cache: bool = True) -> str:
+    return "".join(stream_text(model, tokenizer, prompt, settings, stop, use_cache))

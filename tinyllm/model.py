@@ -1,0 +1,169 @@
+"""A decoder-only GPT for characters: pre-LayerNorm blocks, causal SDPA attention, tied embeddings.
+
+The KV cache lets generation feed one new token at a time: each layer appends that token's keys
+and values to preallocated buffers instead of recomputing the whole window. Its logits equal the
+full forward pass over the same tokens (tests hold it to 1e-5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinyllm.config import ModelConfig
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    context_length: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    dropout: float = 0.0
+
+    @classmethod
+    def from_params(cls, model: ModelConfig, vocab_size: int) -> GPTConfig:
+        return cls(vocab_size=vocab_size, **asdict(model))
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens fed so far, up to the context length."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype=torch.float32):
+        shape = (config.n_layer, batch_size, config.n_head, config.context_length,
+                 config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store this layer's new keys/values after the cached ones; return all of them."""
+        end = self.length + k.size(2)
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0):
+        batch, steps, width = x.shape
+        q, k, v = self.qkv(x).split(width, dim=2)
+        q, k, v = (t.view(batch, steps, self.n_head, width // self.n_head).transpose(1, 2)
+                   for t in (q, k, v))
+        dropout = self.dropout if self.training else 0.0
+        if cache is None or cache.length == 0:
+            if cache is not None:
+                cache.append(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            past = cache.length
+            k, v = cache.append(layer, k, v)
+            # Query i sits at absolute position past + i and may see keys 0 .. past + i.
+            mask = None if steps == 1 else torch.ones(
+                steps, past + steps, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(batch, steps, width)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.up = nn.Linear(config.d_model, 4 * config.d_model, bias=False)
+        self.proj = nn.Linear(4 * config.d_model, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model, bias=False)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model, bias=False)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.context_length, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.d_model, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied input/output embeddings
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        """Distinct trainable parameters (the tied embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None):
+        """Logits for every position of idx; with targets also the mean cross-entropy."""
+        start = cache.length if cache is not None else 0
+        steps = idx.size(1)
+        if start + steps > self.config.context_length:
+            raise ValueError(f"sequence of {start + steps} tokens exceeds the context length "
+                             f"{self.config.context_length}")
+        positions = torch.arange(start, start + steps, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += steps
+        logits = self.lm_head(self.ln_f(x))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return logits, loss
+
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        p = self.tok_emb.weight
+        return KVCache(self.config, batch_size, p.device, p.dtype)
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """Weight decay on matrices (embeddings, linear weights) only, not on norms."""
+        params = list(self.parameters())
+        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 x matmul params plus attention (PaLM appendix B)."""
+        c = self.config
+        matmul_params = self.num_parameters() - c.context_length * c.d_model
+        return 6 * matmul_params + 12 * c.n_layer * c.d_model * c.context_length

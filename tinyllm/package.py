@@ -1,0 +1,173 @@
+"""The model package: one directory format that training writes and every loader reads.
+
+    config.json     architecture + format version
+    tokenizer.json  vocabulary and unknown-character policy
+    weights.pt      a plain state_dict of tensors, read with torch.load(weights_only=True)
+    meta.json       training facts (steps, tokens, data fingerprint, metrics, versions)
+
+Loading validates every file before use and never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import platform
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from tinyllm.config import SamplingConfig
+from tinyllm.errors import TinyLLMError
+from tinyllm.generate import stream_text
+from tinyllm.io import atomic_write_json, replace_directory, staging_directory
+from tinyllm.model import GPT, GPTConfig
+from tinyllm.tokenizer import CharTokenizer, Encoded
+
+FORMAT = "tinyllm.model-package"
+FORMAT_VERSION = 1
+CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, META_FILE = (
+    "config.json", "tokenizer.json", "weights.pt", "meta.json")
+PACKAGE_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, META_FILE)
+
+
+def runtime_versions() -> dict[str, str]:
+    from tinyllm import __version__
+
+    return {"tinyllm": __version__, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def save_package(directory: str | Path, model: GPT, tokenizer: CharTokenizer,
+                 meta: dict | None = None, state_dict: dict | None = None) -> Path:
+    """Write a complete package to a staging directory, then swap it into place."""
+    directory = Path(directory)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise TinyLLMError(f"tokenizer has {tokenizer.vocab_size} ids but the model expects "
+                           f"{model.config.vocab_size}")
+    staging = staging_directory(directory)
+    try:
+        config = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(model.config)}
+        atomic_write_json(staging / CONFIG_FILE, config)
+        tokenizer.save(staging / TOKENIZER_FILE)
+        weights = state_dict if state_dict is not None else model.state_dict()
+        torch.save({k: v.detach().cpu() for k, v in weights.items()}, staging / WEIGHTS_FILE)
+        atomic_write_json(staging / META_FILE, {**(meta or {}), "versions": runtime_versions()})
+        replace_directory(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TinyLLMError(f"model package file missing: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise TinyLLMError(f"model package file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise TinyLLMError(f"model package file {path} must hold a JSON object")
+    return data
+
+
+def read_config(path: Path) -> GPTConfig:
+    data = _read_json(path)
+    if data.get("format") != FORMAT:
+        raise TinyLLMError(f"{path} is not a tinyllm model package config")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise TinyLLMError(f"{path} has unsupported format_version {data.get('format_version')!r}"
+                           f" (this tinyllm reads {FORMAT_VERSION})")
+    values = {}
+    for f in fields(GPTConfig):
+        value = data.get(f.name)
+        expected = float if f.name == "dropout" else int
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                expected is int and not isinstance(value, int)) or value < 0:
+            raise TinyLLMError(f"{path}: '{f.name}' must be a non-negative {expected.__name__}, "
+                               f"got {value!r}")
+        values[f.name] = value
+    config = GPTConfig(**values)
+    if min(config.vocab_size, config.context_length, config.n_layer, config.n_head) < 1 or (
+            config.d_model % config.n_head):
+        raise TinyLLMError(f"{path}: inconsistent architecture {values}")
+    return config
+
+
+def read_weights(path: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Load a state_dict without executing code, and check it against the config."""
+    if not path.exists():
+        raise TinyLLMError(f"model package file missing: {path}")
+    expected_bytes = 4 * sum(p.numel() for p in GPT(config).state_dict().values())
+    if path.stat().st_size > 2 * expected_bytes + (1 << 20):
+        raise TinyLLMError(f"{path} is {path.stat().st_size} bytes, far more than a model of "
+                           f"this config needs ({expected_bytes}); refusing to load it")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "unsupported object"
+        raise TinyLLMError(f"refusing to load {path}: it holds objects other than tensors "
+                           f"({reason[:160]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise TinyLLMError(f"{path} is truncated or corrupt: {str(exc).splitlines()[0][:160]}"
+                           ) from None
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise TinyLLMError(f"{path} does not hold a state_dict of named tensors")
+    expected = GPT(config).state_dict()
+    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+    if missing or unexpected:
+        raise TinyLLMError(f"{path} does not match config.json: missing {sorted(missing)[:3]}, "
+                           f"unexpected {sorted(unexpected)[:3]}")
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise TinyLLMError(f"{path} does not match config.json: {name} has shape "
+                               f"{tuple(state[name].shape)}, config needs {tuple(tensor.shape)}")
+    return state
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate: the GPT, its tokenizer and what the package says about it."""
+
+    model: GPT
+    tokenizer: CharTokenizer
+    meta: dict
+    path: Path
+
+    @property
+    def config(self) -> GPTConfig:
+        return self.model.config
+
+    def encode_prompt(self, prompt: str) -> Encoded:
+        return self.tokenizer.encode_report(prompt)
+
+    def stream(self, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8,
+               top_k: int = 0, top_p: float = 1.0, seed: int = 1337,
+               stop: Sequence[str] = ()) -> Iterator[str]:
+        settings = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed)
+        return stream_text(self.model, self.tokenizer, prompt, settings, stop)
+
+    def generate(self, prompt: str, **sampling) -> str:
+        return "".join(self.stream(prompt, **sampling))
+
+
+def load_package(directory: str | Path, device: str = "cpu") -> LoadedModel:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise TinyLLMError(f"model package directory not found: {directory}")
+    config = read_config(directory / CONFIG_FILE)
+    tokenizer = CharTokenizer.load(directory / TOKENIZER_FILE)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise TinyLLMError(f"{directory / TOKENIZER_FILE} has {tokenizer.vocab_size} ids but "
+                           f"config.json says vocab_size {config.vocab_size}")
+    state = read_weights(directory / WEIGHTS_FILE, config)
+    meta = _read_json(directory / META_FILE) if (directory / META_FILE).exists() else {}
+    model = GPT(config)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, path=directory)

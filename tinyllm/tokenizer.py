@@ -1,0 +1,145 @@
+"""CharTokenizer: one id per character, fitted on training text, stored as JSON (never pickle).
+
+Id 0 is reserved for characters the training text never showed. The tokenizer's `unknown` policy
+says what encode does with them: "replace" maps them to id 0 (decoded as U+FFFD), "drop" removes
+them. Evaluation, generation and chat all encode through `encode_report`, so the policy is applied
+the same way everywhere and callers can tell the user which characters were affected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tinyllm.errors import TinyLLMError
+from tinyllm.io import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FORMAT = "tinyllm.char-tokenizer"
+FORMAT_VERSION = 1
+UNKNOWN_ID = 0
+UNKNOWN_TEXT = "\ufffd"
+POLICIES = ("replace", "drop")
+
+
+@dataclass
+class Encoded:
+    ids: np.ndarray
+    unknown: Counter  # character -> how many times it was replaced or dropped
+
+
+class CharTokenizer:
+    def __init__(self, chars: list[str], unknown: str = "replace"):
+        if unknown not in POLICIES:
+            raise TinyLLMError(f"tokenizer unknown-character policy must be one of {POLICIES}, "
+                               f"got {unknown!r}")
+        if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
+            raise TinyLLMError("tokenizer vocabulary must be distinct single characters")
+        self.chars = sorted(chars)
+        self.unknown = unknown
+        self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        self._decode_table = np.array([UNKNOWN_TEXT, *self.chars], dtype=object)
+
+    @classmethod
+    def fit(cls, text: str, unknown: str = "replace") -> CharTokenizer:
+        if not text:
+            raise TinyLLMError("cannot fit a tokenizer on empty text")
+        return cls(sorted(set(text)), unknown)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + 1
+
+    @property
+    def token_dtype(self) -> np.dtype:
+        """The smallest unsigned dtype that holds every id: token files use it on disk."""
+        return np.dtype(np.uint16 if self.vocab_size <= 2**16 else np.uint32)
+
+    def encode_report(self, text: str) -> Encoded:
+        """Encode with the unknown policy applied, reporting the characters it touched."""
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        slot = np.searchsorted(self._codepoints, codes)
+        slot_clipped = np.minimum(slot, len(self._codepoints) - 1)
+        known = self._codepoints[slot_clipped] == codes
+        ids = np.where(known, slot_clipped + 1, UNKNOWN_ID)
+        unknown: Counter = Counter()
+        if not known.all():
+            missing, counts = np.unique(codes[~known], return_counts=True)
+            unknown = Counter({chr(int(c)): int(n) for c, n in zip(missing, counts, strict=True)})
+            if self.unknown == "drop":
+                ids = ids[known]
+        return Encoded(ids.astype(self.token_dtype), unknown)
+
+    def encode(self, text: str) -> np.ndarray:
+        return self.encode_report(text).ids
+
+    def decode(self, ids) -> str:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise TinyLLMError(f"token id out of range for a vocabulary of {self.vocab_size}")
+        return "".join(self._decode_table[ids])
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "unknown": self.unknown,
+                "unknown_id": UNKNOWN_ID, "chars": self.chars}
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=True, indent=1) + "\n")
+
+    @classmethod
+    def from_dict(cls, data, source: str = "tokenizer") -> CharTokenizer:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise TinyLLMError(f"{source} is not a tinyllm character tokenizer")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise TinyLLMError(f"{source} has unsupported format_version "
+                               f"{data.get('format_version')!r} (this tinyllm reads "
+                               f"{FORMAT_VERSION})")
+        chars = data.get("chars")
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            raise TinyLLMError(f"{source}: 'chars' must be a list of single characters")
+        return cls(chars, data.get("unknown", "replace"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> CharTokenizer:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TinyLLMError(f"tokenizer file not found: {path}") from None
+        except (OSError, ValueError) as exc:
+            raise TinyLLMError(f"cannot read tokenizer {path}: {exc}") from None
+        return cls.from_dict(data, str(path))
+
+
+def describe_unknown(unknown: Counter, policy: str, limit: int = 10) -> str:
+    """A short human line such as: 2 characters outside the vocabulary were replaced: 'é'×2."""
+    shown = ", ".join(f"{c!r}×{n}" for c, n in unknown.most_common(limit))
+    more = "" if len(unknown) <= limit else f" and {len(unknown) - limit} more"
+    verb = "replaced by \ufffd" if policy == "replace" else "dropped"
+    return f"{sum(unknown.values())} characters outside the vocabulary were {verb}: {shown}{more}"
+
+
+def save_tokens(path: str | Path, ids: np.ndarray) -> None:
+    """Token ids as raw little-endian integers; the tokenizer's token_dtype says how to read."""
+    atomic_write_bytes(path, np.ascontiguousarray(ids).astype(ids.dtype.newbyteorder("<"))
+                       .tobytes())
+
+
+def load_tokens(path: str | Path, tokenizer: CharTokenizer) -> np.ndarray:
+    """Memory-map a token file written by save_tokens."""
+    path = Path(path)
+    if not path.exists():
+        raise TinyLLMError(f"token file not found: {path}")
+    dtype = tokenizer.token_dtype.newbyteorder("<")
+    if path.stat().st_size % dtype.itemsize:
+        raise TinyLLMError(f"token file {path} is truncated (size is not a multiple of "
+                           f"{dtype.itemsize} bytes)")
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
