@@ -139,9 +139,10 @@ def split_by_works(documents: list[Document], val_fraction: float, test_fraction
     assigned: dict[str, list[Document]] = {split: [] for split in SPLITS}
     remaining = list(order)
     for split, fraction in (("test", test_fraction), ("val", val_fraction)):
-        while remaining and len(remaining) > 1 and (
-                not assigned[split] or sum(len(d.text) for d in assigned[split]) < fraction * total):
+        held = 0
+        while len(remaining) > 1 and (not assigned[split] or held < fraction * total):
             assigned[split].append(remaining.pop())
+            held += len(assigned[split][-1].text)
     assigned["train"] = remaining
     if not assigned["train"]:
         raise TinyLLMError("no works left for training; lower data.val_fraction/test_fraction")

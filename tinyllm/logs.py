@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 from pathlib import Path
 
 NOISY = ("mlflow", "alembic", "urllib3", "git", "matplotlib", "PIL", "dvc", "filelock",
@@ -25,5 +26,8 @@ def setup_logging(verbose: bool = False, log_file: str | Path | None = None) -> 
         rotating.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         root.addHandler(rotating)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # MLflow configures its own loggers when imported (later, lazily): tell it through its env.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)

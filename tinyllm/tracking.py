@@ -1,0 +1,417 @@
+"""MLflow: where runs are stored, what a run records, the model registry, and model URIs.
+
+Default store: sqlite:///<project root>/mlflow.db with artifacts in <project root>/mlruns, which is
+what `mlflow ui` started in the project root shows. MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI)
+point elsewhere, e.g. a team server. The project root is DVC_ROOT when DVC runs a stage (also in
+`dvc exp run --temp/--queue` workspaces), so no run is lost in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinyllm.errors import TinyLLMError
+from tinyllm.io import atomic_write_json
+from tinyllm.train import StepMetrics
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"  # name of the logged MLflow Model
+PACKAGE_ARTIFACT = "package"  # the model package inside the MLflow Model's artifacts
+PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
+STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_sec", "grad_norm")
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+def project_root() -> Path:
+    """DVC_ROOT when DVC runs us, else the nearest directory above cwd holding .dvc/, else cwd."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for directory in (here, *here.parents):
+        if (directory / ".dvc").is_dir():
+            return directory
+    return here
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or (
+        f"sqlite:///{project_root() / 'mlflow.db'}")
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the URI, when a tracking server cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
+                if reply.status != 200:
+                    raise TinyLLMError(f"MLflow tracking server {uri} answered /health with "
+                                       f"HTTP {reply.status}")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TinyLLMError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+    elif uri.startswith("sqlite:///"):
+        parent = Path(uri.removeprefix("sqlite:///")).parent
+        if not parent.is_dir():
+            raise TinyLLMError(f"MLflow tracking URI {uri}: directory {parent} does not exist")
+    elif uri.startswith("file:") or "://" not in uri:
+        pass
+    elif not re.match(r"^(postgresql|mysql|mssql|databricks)", uri):
+        raise TinyLLMError(f"unsupported MLflow tracking URI {uri}")
+
+
+class Store:
+    """An MLflow client bound to one tracking/registry URI, checked before use."""
+
+    def __init__(self, uri: str | None = None):
+        import mlflow
+
+        self.uri = tracking_uri(uri)
+        check_reachable(self.uri)
+        self.registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or self.uri
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.registry_uri)
+        self.client = mlflow.MlflowClient(self.uri, self.registry_uri)
+
+    @property
+    def is_local_sqlite(self) -> bool:
+        return self.uri.startswith("sqlite:///")
+
+    def experiment_id(self, name: str) -> str:
+        """The experiment's id, creating it (artifacts beside mlflow.db) if it is new."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.is_local_sqlite:
+            location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created meanwhile by a parallel run
+            return self.client.get_experiment_by_name(name).experiment_id
+
+
+# --- one run per pipeline execution -------------------------------------------------------------
+
+def git_commit(root: Path) -> str | None:
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        return os.environ["DVC_EXP_BASELINE_REV"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_name(prefix: str, d_model: int, n_layer: int, flat_params: dict) -> str:
+    """The DVC experiment name when DVC runs one, else e.g. shakespeare-d256-l6-1a2b3c."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    digest = hashlib.sha256(json.dumps(flat_params, sort_keys=True, default=str).encode())
+    return f"{prefix}-d{d_model}-l{n_layer}-{digest.hexdigest()[:6]}"
+
+
+def start_run(store: Store, experiment: str, name: str, params: dict, facts: dict) -> str:
+    """Open a run and record every params.yaml key and the derived facts as MLflow params."""
+    from mlflow.entities import Param
+
+    tags = {"mlflow.runName": name, "tinyllm.source": "pipeline"}
+    commit = git_commit(project_root())
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    run = store.client.create_run(store.experiment_id(experiment), run_name=name, tags=tags)
+    values = {**params, **{f"derived.{k}": v for k, v in facts.items()}}
+    entries = [Param(k, str(v)[:6000]) for k, v in values.items()]
+    for i in range(0, len(entries), 100):
+        store.client.log_batch(run.info.run_id, params=entries[i:i + 100])
+    return run.info.run_id
+
+
+class StepLogger:
+    """A training callback buffering step metrics and sending them in batches (fast on sqlite)."""
+
+    def __init__(self, store: Store, run_id: str, flush_every: int = 100):
+        self.store, self.run_id, self.flush_every = store, run_id, flush_every
+        self.buffer: list = []
+
+    def add(self, step: int, values: dict) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(values.get("timestamp_ms") or 0)
+        for key in STEP_METRICS:
+            if values.get(key) is not None:
+                self.buffer.append(Metric(key, float(values[key]), stamp, step))
+
+    def __call__(self, m: StepMetrics) -> None:
+        import time
+
+        self.add(m.step, {**m.__dict__, "timestamp_ms": time.time() * 1000})
+        if m.val_loss is not None or len(self.buffer) >= self.flush_every * len(STEP_METRICS):
+            self.flush()
+
+    def replay(self, history: Iterable[dict]) -> None:
+        """Log steps trained before a resume, so the resumed run's curves are whole."""
+        for entry in history:
+            self.add(entry["step"], entry)
+        self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.buffer), 1000):
+            self.store.client.log_batch(self.run_id, metrics=self.buffer[i:i + 1000])
+        self.buffer = []
+
+
+def end_run(store: Store, run_id: str, status: str = "FINISHED") -> None:
+    store.client.set_terminated(run_id, status)
+
+
+def write_handoff(path: Path, store: Store, run_id: str, experiment: str) -> None:
+    atomic_write_json(path, {"run_id": run_id, "tracking_uri": store.uri,
+                             "experiment": experiment})
+
+
+def reopen_run(store: Store, handoff: Path, experiment: str, name: str, params: dict) -> str:
+    """The run train opened, or a fresh run if it is gone from the store (or tracking was off)."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = None
+    if handoff.exists():
+        try:
+            run_id = json.loads(handoff.read_text()).get("run_id")
+        except ValueError:
+            run_id = None
+    if run_id:
+        try:
+            store.client.get_run(run_id)
+            store.client.update_run(run_id, status="RUNNING")
+            return run_id
+        except MlflowException:
+            log.warning("MLflow run %s from %s is not in %s; starting a fresh run",
+                        run_id, handoff, store.uri)
+    return start_run(store, experiment, name, params, {})
+
+
+def log_artifacts(store: Store, run_id: str, files: Iterable[Path], folder: str | None = None):
+    for file in files:
+        if Path(file).exists():
+            store.client.log_artifact(run_id, str(file), folder)
+
+
+# --- the registered model -----------------------------------------------------------------------
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string")]),  # prompts: a list of strings or one column
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_tokens", "long", 200),
+                            ParamSpec("temperature", "double", 0.8),
+                            ParamSpec("top_k", "long", 0),
+                            ParamSpec("top_p", "double", 1.0),
+                            ParamSpec("seed", "long", 1337)]))
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    created: bool  # False: identical weights were registered before, that version is reused
+    champion: bool  # the champion alias points at this version now
+
+
+def register_package(store: Store, run_id: str, package_dir: Path, name: str, test_loss: float,
+                     test_bits_per_char: float, data_fingerprint: str,
+                     alias: str = "champion") -> Registration:
+    """Log the package as a pyfunc MLflow Model and register it, unless these exact weights are
+    registered already; move the alias when the test loss beats the current holder's."""
+    import mlflow
+    import torch
+
+    weights_hash = file_sha256(package_dir / "weights.pt")
+    existing = [v for v in store.client.search_model_versions(f"name='{name}'")
+                if v.tags.get("weights_sha256") == weights_hash]
+    if existing:
+        version = existing[0]
+        created = False
+        log.info("weights already registered as %s version %s; not registering again",
+                 name, version.version)
+    else:
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # MLflow's hints about type hints
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
+                artifacts={PACKAGE_ARTIFACT: str(package_dir)}, signature=signature(),
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy",
+                                  "tinyllm"])
+        version = mlflow.register_model(info.model_uri, name, tags={
+            "run_id": run_id, "weights_sha256": weights_hash,
+            "data_fingerprint": data_fingerprint, "test_loss": f"{test_loss:.6f}",
+            "test_bits_per_char": f"{test_bits_per_char:.6f}"})
+        created = True
+    champion = move_alias_if_better(store, name, alias, version.version, test_loss)
+    return Registration(name, str(version.version), created, champion)
+
+
+def move_alias_if_better(store: Store, name: str, alias: str, version: str,
+                         test_loss: float) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        holder = store.client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        holder = None
+    if holder is not None and str(holder.version) == str(version):
+        return True
+    held_loss = float(holder.tags.get("test_loss", "inf")) if holder is not None else None
+    if held_loss is None or test_loss < held_loss:
+        store.client.set_registered_model_alias(name, alias, version)
+        log.info("alias %s of %s -> version %s (test loss %.4f beats %s)", alias, name, version,
+                 test_loss, "none" if held_loss is None else f"{held_loss:.4f}")
+        return True
+    return False
+
+
+# --- model URIs ---------------------------------------------------------------------------------
+
+@dataclass
+class ResolvedModel:
+    path: Path  # the local model package directory
+    uri: str
+    name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))$")
+
+
+def _registry_versions(store: Store, name: str) -> list:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        store.client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in store.client.search_registered_models())
+        listed = ", ".join(names) if names else "none (run `dvc repro` to register one)"
+        raise TinyLLMError(f"no registered model named '{name}' in {store.uri}; "
+                           f"registered models: {listed}") from None
+    return sorted(store.client.search_model_versions(f"name='{name}'"),
+                  key=lambda v: int(v.version))
+
+
+def _version_for(store: Store, uri: str, name: str, version: str | None, alias: str | None):
+    from mlflow.exceptions import MlflowException
+
+    versions = _registry_versions(store, name)
+    if not versions:
+        raise TinyLLMError(f"registered model '{name}' has no versions")
+    if alias:
+        try:
+            return store.client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            aliases = sorted({a for v in versions for a in v.aliases}) or ["none"]
+            raise TinyLLMError(f"model '{name}' has no alias '{alias}' ({uri}); aliases: "
+                               f"{', '.join(aliases)}") from None
+    if version == "latest":
+        return versions[-1]
+    match = [v for v in versions if str(v.version) == version]
+    if not match:
+        raise TinyLLMError(f"model '{name}' has no version '{version}' ({uri}); versions: "
+                           f"{', '.join(str(v.version) for v in versions)}")
+    return match[0]
+
+
+def _package_in(directory: Path, uri: str) -> Path:
+    """The model package in a downloaded artifact: itself, or inside a pyfunc's artifacts/."""
+    candidates = [directory, *sorted((directory / "artifacts").glob("*"))]
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise TinyLLMError(f"{uri} does not contain a tinyllm model package")
+
+
+def _download(artifact_uri: str, uri: str, store: Store) -> Path:
+    import mlflow
+
+    destination = Path(tempfile.mkdtemp(prefix="tinyllm-model-"))
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri,
+                                                    dst_path=str(destination),
+                                                    tracking_uri=store.uri)
+    except Exception as exc:  # MLflow raises several types for a missing artifact
+        raise TinyLLMError(f"cannot download {uri}: {str(exc).splitlines()[0][:200]}") from None
+    return _package_in(Path(local), uri)
+
+
+def resolve_model_uri(uri: str, store: Store | None = None) -> ResolvedModel:
+    """A local package directory for models:/NAME/VERSION, models:/NAME@ALIAS,
+    models:/NAME/latest, runs:/RUN_ID/PATH, or a local directory."""
+    if "://" not in uri and ":/" not in uri:
+        path = Path(uri).expanduser()
+        if not path.is_dir():
+            raise TinyLLMError(f"model directory not found: {uri}")
+        return ResolvedModel(path=_package_in(path, uri), uri=uri)
+    if uri.startswith("models:/"):
+        match = _MODELS_URI.match(uri)
+        if not match:
+            raise TinyLLMError(f"malformed model URI {uri!r}; expected models:/NAME/VERSION, "
+                               "models:/NAME@ALIAS or models:/NAME/latest")
+        store = store or Store()
+        mv = _version_for(store, uri, match["name"], match["version"], match["alias"])
+        path = _download(f"models:/{match['name']}/{mv.version}", uri, store)
+        return ResolvedModel(path=path, uri=uri, name=match["name"], version=str(mv.version),
+                             run_id=mv.run_id)
+    if uri.startswith("runs:/"):
+        match = re.match(r"^runs:/(?P<run>[0-9a-zA-Z]+)(?:/(?P<path>.*))?$", uri)
+        if not match:
+            raise TinyLLMError(f"malformed run URI {uri!r}; expected runs:/RUN_ID/PATH")
+        inner = match["path"] or ""
+        if any(part == ".." for part in inner.split("/")) or inner.startswith("/"):
+            raise TinyLLMError(f"model URI {uri!r} points outside its run's artifacts")
+        store = store or Store()
+        from mlflow.exceptions import MlflowException
+
+        try:
+            store.client.get_run(match["run"])
+        except MlflowException:
+            raise TinyLLMError(f"no MLflow run {match['run']} in {store.uri}") from None
+        path = _download(uri, uri, store)
+        return ResolvedModel(path=path, uri=uri, run_id=match["run"])
+    raise TinyLLMError(f"unsupported model URI {uri!r}; use models:/NAME/VERSION, "
+                       "models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH or a directory")
+
+
+def load_model_uri(uri: str, device: str = "cpu", store: Store | None = None):
+    """Resolve any model URI and load it through the safe package loader."""
+    from tinyllm.package import load_package
+
+    resolved = resolve_model_uri(uri, store)
+    return load_package(resolved.path, device=device), resolved

@@ -1,0 +1,250 @@
+"""The four steps of a model's life, each reading what the one before wrote.
+
+DVC's stage scripts (pipeline/) and `tinyllm train` both run these; a Layout says where the files
+go. Tracking is optional: with params.tracking.enabled false nothing touches MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinyllm.config import Params
+from tinyllm.corpus import SPLITS, clean_text, load_corpus, split_by_works, split_stats
+from tinyllm.errors import TinyLLMError
+from tinyllm.io import atomic_write_json, atomic_write_text, fingerprint_files
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each step reads and writes; the defaults are the DVC pipeline's (see dvc.yaml)."""
+
+    root: Path = Path(".")
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data/prepared"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "data/tokens"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "models/tokenizer.json"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "models/model"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "models/checkpoints"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "models/train"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "models/eval"
+
+    @property
+    def run_handoff(self) -> Path:
+        return self.train_dir / "mlflow_run.json"
+
+
+def _require(path: Path, step: str) -> Path:
+    if not path.exists():
+        raise TinyLLMError(f"{path} not found; run the {step} step first (dvc repro)")
+    return path
+
+
+def prepare(params: Params, layout: Layout) -> dict:
+    """Raw corpus -> cleaned train/val/test text (val/test are whole works) + stats.json."""
+    cfg = params.data
+    documents = load_corpus(cfg.corpus)
+    for doc in documents:
+        doc.text = clean_text(doc.text, normalization=cfg.unicode_normalization,
+                              drop_stage_directions=cfg.drop_stage_directions,
+                              collapse_blank_lines=cfg.collapse_blank_lines)
+    texts, works = split_by_works(documents, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    for split, text in texts.items():
+        atomic_write_text(layout.prepared / f"{split}.txt", text)
+    stats = {
+        "corpus": cfg.corpus,
+        "documents": len(documents),
+        "split_by": "works" if len(documents) >= 3 else "contiguous slices",
+        "encodings": dict(Counter(doc.encoding for doc in documents)),
+        "splits": {split: {**split_stats(text), "works": works[split]}
+                   for split, text in texts.items()},
+    }
+    atomic_write_json(layout.prepared / "stats.json", stats)
+    sizes = ", ".join(f"{s} {len(t):,}" for s, t in texts.items())
+    log.info("prepare: %d documents -> %s characters", len(documents), sizes)
+    return stats
+
+
+def tokenize(params: Params, layout: Layout) -> dict:
+    """Fit the tokenizer on train, encode every split to token files, count unknown chars."""
+    from tinyllm.tokenizer import CharTokenizer, save_tokens
+
+    texts = {s: _require(layout.prepared / f"{s}.txt", "prepare").read_text(encoding="utf-8")
+             for s in SPLITS}
+    tokenizer = CharTokenizer.fit(texts["train"], unknown=params.tokenizer.unknown)
+    stats = {"vocab_size": tokenizer.vocab_size, "unknown_policy": tokenizer.unknown,
+             "splits": {}}
+    for split, text in texts.items():
+        encoded = tokenizer.encode_report(text)
+        save_tokens(layout.tokens / f"{split}.bin", encoded.ids)
+        stats["splits"][split] = {"tokens": len(encoded.ids),
+                                  "unknown_characters": sum(encoded.unknown.values()),
+                                  "unknown_distinct": "".join(sorted(encoded.unknown))}
+    tokenizer.save(layout.tokenizer)
+    atomic_write_json(layout.tokens / "stats.json", stats)
+    unknown = {s: v["unknown_characters"] for s, v in stats["splits"].items() if s != "train"}
+    log.info("tokenize: vocabulary of %d ids; characters outside it: %s",
+             tokenizer.vocab_size, unknown)
+    return stats
+
+
+def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
+    """Train (resuming this run's checkpoint if there is one) and write the model package.
+
+    With tracking on, the MLflow store is checked before any work, and the run id is handed to
+    evaluate through layout.run_handoff.
+    """
+    from tinyllm import tracking
+    from tinyllm.model import GPT, GPTConfig
+    from tinyllm.package import save_package
+    from tinyllm.progress import ProgressReporter
+    from tinyllm.tokenizer import CharTokenizer, load_tokens
+    from tinyllm.train import select_device
+    from tinyllm.train import train as run_training
+    from tinyllm.train_outputs import summary_of, write_history
+
+    tokenizer = CharTokenizer.load(_require(layout.tokenizer, "tokenize"))
+    token_files = [layout.tokens / "train.bin", layout.tokens / "val.bin"]
+    train_tokens, val_tokens = (load_tokens(_require(p, "tokenize"), tokenizer)
+                                for p in token_files)
+    fingerprint = fingerprint_files([layout.tokenizer, *token_files])
+    model_cfg = GPTConfig.from_params(params.model, tokenizer.vocab_size)
+    store = tracking.Store() if params.tracking.enabled else None
+    callbacks = [ProgressReporter(params.train.max_steps)]
+    run_id = None
+    if store:
+        name = tracking.run_name(run_name_prefix or params.tracking.registry_name,
+                                 params.model.d_model, params.model.n_layer, params.flat())
+        facts = {"vocab_size": tokenizer.vocab_size, "data_fingerprint": fingerprint,
+                 "parameters": GPT(model_cfg).num_parameters(),
+                 "device": str(select_device(params.train.device)),
+                 **{f"version.{k}": v for k, v in _versions().items()}}
+        run_id = tracking.start_run(store, params.tracking.experiment, name, params.flat(), facts)
+        step_logger = tracking.StepLogger(store, run_id)
+        callbacks.append(step_logger)
+        tracking.log_artifacts(store, run_id, [layout.tokenizer], "data")
+        tracking.log_artifacts(store, run_id, [layout.prepared / "stats.json"], "data/prepare")
+        tracking.log_artifacts(store, run_id, [layout.tokens / "stats.json"], "data/tokenize")
+        log.info("MLflow run %s (%s) in %s", name, run_id, store.uri)
+    try:
+        result = run_training(model_cfg, params.train, train_tokens, val_tokens,
+                              checkpoint_dir=layout.checkpoints, data_fingerprint=fingerprint,
+                              callbacks=callbacks)
+    except BaseException:
+        if store:
+            step_logger.flush()
+            tracking.end_run(store, run_id, "KILLED")
+        raise
+    summary = summary_of(result, fingerprint)
+    write_history(layout.train_dir, result.history, summary)
+    save_package(layout.model, result.model, tokenizer, meta=summary)
+    atomic_write_json(layout.run_handoff, {"run_id": run_id})
+    if store:
+        if result.resumed_from:
+            step_logger.replay(result.history[:result.resumed_from])
+        store.client.log_batch(run_id, metrics=_metrics(
+            {f"train.{k}": v for k, v in summary.items() if isinstance(v, (int, float))}))
+        tracking.write_handoff(layout.run_handoff, store, run_id, params.tracking.experiment)
+        tracking.end_run(store, run_id)
+    log.info("train: %d steps, best val loss %.4f at step %d, %.0f tokens/s -> %s",
+             result.steps, result.best_val_loss, result.best_step, summary["tokens_per_sec"],
+             layout.model)
+    return result
+
+
+def evaluate(params: Params, layout: Layout, registry_name: str | None = None) -> dict:
+    """Whole-split metrics, samples and the loss curve; with tracking, log and register."""
+    from tinyllm import tracking
+    from tinyllm.evaluate import split_metrics
+    from tinyllm.package import load_package
+    from tinyllm.report import loss_curve_png, samples_markdown
+    from tinyllm.tokenizer import load_tokens
+
+    cfg = params.evaluate
+    store = tracking.Store() if params.tracking.enabled else None
+    loaded = load_package(_require(layout.model, "train"))
+    metrics = {split: split_metrics(loaded.model, load_tokens(
+        _require(layout.tokens / f"{split}.bin", "tokenize"), loaded.tokenizer), cfg.batch_size)
+        for split in ("val", "test")}
+    settings = cfg.sampling()
+    samples = {prompt: loaded.generate(prompt, max_new_tokens=settings.max_new_tokens,
+                                       temperature=settings.temperature, top_k=settings.top_k,
+                                       top_p=settings.top_p, seed=settings.seed)
+               for prompt in cfg.prompts}
+    files = [layout.eval_dir / "samples.md", layout.eval_dir / "loss_curve.png",
+             layout.eval_dir / "metrics.json"]
+    atomic_write_text(files[0], samples_markdown(samples, settings))
+    loss_curve_png(layout.train_dir, files[1])
+    atomic_write_json(files[2], metrics)
+    test = metrics["test"]
+    log.info("evaluate: test loss %.4f nats/char, %.4f bits/char, perplexity %.3f",
+             test["loss"], test["bits_per_char"], test["perplexity"])
+    if store:
+        name = registry_name or params.tracking.registry_name
+        run_id = tracking.reopen_run(store, layout.run_handoff, params.tracking.experiment,
+                                     name, params.flat())
+        store.client.log_batch(run_id, metrics=_metrics(
+            {f"{split}_{key}": value for split, values in metrics.items()
+             for key, value in values.items() if key != "characters"}))
+        tracking.log_artifacts(store, run_id, files, "eval")
+        registration = tracking.register_package(
+            store, run_id, layout.model, name, test["loss"], test["bits_per_char"],
+            loaded.meta.get("data_fingerprint", ""), params.tracking.champion_alias)
+        tracking.end_run(store, run_id)
+        verb = "registered" if registration.created else "already registered as"
+        log.info("evaluate: %s models:/%s/%s%s", verb, name, registration.version,
+                 f" (@{params.tracking.champion_alias})" if registration.champion else "")
+        metrics["registered"] = {"name": name, "version": registration.version}
+    return metrics
+
+
+def _versions() -> dict:
+    from tinyllm.package import runtime_versions
+
+    return runtime_versions()
+
+
+def _metrics(values: dict) -> list:
+    import time
+
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    return [Metric(key, float(value), stamp, 0) for key, value in values.items()]
+
+
+def run_stage(step) -> None:
+    """Entry point of a DVC stage script: params.yaml in, the default Layout, clean errors."""
+    from tinyllm.config import load_params
+    from tinyllm.errors import exit_on_error
+    from tinyllm.logs import setup_logging
+
+    def main():
+        setup_logging()
+        step(load_params("params.yaml"), Layout())
+
+    exit_on_error(main)
