@@ -8,11 +8,13 @@ point elsewhere, e.g. a team server. The project root is DVC_ROOT when DVC runs 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import urllib.error
@@ -313,33 +315,40 @@ class ResolvedModel:
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))$")
 
 
-def _registry_versions(store: Store, name: str) -> list:
+def _missing(exc) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _registry_versions(store: Store, name: str) -> tuple[list, list[str]]:
+    """The versions of a registered model, oldest first, and its aliases."""
     from mlflow.exceptions import MlflowException
 
     try:
-        store.client.get_registered_model(name)
-    except MlflowException:
+        model = store.client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _missing(exc):
+            raise TinyLLMError(f"cannot read model '{name}' from {store.uri}: {exc}") from None
         names = sorted(m.name for m in store.client.search_registered_models())
         listed = ", ".join(names) if names else "none (run `dvc repro` to register one)"
         raise TinyLLMError(f"no registered model named '{name}' in {store.uri}; "
                            f"registered models: {listed}") from None
-    return sorted(store.client.search_model_versions(f"name='{name}'"),
-                  key=lambda v: int(v.version))
+    versions = sorted(store.client.search_model_versions(f"name='{name}'"),
+                      key=lambda v: int(v.version))
+    return versions, sorted(getattr(model, "aliases", {}) or {})
 
 
 def _version_for(store: Store, uri: str, name: str, version: str | None, alias: str | None):
     from mlflow.exceptions import MlflowException
 
-    versions = _registry_versions(store, name)
+    versions, aliases = _registry_versions(store, name)
     if not versions:
         raise TinyLLMError(f"registered model '{name}' has no versions")
     if alias:
         try:
             return store.client.get_model_version_by_alias(name, alias)
         except MlflowException:
-            aliases = sorted({a for v in versions for a in v.aliases}) or ["none"]
             raise TinyLLMError(f"model '{name}' has no alias '{alias}' ({uri}); aliases: "
-                               f"{', '.join(aliases)}") from None
+                               f"{', '.join(aliases) or 'none'}") from None
     if version == "latest":
         return versions[-1]
     match = [v for v in versions if str(v.version) == version]
@@ -362,6 +371,7 @@ def _download(artifact_uri: str, uri: str, store: Store) -> Path:
     import mlflow
 
     destination = Path(tempfile.mkdtemp(prefix="tinyllm-model-"))
+    atexit.register(shutil.rmtree, destination, ignore_errors=True)
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri,
                                                     dst_path=str(destination),
@@ -401,8 +411,9 @@ def resolve_model_uri(uri: str, store: Store | None = None) -> ResolvedModel:
 
         try:
             store.client.get_run(match["run"])
-        except MlflowException:
-            raise TinyLLMError(f"no MLflow run {match['run']} in {store.uri}") from None
+        except MlflowException as exc:
+            reason = "no such run" if _missing(exc) else str(exc).splitlines()[0]
+            raise TinyLLMError(f"cannot use {uri}: {reason} in {store.uri}") from None
         path = _download(uri, uri, store)
         return ResolvedModel(path=path, uri=uri, run_id=match["run"])
     raise TinyLLMError(f"unsupported model URI {uri!r}; use models:/NAME/VERSION, "

@@ -208,7 +208,7 @@ def evaluate(params: Params, layout: Layout, registry_name: str | None = None) -
         run_id = tracking.reopen_run(store, layout.run_handoff, params.tracking.experiment,
                                      name, params.flat())
         store.client.log_batch(run_id, metrics=_metrics(
-            {f"{split}_{key}": value for split, values in metrics.items()
+            {f"eval_{split}_{key}": value for split, values in metrics.items()
              for key, value in values.items() if key != "characters"}))
         tracking.log_artifacts(store, run_id, files, "eval")
         registration = tracking.register_package(

@@ -1,0 +1,60 @@
+"""Fixtures for the end-to-end tests: a tiny corpus of several works and tiny params."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import yaml
+
+from tinyllm.config import Params, params_from_dict
+
+SPEAKERS = ("ROMEO", "JULIET", "NURSE", "FRIAR", "TYBALT")
+WORDS = ("love", "night", "light", "sweet", "death", "fair", "heaven", "hath", "thou", "doth")
+
+
+def tiny_work(seed: int, lines: int = 120) -> str:
+    """A few KB of play-like text: speaker lines followed by verse."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(lines):
+        out.append(f"{rng.choice(SPEAKERS)}:")
+        out.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 8))) + ".")
+        out.append("")
+    return "\n".join(out)
+
+
+def tiny_params(corpus: str, **overrides) -> dict:
+    """params.yaml contents for a model that trains in a second or two."""
+    raw = {
+        "data": {"corpus": corpus, "val_fraction": 0.2, "test_fraction": 0.2},
+        "model": {"context_length": 16, "n_layer": 1, "n_head": 2, "d_model": 32},
+        "train": {"max_steps": 30, "batch_size": 8, "warmup_steps": 5, "eval_interval": 10,
+                  "eval_batches": 2, "checkpoint_interval": 10, "learning_rate": 3e-3},
+        "evaluate": {"batch_size": 16, "prompts": ["ROMEO:"], "max_new_tokens": 20},
+        "tracking": {"experiment": "tests", "registry_name": "tiny"},
+    }
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        raw.setdefault(section, {})[name] = value
+    return raw
+
+
+@pytest.fixture
+def corpus_dir(tmp_path):
+    directory = tmp_path / "corpus"
+    directory.mkdir()
+    for i in range(5):
+        (directory / f"work_{i}.txt").write_text(tiny_work(i), encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def make_params(corpus_dir):
+    def make(**overrides) -> Params:
+        return params_from_dict(tiny_params(str(corpus_dir), **overrides))
+    return make
+
+
+def write_params(path, raw: dict) -> None:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")

@@ -1,0 +1,121 @@
+"""MLflow tracking and registry against a real sqlite store in a temporary directory."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinyllm import tracking, workflow
+from tinyllm.errors import TinyLLMError
+
+
+@pytest.fixture
+def store_uri(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return uri
+
+
+def build(params, root):
+    """Run all four steps into root, as `dvc repro` would; returns evaluate's metrics."""
+    layout = workflow.Layout(root)
+    workflow.prepare(params, layout)
+    workflow.tokenize(params, layout)
+    workflow.train(params, layout)
+    return workflow.evaluate(params, layout)
+
+
+def test_run_logs_params_step_metrics_artifacts_and_registers(tmp_path, make_params, store_uri):
+    params = make_params()
+    metrics = build(params, tmp_path / "a")
+    store = tracking.Store()
+    run_id = (tmp_path / "a/models/train/mlflow_run.json").read_text()
+    run = store.client.search_runs([store.experiment_id("tests")])[0]
+    assert run.info.run_id in run_id
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.learning_rate"] == "0.003"
+    assert run.data.params["model.d_model"] == "32"
+    assert int(run.data.params["derived.parameters"]) > 1000
+    assert "derived.data_fingerprint" in run.data.params
+    history = store.client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(1, 31))
+    assert len(store.client.get_metric_history(run.info.run_id, "val_loss")) == 3
+    assert run.data.metrics["eval_test_loss"] == pytest.approx(metrics["test"]["loss"])
+    assert {"eval_test_bits_per_char", "eval_test_perplexity", "eval_val_loss"} <= set(
+        run.data.metrics)
+    artifacts = {a.path for folder in ("data", "eval")
+                 for a in store.client.list_artifacts(run.info.run_id, folder)}
+    assert {"data/tokenizer.json", "eval/samples.md", "eval/loss_curve.png"} <= artifacts
+    version = store.client.get_model_version("tiny", "1")
+    assert version.tags["run_id"] == run.info.run_id
+    assert float(version.tags["test_bits_per_char"]) == pytest.approx(
+        metrics["test"]["bits_per_char"], rel=1e-5)
+    assert str(store.client.get_model_version_by_alias("tiny", "champion").version) == "1"
+    # artifacts live beside mlflow.db, where `mlflow ui` in that directory finds them
+    assert any((tmp_path / "mlruns").rglob("weights.pt"))
+
+
+def test_champion_moves_only_for_better_models_and_same_weights_do_not_duplicate(
+        tmp_path, make_params, store_uri):
+    build(make_params(), tmp_path / "first")
+    build(make_params(**{"evaluate.temperature": 0.5}), tmp_path / "first")  # same weights
+    store = tracking.Store()
+    assert [str(v.version) for v in store.client.search_model_versions("name='tiny'")] == ["1"]
+    build(make_params(**{"train.max_steps": 120}), tmp_path / "better")
+    assert str(store.client.get_model_version_by_alias("tiny", "champion").version) == "2"
+    build(make_params(**{"train.max_steps": 6}), tmp_path / "worse")
+    assert len(store.client.search_model_versions("name='tiny'")) == 3
+    assert str(store.client.get_model_version_by_alias("tiny", "champion").version) == "2"
+
+
+def test_every_uri_form_resolves_and_unknown_ones_list_what_exists(
+        tmp_path, make_params, store_uri):
+    build(make_params(), tmp_path / "a")
+    store = tracking.Store()
+    run_id = store.client.get_model_version("tiny", "1").run_id
+    texts = set()
+    for uri in ("models:/tiny/1", "models:/tiny@champion", "models:/tiny/latest",
+                f"runs:/{run_id}/model", str(tmp_path / "a/models/model")):
+        loaded, _ = tracking.load_model_uri(uri, store=store)
+        texts.add(loaded.generate("ROMEO:", max_new_tokens=12, temperature=0))
+    assert len(texts) == 1  # the same weights behind every form
+    with pytest.raises(TinyLLMError, match=r"no registered model named 'nope'.*tiny"):
+        tracking.resolve_model_uri("models:/nope/1", store)
+    with pytest.raises(TinyLLMError, match=r"no version '9'.*versions: 1"):
+        tracking.resolve_model_uri("models:/tiny/9", store)
+    with pytest.raises(TinyLLMError, match=r"no alias 'gold'.*champion"):
+        tracking.resolve_model_uri("models:/tiny@gold", store)
+    with pytest.raises(TinyLLMError, match="outside"):
+        tracking.resolve_model_uri(f"runs:/{run_id}/../../etc", store)
+    with pytest.raises(TinyLLMError, match="malformed"):
+        tracking.resolve_model_uri("models:/tiny/1/extra", store)
+
+
+def test_evaluate_starts_a_fresh_run_when_trains_run_is_gone(tmp_path, make_params, store_uri):
+    params = make_params()
+    layout = workflow.Layout(tmp_path)
+    for step in (workflow.prepare, workflow.tokenize, workflow.train):
+        step(params, layout)
+    store = tracking.Store()
+    old = store.client.search_runs([store.experiment_id("tests")])[0].info.run_id
+    store.client.delete_run(old)
+    workflow.evaluate(params, layout)
+    runs = store.client.search_runs([store.experiment_id("tests")])
+    assert [r.info.run_id != old for r in runs] == [True]
+    assert "eval_test_loss" in runs[0].data.metrics
+
+
+def test_tracking_can_be_switched_off(tmp_path, make_params, store_uri):
+    build(make_params(**{"tracking.enabled": False}), tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unreachable_server_is_named_before_any_training(tmp_path, make_params, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    params = make_params()
+    layout = workflow.Layout(tmp_path)
+    workflow.prepare(params, layout)
+    workflow.tokenize(params, layout)
+    with pytest.raises(TinyLLMError, match=r"http://127\.0\.0\.1:9 is unreachable"):
+        workflow.train(params, layout)
+    assert not layout.checkpoints.exists()

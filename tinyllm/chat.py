@@ -1,0 +1,225 @@
+"""The console behind `tinyllm chat`: prompts in, streamed continuations out.
+
+On a terminal: a banner, readline editing and history, slash commands, and Ctrl-C stops a
+generation without leaving. With piped stdin: one continuation per input line on stdout and
+nothing else there (messages go to stderr), so `printf 'ROMEO:\\n' | tinyllm chat` is scriptable.
+Every prompt starts afresh from the current settings, seed included: the same prompt with the
+same settings gives the same text.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from tinyllm.config import SamplingConfig, build_section
+from tinyllm.errors import TinyLLMError
+
+HISTORY_FILE = Path("~/.tinyllm_history")
+HISTORY_LENGTH = 1000
+
+HELP = """\
+commands:
+  /temp X       temperature: 0 = always the most likely character, up to 10
+  /tokens N     characters to generate per prompt (1..100000)
+  /topk N       sample only among the N most likely characters (0 = off)
+  /topp P       nucleus sampling: the smallest set holding mass P (0 < P <= 1, 1 = off)
+  /seed N       random seed; every generation starts from it
+  /settings     show the current settings
+  /reset        back to the settings chat started with
+  /help         this list
+  /quit, /exit  leave (so do Ctrl-D and Ctrl-C at the prompt)
+Ctrl-C while text is being generated stops it and returns to the prompt."""
+
+# slash command -> (SamplingConfig field, type of its value)
+KNOBS = {"/temp": ("temperature", float), "/tokens": ("max_new_tokens", int),
+         "/topk": ("top_k", int), "/topp": ("top_p", float), "/seed": ("seed", int)}
+
+
+def describe_settings(s: SamplingConfig) -> str:
+    return (f"temperature {s.temperature:g}, top-k {s.top_k or 'off'}, "
+            f"top-p {s.top_p:g}{' (off)' if s.top_p == 1 else ''}, "
+            f"max tokens {s.max_new_tokens}, seed {s.seed}")
+
+
+def sampling_kwargs(s: SamplingConfig) -> dict:
+    """SamplingConfig as the keyword arguments of LoadedModel.stream/generate."""
+    return {"max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_k": s.top_k,
+            "top_p": s.top_p, "seed": s.seed}
+
+
+def prompt_notes(loaded, prompt: str) -> list[str]:
+    """What the user should know before a prompt is continued: characters the vocabulary lacks,
+    and a prompt longer than the context (only its end is seen)."""
+    from tinyllm.tokenizer import describe_unknown
+
+    encoded = loaded.encode_prompt(prompt)
+    notes = []
+    if encoded.unknown:
+        notes.append(describe_unknown(encoded.unknown, loaded.tokenizer.unknown))
+    context = loaded.config.context_length
+    if len(encoded.ids) > context:
+        notes.append(f"the prompt is {len(encoded.ids)} characters long; the model sees only "
+                     f"its last {context}")
+    return notes
+
+
+class Console:
+    """One chat session with a loaded model (a tinyllm.package.LoadedModel)."""
+
+    def __init__(self, loaded, settings: SamplingConfig, title: str,
+                 test_bits_per_char: float | None = None, *, stdin=None, stdout=None,
+                 stderr=None, history_file: Path = HISTORY_FILE):
+        self.loaded, self.title, self.test_bits_per_char = loaded, title, test_bits_per_char
+        self.start = self.settings = settings
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.history_file = history_file
+        self.interactive = False
+
+    # --- the two modes ---------------------------------------------------------------------
+
+    def run(self, interactive: bool) -> None:
+        self.interactive = interactive
+        if interactive:
+            self._interactive()
+        else:
+            self._piped()
+
+    def _interactive(self) -> None:
+        readline = self._load_history()
+        self.say(self.banner())
+        try:
+            while True:
+                try:
+                    line = input("> ")
+                except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt
+                    self.stdout.write("\n")
+                    return
+                if not self.handle(line):
+                    return
+        finally:
+            self._save_history(readline)
+
+    def _piped(self) -> None:
+        self.say(self.banner())
+        for line in iter(self.stdin.readline, ""):
+            if not self.handle(line.rstrip("\r\n")):
+                return
+
+    def handle(self, line: str) -> bool:
+        """One input line: a command, a prompt, or nothing. False means leave."""
+        if not line.strip():
+            return True
+        if line.startswith("/"):
+            return self.command(line)
+        self.generate(line)
+        return True
+
+    # --- output ------------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        """Messages: on the terminal in a session, on stderr when stdin is piped."""
+        out = self.stdout if self.interactive else self.stderr
+        out.write(text + "\n")
+        out.flush()
+
+    def banner(self) -> str:
+        loaded = self.loaded
+        facts = [f"{loaded.model.num_parameters():,} parameters",
+                 f"vocabulary {loaded.tokenizer.vocab_size}",
+                 f"context {loaded.config.context_length} characters"]
+        if self.test_bits_per_char is not None:
+            facts.append(f"test {self.test_bits_per_char:.3f} bits/char")
+        lines = [f"tinyllm chat: {self.title}", "  " + ", ".join(facts),
+                 "  " + describe_settings(self.settings)]
+        if self.interactive:
+            lines.append("Type a prompt and the model continues it; /help lists commands, "
+                         "/quit or Ctrl-D leaves.")
+        return "\n".join(lines)
+
+    def generate(self, prompt: str) -> None:
+        """Stream the continuation; Ctrl-C stops it (in a session) and keeps the console."""
+        pieces = None
+        try:
+            for note in prompt_notes(self.loaded, prompt):
+                self.say(f"note: {note}")
+            pieces = self.loaded.stream(prompt, **sampling_kwargs(self.settings))
+            for piece in pieces:
+                self.stdout.write(piece)
+                if self.interactive:
+                    self.stdout.flush()
+        except KeyboardInterrupt:
+            if not self.interactive:
+                raise
+            self.stdout.write("\n")
+            self.say("(stopped)")
+            return
+        finally:
+            if pieces is not None:
+                pieces.close()
+        self.stdout.write("\n")
+        self.stdout.flush()
+
+    # --- slash commands ----------------------------------------------------------------------
+
+    def command(self, line: str) -> bool:
+        name, _, arg = line.strip().partition(" ")
+        name, arg = name.lower(), arg.strip()
+        if name in ("/quit", "/exit"):
+            return False
+        if name == "/help":
+            self.say(HELP)
+        elif name == "/settings":
+            self.say(describe_settings(self.settings))
+        elif name == "/reset":
+            self.settings = self.start
+            self.say("settings reset: " + describe_settings(self.settings))
+        elif name in KNOBS:
+            self._set(name, arg)
+        else:
+            self.say(f"unknown command {name}; /help lists the commands")
+        return True
+
+    def _set(self, name: str, arg: str) -> None:
+        key, kind = KNOBS[name]
+        if not arg:
+            self.say(f"{name} needs a value, e.g. {name} {getattr(self.start, key)} "
+                     f"(now {getattr(self.settings, key)})")
+            return
+        try:
+            value = kind(arg)
+        except ValueError:
+            self.say(f"{name}: {arg!r} is not {'an integer' if kind is int else 'a number'}")
+            return
+        try:  # the ranges declared in tinyllm.config, the same ones the options use
+            self.settings = build_section(SamplingConfig, "sampling",
+                                          {**asdict(self.settings), key: value})
+        except TinyLLMError as exc:
+            self.say(f"{name}: {str(exc).removeprefix('sampling.')}")
+            return
+        self.say(describe_settings(self.settings))
+
+    # --- readline history (a failure to read or write it is never an error) -----------------
+
+    def _load_history(self):
+        try:
+            import readline
+        except ImportError:  # e.g. Windows: plain input() still works
+            return None
+        try:
+            readline.read_history_file(self.history_file.expanduser())
+        except OSError:
+            pass
+        readline.set_history_length(HISTORY_LENGTH)
+        return readline
+
+    def _save_history(self, readline) -> None:
+        if readline is None:
+            return
+        try:
+            readline.write_history_file(self.history_file.expanduser())
+        except OSError:
+            pass
