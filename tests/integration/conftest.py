@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import yaml
 
 from tinyllm.config import Params, params_from_dict
 
+ROOT = Path(__file__).resolve().parents[2]
 SPEAKERS = ("ROMEO", "JULIET", "NURSE", "FRIAR", "TYBALT")
 WORDS = ("love", "night", "light", "sweet", "death", "fair", "heaven", "hath", "thou", "doth")
 
@@ -25,18 +27,20 @@ def tiny_work(seed: int, lines: int = 120) -> str:
 
 
 def tiny_params(corpus: str, **overrides) -> dict:
-    """params.yaml contents for a model that trains in a second or two."""
-    raw = {
-        "data": {"corpus": corpus, "val_fraction": 0.2, "test_fraction": 0.2},
-        "model": {"context_length": 16, "n_layer": 1, "n_head": 2, "d_model": 32},
-        "train": {"max_steps": 30, "batch_size": 8, "warmup_steps": 5, "eval_interval": 10,
-                  "eval_batches": 2, "checkpoint_interval": 10, "learning_rate": 3e-3},
-        "evaluate": {"batch_size": 16, "prompts": ["ROMEO:"], "max_new_tokens": 20},
-        "tracking": {"experiment": "tests", "registry_name": "tiny"},
+    """The repo's params.yaml, shrunk to a model that trains in a second or two."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    tiny = {
+        "data.corpus": corpus, "data.val_fraction": 0.2, "data.test_fraction": 0.2,
+        "model.context_length": 16, "model.n_layer": 1, "model.n_head": 2, "model.d_model": 32,
+        "train.max_steps": 30, "train.batch_size": 8, "train.warmup_steps": 5,
+        "train.eval_interval": 10, "train.eval_batches": 2, "train.checkpoint_interval": 10,
+        "train.learning_rate": 3e-3, "evaluate.batch_size": 16, "evaluate.prompts": ["ROMEO:"],
+        "evaluate.max_new_tokens": 20, "tracking.experiment": "tests",
+        "tracking.registry_name": "tiny",
     }
-    for key, value in overrides.items():
+    for key, value in {**tiny, **overrides}.items():
         section, name = key.split(".")
-        raw.setdefault(section, {})[name] = value
+        raw[section][name] = value
     return raw
 
 
