@@ -5,19 +5,15 @@ or a one-column frame); output: their continuations; params: max_tokens, tempera
 top_p, seed.
 """
 
-import warnings
-
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
-
-# The signature is given explicitly when logging; MLflow's suggestion to add type hints is noise.
-warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
 DEFAULTS = {"max_tokens": 200, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": 1337}
 
 
 def _prompts(model_input) -> list[str]:
-    if hasattr(model_input, "columns"):  # a pandas DataFrame
+    if isinstance(model_input, pd.DataFrame):  # what the signature turns any input into
         return [str(p) for p in model_input.iloc[:, 0].tolist()]
     if isinstance(model_input, str):
         return [model_input]
@@ -30,7 +26,8 @@ class TinyLLMModel(PythonModel):
 
         self.loaded = load_package(context.artifacts["package"])
 
-    def predict(self, context, model_input, params=None):
+    # A DataFrame hint keeps the explicit signature (with its params) that tracking.py logs.
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         p = {**DEFAULTS, **(params or {})}
         return [self.loaded.generate(prompt, max_new_tokens=int(p["max_tokens"]),
                                      temperature=float(p["temperature"]), top_k=int(p["top_k"]),
