@@ -102,14 +102,17 @@ def read_weights(path: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
     """Load a state_dict without executing code, and check it against the config."""
     if not path.exists():
         raise TinyLLMError(f"model package file missing: {path}")
-    expected_bytes = 4 * sum(p.numel() for p in GPT(config).state_dict().values())
+    with torch.device("meta"):  # shapes only: a damaged config must not allocate its claim
+        expected = GPT(config).state_dict()
+    expected_bytes = 4 * sum(p.numel() for p in expected.values())
     if path.stat().st_size > 2 * expected_bytes + (1 << 20):
         raise TinyLLMError(f"{path} is {path.stat().st_size} bytes, far more than a model of "
                            f"this config needs ({expected_bytes}); refusing to load it")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else "unsupported object"
+        found = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
+        reason = found[0] if found else "not a plain state_dict"
         raise TinyLLMError(f"refusing to load {path}: it holds objects other than tensors "
                            f"({reason[:160]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
@@ -118,7 +121,6 @@ def read_weights(path: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise TinyLLMError(f"{path} does not hold a state_dict of named tensors")
-    expected = GPT(config).state_dict()
     missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
     if missing or unexpected:
         raise TinyLLMError(f"{path} does not match config.json: missing {sorted(missing)[:3]}, "

@@ -101,8 +101,8 @@ class CharTokenizer:
                                f"{data.get('format_version')!r} (this tinyllm reads "
                                f"{FORMAT_VERSION})")
         chars = data.get("chars")
-        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
-            raise TinyLLMError(f"{source}: 'chars' must be a list of single characters")
+        if not isinstance(chars, list) or not chars or not all(isinstance(c, str) for c in chars):
+            raise TinyLLMError(f"{source}: 'chars' must be a non-empty list of single characters")
         return cls(chars, data.get("unknown", "replace"))
 
     @classmethod

@@ -25,6 +25,9 @@ class Layout:
 
     root: Path = Path(".")
 
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
     @property
     def prepared(self) -> Path:
         return self.root / "data/prepared"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, tiny_params, tiny_work, write_params
+from tiny_project import ROOT, tiny_params, write_corpus, write_params
 
 
 def run(args, cwd, env):
@@ -31,10 +31,7 @@ def project(tmp_path):
         copy = shutil.copytree if source.is_dir() else shutil.copy
         copy(source, repo / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                       if source.is_dir() else {}))
-    corpus = repo / "data/raw/tiny"
-    corpus.mkdir(parents=True)
-    for i in range(5):
-        (corpus / f"work_{i}.txt").write_text(tiny_work(i), encoding="utf-8")
+    write_corpus(repo / "data/raw/tiny")
     write_params(repo / "params.yaml", tiny_params("data/raw/tiny"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",

@@ -1,16 +1,13 @@
-"""Fixtures for the end-to-end tests: a tiny corpus of several works and tiny params."""
+"""A tiny project for end-to-end tests: a corpus of several play-like works and tiny params."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tinyllm.config import Params, params_from_dict
-
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SPEAKERS = ("ROMEO", "JULIET", "NURSE", "FRIAR", "TYBALT")
 WORDS = ("love", "night", "light", "sweet", "death", "fair", "heaven", "hath", "thou", "doth")
 
@@ -44,20 +41,11 @@ def tiny_params(corpus: str, **overrides) -> dict:
     return raw
 
 
-@pytest.fixture
-def corpus_dir(tmp_path):
-    directory = tmp_path / "corpus"
-    directory.mkdir()
-    for i in range(5):
+def write_corpus(directory: Path, works: int = 5) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(works):
         (directory / f"work_{i}.txt").write_text(tiny_work(i), encoding="utf-8")
     return directory
-
-
-@pytest.fixture
-def make_params(corpus_dir):
-    def make(**overrides) -> Params:
-        return params_from_dict(tiny_params(str(corpus_dir), **overrides))
-    return make
 
 
 def write_params(path, raw: dict) -> None:

@@ -1,0 +1,72 @@
+"""Shared tiny fixtures: a corpus, its tokenizer and model/training configs small enough for CPU."""
+
+from __future__ import annotations
+
+import os
+
+# Tiny models run fastest on one thread, and subprocesses (dvc, mlflow) inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import numpy as np
+import pytest
+import torch
+from tiny_project import tiny_params, write_corpus
+
+from tinyllm.config import Params, TrainConfig, params_from_dict
+from tinyllm.model import GPT, GPTConfig
+from tinyllm.tokenizer import CharTokenizer
+
+TINY_TEXT = (
+    "ROMEO:\nBut soft, what light through yonder window breaks?\n"
+    "It is the east, and Juliet is the sun.\n\n"
+    "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n"
+    "Deny thy father and refuse thy name.\n"
+) * 4
+
+
+@pytest.fixture
+def tiny_text() -> str:
+    return TINY_TEXT
+
+
+@pytest.fixture
+def tokenizer() -> CharTokenizer:
+    return CharTokenizer.fit(TINY_TEXT)
+
+
+@pytest.fixture
+def tokens(tokenizer) -> np.ndarray:
+    return tokenizer.encode(TINY_TEXT)
+
+
+@pytest.fixture
+def gpt_config(tokenizer) -> GPTConfig:
+    return GPTConfig(vocab_size=tokenizer.vocab_size, context_length=16, n_layer=2, n_head=2,
+                     d_model=32, dropout=0.0)
+
+
+@pytest.fixture
+def model(gpt_config) -> GPT:
+    torch.manual_seed(0)
+    return GPT(gpt_config).eval()
+
+
+@pytest.fixture
+def train_config() -> TrainConfig:
+    return TrainConfig(seed=0, max_steps=20, batch_size=4, learning_rate=3e-3, warmup_steps=2,
+                       eval_interval=10, eval_batches=2, checkpoint_interval=5, device="cpu")
+
+
+@pytest.fixture
+def corpus_dir(tmp_path):
+    """A directory of five small play-like works."""
+    return write_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture
+def make_params(corpus_dir):
+    """Validated tiny Params over corpus_dir; overrides as {"train.max_steps": 5}."""
+    def make(**overrides) -> Params:
+        return params_from_dict(tiny_params(str(corpus_dir), **overrides))
+    return make

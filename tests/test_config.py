@@ -1,0 +1,85 @@
+"""params.yaml validation: every rejected value is a TinyLLMError that names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tinyllm.config import Params, load_params, params_from_dict
+from tinyllm.errors import TinyLLMError
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def test_repo_params_yaml_loads():
+    params = load_params(REPO_PARAMS)
+    assert isinstance(params, Params)
+    assert params.model.d_model % params.model.n_head == 0
+    assert isinstance(params.train.learning_rate, float)
+
+
+def test_empty_params_give_defaults():
+    assert params_from_dict({}) == Params()
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ({"train": {"learnig_rate": 1e-3}}, ["train.learnig_rate", "did you mean 'learning_rate'"]),
+    ({"trian": {}}, ["'trian'", "did you mean 'train'"]),
+    ({"train": {"max_steps": "100"}}, ["train.max_steps", "integer"]),
+    ({"model": {"n_layer": True}}, ["model.n_layer", "integer"]),
+    ({"train": {"compile": 1}}, ["train.compile", "true or false"]),
+    ({"train": {"seed": -1}}, ["train.seed", ">= 0"]),
+    ({"train": {"learning_rate": 0}}, ["train.learning_rate", "> 0"]),
+    ({"data": {"val_fraction": 0.0}}, ["data.val_fraction", "> 0"]),
+    ({"model": {"dropout": 0.95}}, ["model.dropout", "<= 0.9"]),
+    ({"train": {"device": "tpu"}}, ["train.device", "auto, cpu, cuda, mps", "'tpu'"]),
+    ({"data": {"unicode_normalization": "nfc"}}, ["data.unicode_normalization"]),
+    ({"model": {"d_model": 130, "n_head": 4}}, ["model.d_model", "model.n_head"]),
+    ({"train": {"warmup_steps": 50, "max_steps": 50}},
+     ["train.warmup_steps", "train.max_steps"]),
+    ({"train": "fast"}, ["'train'", "mapping"]),
+])
+def test_invalid_params_name_the_key(raw, expected):
+    with pytest.raises(TinyLLMError) as excinfo:
+        params_from_dict(raw)
+    for fragment in expected:
+        assert fragment in str(excinfo.value)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(TinyLLMError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_malformed_yaml_reports_line_number(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  seed: 1\n  max_steps: [1, 2\n  batch_size: 4\n")
+    with pytest.raises(TinyLLMError) as excinfo:
+        load_params(path)
+    message = str(excinfo.value)
+    assert "malformed YAML" in message
+    assert "line 4" in message
+
+
+@pytest.mark.parametrize("written", ["3e-3", '"3e-3"'])
+def test_exponent_written_as_yaml_string_is_a_float(tmp_path, written):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train:\n  learning_rate: {written}\n")
+    params = load_params(path)
+    assert params.train.learning_rate == pytest.approx(0.003)
+    assert isinstance(params.train.learning_rate, float)
+
+
+def test_non_numeric_string_for_float_is_rejected():
+    with pytest.raises(TinyLLMError, match=r"train\.learning_rate must be a number"):
+        params_from_dict({"train": {"learning_rate": "fast"}})
+
+
+def test_flat_gives_dotted_keys():
+    flat = params_from_dict({"train": {"max_steps": 777}}).flat()
+    assert flat["train.max_steps"] == 777
+    assert flat["model.n_head"] == Params().model.n_head
+    assert all(key.count(".") == 1 for key in flat)
+    assert {key.split(".")[0] for key in flat} == {
+        "data", "tokenizer", "model", "train", "evaluate", "tracking"}

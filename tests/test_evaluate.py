@@ -1,0 +1,54 @@
+"""Whole-split metrics: every target scored once, and the derived numbers are consistent."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tinyllm.evaluate import scoring_windows, split_metrics
+
+
+@pytest.mark.parametrize(("n", "context"), [
+    (17, 16), (18, 16), (19, 16), (33, 16), (100, 16), (101, 16), (1000, 32), (50, 7), (9, 2),
+    (3, 2), (64, 1),
+])
+def test_scoring_windows_cover_every_target_exactly_once(n, context):
+    scored = []
+    for start, first in scoring_windows(n, context):
+        assert start >= 0 and start + context <= n - 1  # a full window inside the tokens
+        assert 0 <= first < context
+        scored.extend(range(start + 1 + first, start + context + 1))
+    assert scored == list(range(1, n))
+
+
+def test_scored_characters_see_at_least_half_a_context():
+    for _start, first in scoring_windows(500, 16)[1:]:
+        assert first >= 8
+
+
+def test_split_metrics_are_consistent(model, tokens):
+    metrics = split_metrics(model, tokens[:100], batch_size=3)
+    assert metrics["characters"] == 99
+    assert metrics["bits_per_char"] == pytest.approx(metrics["loss"] / math.log(2))
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
+
+
+def test_split_metrics_of_one_window_equal_the_plain_loss(model, tokens, gpt_config):
+    window = tokens[:gpt_config.context_length + 1].astype("int64")
+    data = torch.from_numpy(window)[None]
+    with torch.no_grad():
+        _, loss = model(data[:, :-1], data[:, 1:])
+    assert split_metrics(model, window)["loss"] == pytest.approx(loss.item(), abs=1e-5)
+
+
+def test_batch_size_does_not_change_metrics(model, tokens):
+    a = split_metrics(model, tokens[:150], batch_size=1)
+    b = split_metrics(model, tokens[:150], batch_size=32)
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+def test_untrained_model_loss_is_near_log_vocab(model, tokens, tokenizer):
+    loss = split_metrics(model, tokens)["loss"]
+    assert abs(loss - math.log(tokenizer.vocab_size)) < 0.1
