@@ -10,8 +10,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 run: $(VENV)/.installed
 	dvc repro
 	@echo
-	@echo "Done. Metrics: dvc metrics show   Runs: $(BIN)/mlflow ui   Chat with the model:"
-	@echo "  $(BIN)/tinyllm chat --model-uri models/model"
+	@echo "Done. Metrics: $(BIN)/dvc metrics show    Runs: $(BIN)/mlflow ui"
+	@echo "Chat with the model: $(BIN)/tinyllm chat --model-uri models:/shakespeare/1"
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
