@@ -103,7 +103,7 @@ def test_encoding_five_megabytes_is_fast(tokenizer, tiny_text):
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("{not json", "cannot read tokenizer"),
+    ("{not json", "not readable JSON"),
     ('["a", "b"]', "not a tinyllm character tokenizer"),
     ('{"format": "something-else", "format_version": 1, "chars": ["a"]}',
      "not a tinyllm character tokenizer"),

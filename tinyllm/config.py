@@ -155,9 +155,13 @@ class Params:
                 for key, value in values.items()}
 
 
-def _did_you_mean(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(options)})"
+def _reject_unknown(given, known: list[str], describe) -> None:
+    """Raise for the first name not in known, suggesting the closest known one."""
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
+            raise TinyLLMError(describe(name) + hint)
 
 
 def _coerce(where: str, value: Any, f: dataclasses.Field) -> Any:
@@ -215,10 +219,7 @@ def build_section(cls: type, name: str, values: Any) -> Any:
     if not isinstance(values, dict):
         raise TinyLLMError(f"params section '{name}' must be a mapping of keys, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in values:
-        if key not in fields:
-            raise TinyLLMError(f"unknown params key '{name}.{key}'"
-                               + _did_you_mean(str(key), list(fields)))
+    _reject_unknown(values, list(fields), lambda key: f"unknown params key '{name}.{key}'")
     typed = {key: _coerce(f"{name}.{key}", value, fields[key]) for key, value in values.items()}
     return cls(**typed)
 
@@ -229,10 +230,8 @@ def params_from_dict(raw: Any, source: str = "params") -> Params:
     if not isinstance(raw, dict):
         raise TinyLLMError(f"{source} must be a mapping of sections, got {type(raw).__name__}")
     sections = {f.name: f for f in dataclasses.fields(Params)}
-    for name in raw:
-        if name not in sections:
-            raise TinyLLMError(f"unknown params section '{name}' in {source}"
-                               + _did_you_mean(str(name), list(sections)))
+    _reject_unknown(raw, list(sections),
+                    lambda name: f"unknown params section '{name}' in {source}")
     built = {name: build_section(f.default_factory, name, raw.get(name))
              for name, f in sections.items()}
     return Params(**built).check()

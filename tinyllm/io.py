@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from tinyllm.errors import TinyLLMError
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp_path), fsync it, then rename it onto path."""
@@ -75,3 +77,14 @@ def fingerprint_files(paths) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def read_json(path: str | Path, what: str):
+    """Parse a JSON file; a missing or malformed one is a TinyLLMError naming it as `what`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TinyLLMError(f"{what} not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise TinyLLMError(f"{what} {path} is not readable JSON: {exc}") from None

@@ -10,7 +10,6 @@ Loading validates every file before use and never unpickles arbitrary objects.
 
 from __future__ import annotations
 
-import json
 import pickle
 import platform
 import shutil
@@ -23,7 +22,7 @@ import torch
 from tinyllm.config import SamplingConfig
 from tinyllm.errors import TinyLLMError
 from tinyllm.generate import stream_text
-from tinyllm.io import atomic_write_json, replace_directory, staging_directory
+from tinyllm.io import atomic_write_json, read_json, replace_directory, staging_directory
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.tokenizer import CharTokenizer, Encoded
 
@@ -64,12 +63,7 @@ def save_package(directory: str | Path, model: GPT, tokenizer: CharTokenizer,
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TinyLLMError(f"model package file missing: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise TinyLLMError(f"model package file {path} is not valid JSON: {exc}") from None
+    data = read_json(path, "model package file")
     if not isinstance(data, dict):
         raise TinyLLMError(f"model package file {path} must hold a JSON object")
     return data

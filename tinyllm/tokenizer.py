@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyllm.errors import TinyLLMError
-from tinyllm.io import atomic_write_bytes, atomic_write_text
+from tinyllm.io import atomic_write_bytes, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +107,7 @@ class CharTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TinyLLMError(f"tokenizer file not found: {path}") from None
-        except (OSError, ValueError) as exc:
-            raise TinyLLMError(f"cannot read tokenizer {path}: {exc}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path, "tokenizer file"), str(path))
 
 
 def describe_unknown(unknown: Counter, policy: str, limit: int = 10) -> str:
