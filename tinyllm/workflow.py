@@ -165,8 +165,9 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
     summary = summary_of(result, fingerprint)
     write_history(layout.train_dir, result.history, summary)
     save_package(layout.model, result.model, tokenizer, meta=summary)
-    atomic_write_json(layout.run_handoff, {"run_id": run_id})
-    if store:
+    if not store:
+        atomic_write_json(layout.run_handoff, {"run_id": None})
+    else:
         if result.resumed_from:
             step_logger.replay(result.history[:result.resumed_from])
         store.client.log_batch(run_id, metrics=_metrics(
