@@ -9,6 +9,7 @@ same settings gives the same text.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -209,17 +210,13 @@ class Console:
             import readline
         except ImportError:  # e.g. Windows: plain input() still works
             return None
-        try:
+        with contextlib.suppress(OSError):
             readline.read_history_file(self.history_file.expanduser())
-        except OSError:
-            pass
         readline.set_history_length(HISTORY_LENGTH)
         return readline
 
     def _save_history(self, readline) -> None:
         if readline is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             readline.write_history_file(self.history_file.expanduser())
-        except OSError:
-            pass

@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"  # name of the logged MLflow Model
 PACKAGE_ARTIFACT = "package"  # the model package inside the MLflow Model's artifacts
 PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
-USER_REGISTRY_URI = os.environ.get("MLFLOW_REGISTRY_URI")
 STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_sec", "grad_norm")
 
 
@@ -84,12 +83,9 @@ class Store:
 
         self.uri = tracking_uri(uri)
         check_reachable(self.uri)
-        # mlflow.set_registry_uri() exports MLFLOW_REGISTRY_URI itself, so only the value the
-        # user gave before tinyllm touched MLflow counts; otherwise the registry is the store.
-        self.registry_uri = USER_REGISTRY_URI or self.uri
+        self.registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or self.uri
         # mlflow.set_*_uri also write MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI into os.environ;
-        # put them back, or the next Store in this process (another URI) would read this one's
-        # registry above and register its models here.
+        # put them back, or the next Store in this process (another URI) would inherit them.
         saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.registry_uri)

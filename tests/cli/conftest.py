@@ -1,0 +1,152 @@
+"""A tiny model, trained and registered once per session in a temporary MLflow store.
+
+Every test here runs in its own empty working directory (no params.yaml, no models/) with
+MLFLOW_TRACKING_URI pointing at the session's store, so nothing touches the project's files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tinyllm import workflow
+from tinyllm.cli import cli
+from tinyllm.config import params_from_dict
+
+NAME = "tiny"
+SPEAKERS = ("ROMEO", "JULIET", "NURSE", "FRIAR")
+WORDS = ("love", "night", "light", "sweet", "death", "fair", "heaven", "thou", "doth", "hath")
+TINYLLM = str(Path(sys.executable).with_name("tinyllm"))
+
+
+def tiny_work(seed: int, lines: int = 100) -> str:
+    """A few KB of play-like text: a speaker, a line of verse, a blank line."""
+    rng = random.Random(seed)
+    return "\n".join(f"{rng.choice(SPEAKERS)}:\n"
+                     + " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 8))) + ".\n"
+                     for _ in range(lines))
+
+
+def write_corpus(directory: Path, works: int = 5) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(works):
+        (directory / f"work_{i}.txt").write_text(tiny_work(i), encoding="utf-8")
+    return directory
+
+
+def tiny_params(corpus: Path, **sections) -> dict:
+    """params.yaml contents for a model that trains in about a second."""
+    raw = {
+        "data": {"corpus": str(corpus), "val_fraction": 0.2, "test_fraction": 0.2},
+        "model": {"context_length": 16, "n_layer": 1, "n_head": 2, "d_model": 32},
+        "train": {"max_steps": 30, "batch_size": 8, "warmup_steps": 5, "eval_interval": 10,
+                  "eval_batches": 2, "checkpoint_interval": 10, "device": "cpu"},
+        "evaluate": {"batch_size": 16, "prompts": ["ROMEO:"], "max_new_tokens": 20},
+        "tracking": {"experiment": "cli-tests", "registry_name": NAME},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+@dataclass
+class TinyModel:
+    root: Path
+    uri: str  # the MLflow tracking URI it is registered in
+    package: Path  # the local model package directory
+    corpus: Path
+    name: str = NAME
+
+    @property
+    def command(self) -> str:
+        return TINYLLM
+
+    def env(self, **extra) -> dict:
+        """Environment for a `tinyllm` subprocess using this store."""
+        return {**os.environ, "MLFLOW_TRACKING_URI": self.uri, **extra}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> TinyModel:
+    root = tmp_path_factory.mktemp("cli-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    corpus = write_corpus(root / "corpus")
+    layout = workflow.Layout(root / "build")
+    params = params_from_dict(tiny_params(corpus))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        patch.chdir(root)
+        workflow.prepare(params, layout)
+        workflow.tokenize(params, layout)
+        workflow.train(params, layout)
+        workflow.evaluate(params, layout)
+    return TinyModel(root=root, uri=uri, package=layout.model, corpus=corpus)
+
+
+@pytest.fixture(autouse=True)
+def cli_env(tiny_model, tmp_path, monkeypatch) -> TinyModel:
+    """An empty working directory and the session's store for every test."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_model.uri)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")  # tinyllm would set these for good
+    return tiny_model
+
+
+@pytest.fixture(autouse=True)
+def keep_logging():
+    """`tinyllm` configures the root logger for its own run; undo that after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def invoke():
+    """Run `tinyllm ARGS...` in-process; stdout and stderr come back separately."""
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None):
+        return runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+    return run
+
+
+def _error_line(result) -> str:
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), result.stderr
+    return lines[-1]
+
+
+@pytest.fixture
+def error_line():
+    """Checks a failed command printed one `error: ...` line and no traceback; returns it."""
+    return _error_line
+
+
+@pytest.fixture
+def tiny_project(cli_env) -> Path:
+    """The working directory as a tiny project: params.yaml and data/my_text.txt."""
+    raw = tiny_params(Path("unused"))
+    del raw["data"]["corpus"]
+    Path("params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    data = Path("data/my_text.txt")
+    data.parent.mkdir()
+    data.write_text("\n".join(tiny_work(i, lines=60) for i in range(3)), encoding="utf-8")
+    return data

@@ -1,0 +1,192 @@
+"""`tinyllm chat`: model discovery, piped (scriptable) sessions, slash commands, and a real
+terminal session driven through a pseudo-terminal."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pexpect
+import pytest
+import yaml
+
+from tinyllm import tracking
+from tinyllm.package import load_package
+
+SHORT = ["--max-tokens", "12"]
+
+
+def continuation(tiny_model, prompt: str, **settings) -> str:
+    sampling = {"max_new_tokens": 12, "temperature": 0.8, "top_k": 0, "top_p": 1.0,
+                "seed": 1337, **settings}
+    return load_package(tiny_model.package).generate(prompt, **sampling)
+
+
+def write_params(name: str, alias: str = "champion") -> None:
+    Path("params.yaml").write_text(yaml.safe_dump(
+        {"tracking": {"registry_name": name, "champion_alias": alias}}))
+
+
+# --- piped sessions -------------------------------------------------------------------------
+
+def test_piped_prompts_give_only_continuations_on_stdout(invoke, tiny_model):
+    result = invoke("chat", "--model-uri", tiny_model.package, "--seed", "1", *SHORT,
+                    input="ROMEO:\n\nJULIET:\n")
+    assert result.exit_code == 0, result.stderr
+    expected = [continuation(tiny_model, p, seed=1) for p in ("ROMEO:", "JULIET:")]
+    assert result.stdout == "".join(text + "\n" for text in expected)
+    assert "tinyllm chat:" in result.stderr  # the banner goes to stderr when piped
+
+
+def test_slash_commands_change_settings_and_never_fail(invoke, tiny_model):
+    script = ["/temp 0", "ROMEO:", "/temp 11", "/topk x", "/tokens", "/bogus", "/seed 5",
+              "/topp 0.9", "/settings", "/reset", "ROMEO:", "/help", "/quit", "JULIET:"]
+    result = invoke("chat", "--model-uri", tiny_model.package, *SHORT,
+                    input="\n".join(script) + "\n")
+    assert result.exit_code == 0
+    greedy = continuation(tiny_model, "ROMEO:", temperature=0)
+    assert result.stdout == f"{greedy}\n{continuation(tiny_model, 'ROMEO:')}\n"  # no JULIET
+    for message in ("temperature 0,", "/temp: temperature must be <= 10.0, got 11.0",
+                    "/topk: 'x' is not an integer", "/tokens needs a value",
+                    "unknown command /bogus", "top-p 0.9, max tokens 12, seed 5",
+                    "settings reset: temperature 0.8", "/quit, /exit"):
+        assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_generation_uses_the_current_seed(invoke, tiny_model):
+    result = invoke("chat", "--model-uri", tiny_model.package, *SHORT,
+                    input="ROMEO:\nROMEO:\n/seed 7\nROMEO:\n")
+    same, other = continuation(tiny_model, "ROMEO:"), continuation(tiny_model, "ROMEO:", seed=7)
+    assert result.stdout == f"{same}\n{same}\n{other}\n"
+    assert same != other
+
+
+def test_unknown_characters_and_long_prompts_are_explained(invoke, tiny_model):
+    long_prompt = "ROMEO: love " * 5  # 60 characters; the context is 16
+    result = invoke("chat", "--model-uri", tiny_model.package, *SHORT,
+                    input=f"ROMEO: é€\n{long_prompt}\n")
+    assert result.exit_code == 0
+    assert "2 characters outside the vocabulary were replaced" in result.stderr
+    assert "'é'×1" in result.stderr
+    assert "the prompt is 60 characters long; the model sees only its last 16" in result.stderr
+    assert len(result.stdout.splitlines()) >= 2
+
+
+# --- which model ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("uri", ["models:/tiny/1", "models:/tiny/latest", "models:/tiny@champion",
+                                 "run"])
+def test_every_uri_form_loads(invoke, tiny_model, uri):
+    if uri == "run":
+        store = tracking.Store(tiny_model.uri)
+        uri = f"runs:/{store.client.get_model_version('tiny', '1').run_id}/model"
+    result = invoke("chat", "--model-uri", uri, *SHORT, input="ROMEO:\n")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == continuation(tiny_model, "ROMEO:") + "\n"
+    assert "bits/char" in result.stderr  # from the version tag or the run's metric
+
+
+def test_without_uri_the_champion_of_params_yaml_model_is_used(invoke, tiny_model):
+    write_params("tiny")
+    result = invoke("chat", *SHORT, input="ROMEO:\n")
+    assert result.exit_code == 0, result.stderr
+    assert "using models:/tiny@champion: the 'champion' alias of 'tiny'" in result.stderr
+    assert "tinyllm chat: tiny version 1" in result.stderr
+    assert result.stdout == continuation(tiny_model, "ROMEO:") + "\n"
+
+
+def test_without_a_champion_the_latest_version_is_used(invoke):
+    write_params("tiny", alias="best")
+    result = invoke("chat", *SHORT, input="")
+    assert result.exit_code == 0, result.stderr
+    assert "using models:/tiny/latest: 'tiny' (./params.yaml) has no 'best' alias" in (
+        result.stderr)
+
+
+def test_without_a_registered_model_the_local_package_is_used(invoke, tiny_model):
+    shutil.copytree(tiny_model.package, "models/model")
+    result = invoke("chat", *SHORT, input="ROMEO:\n")  # no params.yaml: 'shakespeare'
+    assert result.exit_code == 0, result.stderr
+    assert "using models/model: no registered model 'shakespeare'" in result.stderr
+    assert result.stdout == continuation(tiny_model, "ROMEO:") + "\n"
+
+
+def test_no_store_yet_is_not_created_by_looking(invoke, error_line, tiny_model, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    line = error_line(invoke("chat", input=""))
+    assert "no MLflow store at sqlite:///" in line and "dvc repro" in line
+    line = error_line(invoke("chat", "--model-uri", "models:/tiny/1", input=""))
+    assert "cannot load models:/tiny/1: no MLflow store" in line and "dvc repro" in line
+    shutil.copytree(tiny_model.package, "models/model")
+    result = invoke("chat", *SHORT, input="ROMEO:\n")
+    assert result.exit_code == 0
+    assert "using models/model: no MLflow store at" in result.stderr
+    assert not Path("mlflow.db").exists()
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("models:/nope/1", "no registered model named 'nope' in sqlite:///"),
+    ("models:/tiny/9", "model 'tiny' has no version '9' (models:/tiny/9); versions: 1"),
+    ("models:/tiny@best", "model 'tiny' has no alias 'best' (models:/tiny@best); aliases: "
+                          "champion"),
+    ("runs:/0123abc/model", "cannot use runs:/0123abc/model: no such run"),
+    ("s3://bucket/model", "unsupported model URI"),
+])
+def test_unknown_models_name_what_exists(invoke, error_line, uri, expected):
+    line = error_line(invoke("chat", "--model-uri", uri, input=""))
+    assert expected in line
+    if "nope" in uri:
+        assert "tiny" in line.split("registered models: ")[1].split(", ")
+
+
+def test_unreachable_server_is_named(invoke, error_line):
+    result = invoke("--tracking-uri", "http://127.0.0.1:9", "chat", input="")
+    assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in error_line(result)
+
+
+# --- real processes -------------------------------------------------------------------------
+
+def test_piped_into_the_installed_command(tiny_model, tmp_path):
+    write_params("tiny")
+    done = subprocess.run([tiny_model.command, "chat", "--seed", "1", *SHORT],
+                          input="ROMEO:\n", capture_output=True, text=True, timeout=120,
+                          env=tiny_model.env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == continuation(tiny_model, "ROMEO:", seed=1) + "\n"
+    assert "using models:/tiny@champion" in done.stderr
+
+
+def test_terminal_session(tiny_model, tmp_path):
+    """Banner, /temp 0, a prompt interrupted by Ctrl-C mid-generation, /quit: exit 0."""
+    child = pexpect.spawn(tiny_model.command, ["chat", "--model-uri", "models:/tiny@champion",
+                                               "--max-tokens", "100000"],
+                          env=tiny_model.env(HOME=str(tmp_path), TERM="dumb"),
+                          encoding="utf-8", timeout=90, dimensions=(40, 200))
+    try:
+        child.expect("tinyllm chat: tiny version 1")
+        child.expect("13,9|parameters")
+        child.expect("> ")
+        child.sendline("/temp 0")
+        child.expect("temperature 0, top-k off")
+        child.expect("> ")
+        child.sendline("ROMEO:")
+        child.expect("ROMEO:")  # the terminal's echo of the prompt
+        child.expect(r"(?s).{40}")  # generation is running, 100000 characters to go
+        child.sendintr()
+        child.expect(r"\(stopped\)")
+        child.expect("> ")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    history = (tmp_path / ".tinyllm_history").read_text()
+    assert "/temp 0" in history and "ROMEO:" in history
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_unavailable_device_is_one_error_line(invoke, error_line, tiny_model):
+    result = invoke("chat", "--model-uri", tiny_model.package, "--device", "cuda", input="")
+    assert error_line(result) == "error: --device cuda is not available on this machine"

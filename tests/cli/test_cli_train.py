@@ -1,0 +1,79 @@
+"""`tinyllm train`: ad-hoc training on any text, tracked and registered under the data's name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tinyllm import tracking
+
+SMALL = ["--layers", "1", "--heads", "2", "--width", "16"]
+
+
+def test_trains_registers_under_the_data_name_and_can_be_chatted_with(invoke, tiny_project,
+                                                                      tiny_model):
+    result = invoke("train", tiny_project, "--max-steps", "12", *SMALL)
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "training 'my_text' on data/my_text.txt (from scratch)" in out
+    assert "1 layers, 2 heads, width 16, context 16" in out  # options over params.yaml
+    assert "12 steps, batch 8" in out  # batch size from params.yaml
+    assert "registered as 'my_text'" in out and "defaults: ./params.yaml" in out
+    version = tracking.Store(tiny_model.uri).client.get_registered_model("my_text")
+    assert version.latest_versions or version.aliases
+    assert "registered:    models:/my_text/1" in out
+    assert out.rstrip().endswith("chat with it:  tinyllm chat --model-uri models:/my_text/1")
+    assert (Path("runs/my_text/models/model") / "weights.pt").is_file()
+    chat = invoke("chat", "--model-uri", "models:/my_text/1", "--max-tokens", "5",
+                  input="ROMEO:\n")
+    assert chat.exit_code == 0 and len(chat.stdout) >= 5
+
+
+def test_no_register_fresh_start_sets_the_checkpoint_aside_and_resume_continues(
+        invoke, tiny_project, tiny_model):
+    args = ["train", "data", "--no-register", "--max-steps", "4", *SMALL]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.stderr
+    assert "training 'data' on data (from scratch)" in first.stdout  # a directory's name
+    assert "tracking: off (--no-register" in first.stdout
+    assert "chat with it:  tinyllm chat --model-uri runs/data/models/model" in first.stdout
+    assert "warmup_steps lowered to 0" in first.stderr
+    checkpoints = Path("runs/data/models/checkpoints")
+    assert (checkpoints / "last.pt").is_file()
+    with_store = tracking.Store(tiny_model.uri).client
+    assert "data" not in {m.name for m in with_store.search_registered_models()}
+
+    again = invoke(*args)
+    assert again.exit_code == 0
+    assert "the previous checkpoint was moved to" in again.stderr
+    assert len(list(checkpoints.glob("last.set-aside-*.pt"))) == 1
+
+    resumed = invoke(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "(resuming)" in resumed.stdout
+    summary = json.loads(Path("runs/data/models/train/summary.json").read_text())
+    assert summary["resumed_from_step"] == 4
+
+
+def test_resume_without_a_checkpoint(invoke, error_line, tiny_project):
+    line = error_line(invoke("train", tiny_project, "--resume", "--output-dir", "elsewhere"))
+    assert "--resume: no checkpoint at elsewhere/models/checkpoints/last.pt" in line
+
+
+def test_missing_data_names_it_and_lists_text_files(invoke, error_line, tiny_project):
+    Path("data/more").mkdir()
+    Path("data/more/notes.md").write_text("x")
+    line = error_line(invoke("train", "data/typo.txt"))
+    assert line == ("error: data file not found: data/typo.txt; text files under ./data/: "
+                    "data/more/notes.md, data/my_text.txt")
+
+
+def test_invalid_settings_name_the_option_and_key(invoke, error_line, tiny_project):
+    line = error_line(invoke("train", tiny_project, "--dropout", "2"))
+    assert line == "error: --dropout: model.dropout must be <= 0.9, got 2.0"
+    line = error_line(invoke("train", tiny_project, "--val-fraction", "0.7"))
+    assert "--val-fraction: data.val_fraction must be <= 0.5" in line
+    line = error_line(invoke("train", tiny_project, "--heads", "3", "--width", "16"))
+    assert "model.d_model (16) must be divisible by model.n_head (3)" in line
+    assert "--name" in error_line(invoke("train", tiny_project, "--name", "a/b"))
+    assert not Path("runs").exists()

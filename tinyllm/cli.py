@@ -1,0 +1,556 @@
+"""The `tinyllm` command: chat with, sample from, train and list models.
+
+Commands import torch, MLflow and the pipeline only when they run, so `tinyllm --help` answers at
+once. Every TinyLLMError and every usage mistake ends as one `error: ...` line on stderr and a
+non-zero exit; the traceback is shown only with -v.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import click
+
+from tinyllm import __version__
+from tinyllm.config import SamplingConfig
+from tinyllm.errors import TinyLLMError
+
+log = logging.getLogger("tinyllm.cli")
+
+DEFAULT_REGISTRY_NAME, DEFAULT_ALIAS = "shakespeare", "champion"
+LOCAL_MODEL = Path("models/model")  # what `dvc repro` leaves in the project
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Group(click.Group):
+    """A click.Group that reports errors as one `error: ...` line (a traceback only with -v)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name or "tinyllm", complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            hint = ""
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                hint = f" (see: {exc.ctx.command_path} --help)"
+            _fail(exc.format_message() + hint, exc.exit_code)
+        except click.Abort:
+            _fail("interrupted", 130)
+        except (TinyLLMError, OSError) as exc:
+            _fail(str(exc), getattr(exc, "exit_code", 1))
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    log.debug("error details", exc_info=True)  # the traceback, shown at DEBUG (-v) only
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@dataclass
+class Options:
+    verbose: bool
+    tracking_uri: str | None
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="tinyllm",
+                      message="%(prog)s %(version)s")
+@click.option("-v", "--verbose", is_flag=True, help="DEBUG logs, and full tracebacks on errors.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
+              help="MLflow tracking store [env MLFLOW_TRACKING_URI; default: sqlite "
+                   "mlflow.db in the project root].")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, tracking_uri: str | None) -> None:
+    """tinyllm: a character-level GPT trained, tracked and served through DVC and MLflow.
+
+    \b
+    tinyllm chat                        talk to the champion model
+    tinyllm generate --prompt 'ROMEO:'  sample text (--json for scripts)
+    tinyllm train my_text.txt           train a model on any text, outside DVC
+    tinyllm models                      list the registered models
+    """
+    from tinyllm.logs import setup_logging
+
+    setup_logging(verbose)
+    ctx.obj = Options(verbose, tracking_uri)
+
+
+def main() -> None:
+    cli()
+
+
+# --- shared options ---------------------------------------------------------------------------
+
+def _sampling_range(name: str) -> click.ParamType:
+    """A knob's click type, from the range declared once in tinyllm.config.SamplingConfig."""
+    f = next(f for f in fields(SamplingConfig) if f.name == name)
+    kind = click.IntRange if f.type == "int" else click.FloatRange
+    return kind(f.metadata["min"], f.metadata["max"], min_open=f.metadata["min_exclusive"])
+
+
+def sampling_options(command):
+    d = SamplingConfig()
+    options = [
+        click.option("--temperature", type=_sampling_range("temperature"),
+                     default=d.temperature, show_default=True,
+                     help="Randomness; 0 always picks the most likely character."),
+        click.option("--top-k", type=_sampling_range("top_k"), default=d.top_k,
+                     show_default=True, help="Sample among the K most likely characters; 0 = off."),
+        click.option("--top-p", type=_sampling_range("top_p"), default=d.top_p,
+                     show_default=True, help="Nucleus sampling probability mass; 1 = off."),
+        click.option("--max-tokens", type=_sampling_range("max_new_tokens"),
+                     default=d.max_new_tokens, show_default=True,
+                     help="Characters to generate per prompt."),
+        click.option("--seed", type=_sampling_range("seed"), default=d.seed, show_default=True,
+                     help="Random seed: the same seed and settings give the same text."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def model_options(command):
+    command = click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+                           default="auto", show_default=True, help="Where the model runs.")(command)
+    return click.option(
+        "--model-uri", metavar="URI",
+        help="models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH "
+             "or a model package directory. Default: the champion of the model named in "
+             "./params.yaml, else its latest version, else ./models/model.")(command)
+
+
+def settings_from(sampling: dict) -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=sampling["max_tokens"],
+                          temperature=sampling["temperature"], top_k=sampling["top_k"],
+                          top_p=sampling["top_p"], seed=sampling["seed"])
+
+
+# --- finding and loading a model --------------------------------------------------------------
+
+def open_store(explicit_uri: str | None):
+    """(Store or None, uri). None when the store is a sqlite file that does not exist yet:
+    merely opening it would create an empty mlflow.db."""
+    from tinyllm import tracking
+
+    uri = tracking.tracking_uri(explicit_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None, uri
+    return tracking.Store(uri), uri
+
+
+def registry_defaults() -> tuple[str, str, str]:
+    """(registered model name, champion alias, where they came from)."""
+    if Path("params.yaml").is_file():
+        from tinyllm.config import load_params
+
+        tracking = load_params("params.yaml").tracking
+        return tracking.registry_name, tracking.champion_alias, "./params.yaml"
+    return DEFAULT_REGISTRY_NAME, DEFAULT_ALIAS, "the default, no ./params.yaml here"
+
+
+def discover_model(store, store_uri: str) -> tuple[str, str]:
+    """(model URI, why it was picked) when --model-uri is not given."""
+    from mlflow.exceptions import MlflowException
+
+    name, alias, source = registry_defaults()
+    if store is None:
+        missing = f"no MLflow store at {store_uri} yet"
+    else:
+        try:
+            store.client.get_model_version_by_alias(name, alias)
+            return f"models:/{name}@{alias}", f"the '{alias}' alias of '{name}' ({source})"
+        except MlflowException:
+            pass
+        if store.client.search_model_versions(f"name='{name}'"):
+            return f"models:/{name}/latest", (f"'{name}' ({source}) has no '{alias}' alias, "
+                                              "so its latest version")
+        missing = f"no registered model '{name}' ({source}) in {store.uri}"
+    if LOCAL_MODEL.is_dir():
+        return str(LOCAL_MODEL), f"{missing}; using the local package"
+    raise TinyLLMError(f"no model to use: {missing} and no {LOCAL_MODEL}/ here; run `dvc repro` "
+                       "(or `tinyllm train DATA`) to make one, or pass --model-uri")
+
+
+def pick_device(name: str) -> str:
+    from tinyllm.train import select_device
+
+    try:
+        return str(select_device(name))
+    except TinyLLMError:
+        raise TinyLLMError(f"--device {name} is not available on this machine") from None
+
+
+def load_model(uri: str | None, device: str, tracking_uri: str | None):
+    """(LoadedModel, ResolvedModel, test bits/char or None), saying on stderr what was picked."""
+    from tinyllm import tracking
+
+    store = None
+    if uri is None or uri.startswith(("models:/", "runs:/")):
+        store, store_uri = open_store(tracking_uri)
+        if uri is None:
+            uri, why = discover_model(store, store_uri)
+            click.echo(f"using {uri}: {why}", err=True)
+        elif store is None:
+            raise TinyLLMError(f"cannot load {uri}: no MLflow store at {store_uri} yet; run "
+                               "`dvc repro` to train and register a model")
+    loaded, resolved = tracking.load_model_uri(uri, device=pick_device(device), store=store)
+    return loaded, resolved, test_bits_per_char(store, resolved, loaded)
+
+
+def test_bits_per_char(store, resolved, loaded) -> float | None:
+    """From the registered version's tag, the run's metric, the package or its eval/ folder."""
+    try:
+        if store is not None and resolved.name and resolved.version:
+            tags = store.client.get_model_version(resolved.name, resolved.version).tags
+            if tags.get("test_bits_per_char"):
+                return float(tags["test_bits_per_char"])
+        if store is not None and resolved.run_id:
+            metric = store.client.get_run(resolved.run_id).data.metrics.get(
+                "eval_test_bits_per_char")
+            if metric is not None:
+                return float(metric)
+        if "test_bits_per_char" in loaded.meta:
+            return float(loaded.meta["test_bits_per_char"])
+        metrics = Path(resolved.path).parent / "eval" / "metrics.json"  # models/model's sibling
+        if metrics.is_file():
+            return float(json.loads(metrics.read_text())["test"]["bits_per_char"])
+    except Exception as exc:  # a missing figure must not stop a chat
+        log.debug("no test bits/char: %s", exc)
+    return None
+
+
+def title_of(resolved) -> str:
+    if resolved.name and resolved.version:
+        pinned = f"models:/{resolved.name}/{resolved.version}"
+        return f"{resolved.name} version {resolved.version}" + (
+            f" ({resolved.uri})" if resolved.uri != pinned else "")
+    return resolved.uri
+
+
+def pinned_uri(resolved) -> str:
+    """The URI that names exactly this model, e.g. models:/tiny/3 for models:/tiny@champion."""
+    if resolved.name and resolved.version:
+        return f"models:/{resolved.name}/{resolved.version}"
+    return resolved.uri
+
+
+# --- chat and generate ------------------------------------------------------------------------
+
+@cli.command()
+@model_options
+@sampling_options
+@click.pass_obj
+def chat(obj: Options, model_uri, device, **sampling) -> None:
+    """Talk to a model: type a prompt and watch it continue the text.
+
+    On a terminal: line editing, history (~/.tinyllm_history) and slash commands (/help).
+    Ctrl-C stops a generation; Ctrl-C or Ctrl-D at the prompt leaves. With piped input every
+    line is a prompt and stdout holds only the continuations, one per prompt, each followed by
+    a newline:
+
+    \b
+        printf 'ROMEO:\\n' | tinyllm chat --seed 1
+    """
+    from tinyllm.chat import Console
+
+    loaded, resolved, bits = load_model(model_uri, device, obj.tracking_uri)
+    console = Console(loaded, settings_from(sampling), title_of(resolved), bits)
+    console.run(interactive=sys.stdin.isatty())
+
+
+@cli.command()
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
+              help="A prompt; repeat for several.")
+@click.option("--prompt-file", type=click.File(encoding="utf-8"),
+              help="A file whose whole text (newlines included) is one prompt; - reads stdin.")
+@click.option("--num-samples", type=click.IntRange(1, 10_000), default=1, show_default=True,
+              help="Samples per prompt; sample i uses seed + i.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list of {prompt, text, model_uri, settings}.")
+@model_options
+@sampling_options
+@click.pass_obj
+def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri, device,
+             **sampling) -> None:
+    """Continue one or more prompts. The same seed gives the same text.
+
+    Without --json each sample is printed as prompt + continuation.
+    """
+    from tinyllm.chat import prompt_notes, sampling_kwargs
+
+    prompts = [*prompts, *([prompt_file.read()] if prompt_file else [])]
+    if not prompts:
+        raise click.UsageError("give --prompt TEXT (repeatable) or --prompt-file FILE")
+    loaded, resolved, _ = load_model(model_uri, device, obj.tracking_uri)
+    base = settings_from(sampling)
+    results = []
+    for p, prompt in enumerate(prompts, 1):
+        for note in prompt_notes(loaded, prompt):
+            click.echo(f"note: {note}", err=True)
+        for i in range(num_samples):
+            settings = replace(base, seed=base.seed + i)
+            if as_json:
+                text = loaded.generate(prompt, **sampling_kwargs(settings))
+                results.append({"prompt": prompt, "text": text, "model_uri": pinned_uri(resolved),
+                                "settings": {"max_tokens": settings.max_new_tokens,
+                                             "temperature": settings.temperature,
+                                             "top_k": settings.top_k, "top_p": settings.top_p,
+                                             "seed": settings.seed}})
+                continue
+            if len(prompts) * num_samples > 1:
+                click.echo(f"--- prompt {p}/{len(prompts)}, sample {i + 1}/{num_samples}, "
+                           f"seed {settings.seed} ---")
+            click.echo(prompt, nl=False)
+            for piece in loaded.stream(prompt, **sampling_kwargs(settings)):
+                click.echo(piece, nl=False)
+            click.echo()
+    if as_json:
+        click.echo(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+# --- train ------------------------------------------------------------------------------------
+
+# option -> params.yaml key it sets
+TRAIN_KEYS = {"max_steps": "train.max_steps", "batch_size": "train.batch_size",
+              "learning_rate": "train.learning_rate", "context_length": "model.context_length",
+              "layers": "model.n_layer", "heads": "model.n_head", "width": "model.d_model",
+              "dropout": "model.dropout", "seed": "train.seed",
+              "time_budget": "train.time_budget_minutes", "device": "train.device",
+              "val_fraction": "data.val_fraction"}  # test_fraction follows val_fraction
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def model_name_for(data_path: str) -> str:
+    """my_text.txt -> my_text; a directory -> its name; odd characters become '_'."""
+    path = Path(data_path).resolve()
+    stem = path.name if path.is_dir() else path.stem
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "model"
+
+
+def check_data_path(data_path: str) -> None:
+    if Path(data_path).exists():
+        return
+    from tinyllm.corpus import text_files_under
+
+    found = text_files_under(Path("data")) if Path("data").is_dir() else []
+    if found:
+        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+        hint = f"text files under ./data/: {', '.join(map(str, found[:10]))}{more}"
+    else:
+        hint = "no text files under ./data/ either"
+    raise TinyLLMError(f"data file not found: {data_path}; {hint}")
+
+
+def train_params(data_path: str, name: str, register: bool, options: dict):
+    """./params.yaml (or the built-in defaults) with the options on top, validated."""
+    from tinyllm.config import Params, load_params, params_from_dict
+
+    base = load_params("params.yaml") if Path("params.yaml").is_file() else Params()
+    raw = asdict(base)
+    raw["data"]["corpus"] = data_path
+    raw["tracking"]["registry_name"] = name
+    raw["tracking"]["enabled"] = register
+    given = {TRAIN_KEYS[k]: v for k, v in options.items() if v is not None}
+    for key, value in given.items():
+        section, field = key.split(".")
+        raw[section][field] = value
+    if "data.val_fraction" in given:
+        raw["data"]["test_fraction"] = given["data.val_fraction"]
+    train = raw["train"]
+    if "train.max_steps" in given and train["warmup_steps"] >= train["max_steps"]:
+        train["warmup_steps"] = train["max_steps"] // 10
+        log.info("train.warmup_steps lowered to %d, a tenth of --max-steps",
+                 train["warmup_steps"])
+    try:
+        return params_from_dict(raw, "params.yaml and options")
+    except TinyLLMError as exc:
+        option = next((f"--{o.replace('_', '-')}" for o, k in TRAIN_KEYS.items()
+                       if k in given and str(exc).startswith(k)), None)
+        raise TinyLLMError(f"{option}: {exc}" if option else str(exc)) from None
+
+
+def set_aside_checkpoint(checkpoints: Path, resume: bool) -> None:
+    """--resume needs the checkpoint; a fresh start moves it aside (never deletes it)."""
+    from tinyllm.train import CHECKPOINT_FILE
+
+    checkpoint = checkpoints / CHECKPOINT_FILE
+    if resume:
+        if not checkpoint.exists():
+            raise TinyLLMError(f"--resume: no checkpoint at {checkpoint}; drop --resume to start "
+                               "afresh (or check --output-dir/--name)")
+        return
+    if checkpoint.exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = checkpoint.with_name(f"{checkpoint.stem}.set-aside-{stamp}{checkpoint.suffix}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = aside.with_name(f"{checkpoint.stem}.set-aside-{stamp}-{n}{checkpoint.suffix}")
+        checkpoint.rename(aside)
+        click.echo(f"starting afresh; the previous checkpoint was moved to {aside} "
+                   "(--resume continues from a checkpoint)", err=True)
+
+
+def describe_training(params, name: str, output: Path, source: str, resume: bool) -> str:
+    from tinyllm import tracking
+
+    m, t, d = params.model, params.train, params.data
+    budget = f"{t.time_budget_minutes:g} min" if t.time_budget_minutes else "none"
+    where = (f"MLflow {tracking.tracking_uri()}, registered as '{name}'"
+             if params.tracking.enabled else "off (--no-register: nothing is tracked)")
+    return "\n".join([
+        f"training '{name}' on {d.corpus} ({'resuming' if resume else 'from scratch'})",
+        f"  output:   {output}/",
+        f"  model:    {m.n_layer} layers, {m.n_head} heads, width {m.d_model}, "
+        f"context {m.context_length}, dropout {m.dropout:g}",
+        f"  training: {t.max_steps} steps, batch {t.batch_size}, learning rate "
+        f"{t.learning_rate:g}, seed {t.seed}, time budget {budget}, device {t.device}",
+        f"  held out: {d.val_fraction:.0%} validation, {d.test_fraction:.0%} test",
+        f"  tracking: {where}",
+        f"  defaults: {source}"])
+
+
+@cli.command(short_help="Train a model on any text file or directory, outside DVC.")
+@click.argument("data_path", metavar="DATA_PATH")
+@click.option("--max-steps", type=int, help="Optimizer steps.")
+@click.option("--batch-size", type=int, help="Sequences per step.")
+@click.option("--learning-rate", type=float, help="Peak learning rate.")
+@click.option("--context-length", type=int, help="Characters the model sees at once.")
+@click.option("--layers", type=int, help="Transformer blocks.")
+@click.option("--heads", type=int, help="Attention heads (must divide --width).")
+@click.option("--width", type=int, help="Embedding width (d_model).")
+@click.option("--dropout", type=float, help="Dropout rate.")
+@click.option("--val-fraction", type=float,
+              help="Share held out for validation, and the same again for test.")
+@click.option("--seed", type=int, help="Seed for weights and batches.")
+@click.option("--time-budget", type=float, metavar="MINUTES",
+              help="Stop after this many minutes (0 = no limit).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+              help="Where training runs.")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where data, checkpoints and the model go [default: runs/NAME].")
+@click.option("--name", help="Model name [default: the data file's or directory's name].")
+@click.option("--no-register", is_flag=True,
+              help="Switch MLflow off for this run: nothing is tracked and no model is "
+                   "registered; the model package is still written to the output directory.")
+@click.option("--resume", is_flag=True,
+              help="Continue from the checkpoint in the output directory. Without it an "
+                   "existing checkpoint is moved aside and training starts afresh.")
+@click.pass_obj
+def train(obj: Options, data_path: str, output_dir: Path | None, name: str | None,
+          no_register: bool, resume: bool, **options) -> None:
+    """Train a model on DATA_PATH (a text file or a directory of .txt/.text/.md files).
+
+    Ad-hoc training outside DVC: defaults come from ./params.yaml when there is one, options
+    override them. The model is tracked in MLflow and registered under its name (the data
+    file's name unless --name) so `tinyllm chat --model-uri models:/NAME/latest` finds it.
+    """
+    check_data_path(data_path)
+    if name is not None and not NAME_PATTERN.match(name):
+        raise click.BadParameter("use letters, digits, '.', '_' and '-'", param_hint="--name")
+    name = name or model_name_for(data_path)
+    output = output_dir or Path("runs") / name
+    if obj.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = obj.tracking_uri  # where the pipeline steps look
+    params = train_params(data_path, name, not no_register, options)
+    source = "./params.yaml" if Path("params.yaml").is_file() else "built-in (no ./params.yaml)"
+
+    from tinyllm import workflow
+    from tinyllm.train import TrainingInterrupted
+
+    layout = workflow.Layout(output)
+    set_aside_checkpoint(layout.checkpoints, resume)
+    click.echo(describe_training(params, name, output, source, resume))
+    workflow.prepare(params, layout)
+    workflow.tokenize(params, layout)
+    try:
+        workflow.train(params, layout, run_name_prefix=name)
+    except TrainingInterrupted as exc:
+        raise TrainingInterrupted(f"{exc}; run the same command with --resume to continue",
+                                  exc.exit_code - 128) from None
+    metrics = workflow.evaluate(params, layout, registry_name=name)
+    test = metrics["test"]
+    uri = (f"models:/{metrics['registered']['name']}/{metrics['registered']['version']}"
+           if "registered" in metrics else str(layout.model))
+    click.echo(f"done: test loss {test['loss']:.4f} nats/char, "
+               f"{test['bits_per_char']:.4f} bits/char")
+    click.echo(f"model package: {layout.model}/")
+    if "registered" in metrics:
+        click.echo(f"registered:    {uri}")
+    click.echo(f"chat with it:  tinyllm chat --model-uri {shlex.quote(uri)}")
+
+
+# --- models -----------------------------------------------------------------------------------
+
+def _when(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000)) if ms else "?"
+
+
+@cli.command(short_help="List registered models and their versions.")
+@click.argument("name", required=False)
+@click.pass_obj
+def models(obj: Options, name: str | None) -> None:
+    """List registered models and their versions (only NAME's, if given)."""
+    store, uri = open_store(obj.tracking_uri)
+    empty = ("No models registered{where} yet. Run `dvc repro` (or `tinyllm train DATA`) to "
+             "train and register one.")
+    if store is None:
+        click.echo(empty.format(where=f": no MLflow store at {uri}"))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinyllm.tracking import _registry_versions
+
+    if name:
+        versions, _ = _registry_versions(store, name)  # unknown: one line listing what exists
+        registered = [store.client.get_registered_model(name)]
+    else:
+        versions = store.client.search_model_versions()
+        registered = store.client.search_registered_models(max_results=1000)
+    aliases: dict[tuple[str, str], list[str]] = {}  # versions found by search carry none
+    for model in registered:
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault((model.name, str(version)), []).append(alias)
+    versions = sorted(versions, key=lambda v: (v.name, int(v.version)))
+    if not versions:
+        click.echo(empty.format(where=f" in {store.uri}"))
+        return
+    click.echo(f"Registered models in {store.uri}:")
+    table = Table()
+    for column in ("name", "version", "aliases", "test bits/char", "parameters", "created",
+                   "run id"):
+        table.add_column(column, no_wrap=True,
+                         justify="right" if column in ("version", "parameters") else "left")
+    for v in versions:
+        bits = v.tags.get("test_bits_per_char")
+        table.add_row(v.name, str(v.version),
+                      ", ".join(sorted(aliases.get((v.name, str(v.version)), []))) or "-",
+                      f"{float(bits):.3f}" if bits else "-", _parameters(store, v.run_id),
+                      _when(v.creation_timestamp), v.run_id or "-")
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def _parameters(store, run_id: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return "-"
+    try:
+        value = store.client.get_run(run_id).data.params.get("derived.parameters")
+    except MlflowException:
+        return "-"
+    return f"{int(value):,}" if value and value.isdigit() else "-"
