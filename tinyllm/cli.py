@@ -21,12 +21,11 @@ import click
 
 from tinyllm import __version__
 from tinyllm.config import SamplingConfig
+from tinyllm.discovery import load_model, open_store, pinned_uri, title_of
 from tinyllm.errors import TinyLLMError
 
 log = logging.getLogger("tinyllm.cli")
 
-DEFAULT_REGISTRY_NAME, DEFAULT_ALIAS = "shakespeare", "champion"
-LOCAL_MODEL = Path("models/model")  # what `dvc repro` leaves in the project
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -132,119 +131,15 @@ def model_options(command):
              "./params.yaml, else its latest version, else ./models/model.")(command)
 
 
+def notify(message: str) -> None:
+    """Status for the person at the terminal; stderr keeps stdout clean for pipes."""
+    click.echo(message, err=True)
+
+
 def settings_from(sampling: dict) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=sampling["max_tokens"],
                           temperature=sampling["temperature"], top_k=sampling["top_k"],
                           top_p=sampling["top_p"], seed=sampling["seed"])
-
-
-# --- finding and loading a model --------------------------------------------------------------
-
-def open_store(explicit_uri: str | None):
-    """(Store or None, uri). None when the store is a sqlite file that does not exist yet:
-    merely opening it would create an empty mlflow.db."""
-    from tinyllm import tracking
-
-    uri = tracking.tracking_uri(explicit_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return None, uri
-    return tracking.Store(uri), uri
-
-
-def registry_defaults() -> tuple[str, str, str]:
-    """(registered model name, champion alias, where they came from)."""
-    if Path("params.yaml").is_file():
-        from tinyllm.config import load_params
-
-        tracking = load_params("params.yaml").tracking
-        return tracking.registry_name, tracking.champion_alias, "./params.yaml"
-    return DEFAULT_REGISTRY_NAME, DEFAULT_ALIAS, "the default, no ./params.yaml here"
-
-
-def discover_model(store, store_uri: str) -> tuple[str, str]:
-    """(model URI, why it was picked) when --model-uri is not given."""
-    from mlflow.exceptions import MlflowException
-
-    name, alias, source = registry_defaults()
-    if store is None:
-        missing = f"no MLflow store at {store_uri} yet"
-    else:
-        try:
-            store.client.get_model_version_by_alias(name, alias)
-            return f"models:/{name}@{alias}", f"the '{alias}' alias of '{name}' ({source})"
-        except MlflowException:
-            pass
-        if store.client.search_model_versions(f"name='{name}'"):
-            return f"models:/{name}/latest", (f"'{name}' ({source}) has no '{alias}' alias, "
-                                              "so its latest version")
-        missing = f"no registered model '{name}' ({source}) in {store.uri}"
-    if LOCAL_MODEL.is_dir():
-        return str(LOCAL_MODEL), f"{missing}; using the local package"
-    raise TinyLLMError(f"no model to use: {missing} and no {LOCAL_MODEL}/ here; run `dvc repro` "
-                       "(or `tinyllm train DATA`) to make one, or pass --model-uri")
-
-
-def pick_device(name: str) -> str:
-    from tinyllm.train import select_device
-
-    try:
-        return str(select_device(name))
-    except TinyLLMError:
-        raise TinyLLMError(f"--device {name} is not available on this machine") from None
-
-
-def load_model(uri: str | None, device: str, tracking_uri: str | None):
-    """(LoadedModel, ResolvedModel, test bits/char or None), saying on stderr what was picked."""
-    from tinyllm import tracking
-
-    store = None
-    if uri is None or uri.startswith(("models:/", "runs:/")):
-        store, store_uri = open_store(tracking_uri)
-        if uri is None:
-            uri, why = discover_model(store, store_uri)
-            click.echo(f"using {uri}: {why}", err=True)
-        elif store is None:
-            raise TinyLLMError(f"cannot load {uri}: no MLflow store at {store_uri} yet; run "
-                               "`dvc repro` to train and register a model")
-    loaded, resolved = tracking.load_model_uri(uri, device=pick_device(device), store=store)
-    return loaded, resolved, test_bits_per_char(store, resolved, loaded)
-
-
-def test_bits_per_char(store, resolved, loaded) -> float | None:
-    """From the registered version's tag, the run's metric, the package or its eval/ folder."""
-    try:
-        if store is not None and resolved.name and resolved.version:
-            tags = store.client.get_model_version(resolved.name, resolved.version).tags
-            if tags.get("test_bits_per_char"):
-                return float(tags["test_bits_per_char"])
-        if store is not None and resolved.run_id:
-            metric = store.client.get_run(resolved.run_id).data.metrics.get(
-                "eval_test_bits_per_char")
-            if metric is not None:
-                return float(metric)
-        if "test_bits_per_char" in loaded.meta:
-            return float(loaded.meta["test_bits_per_char"])
-        metrics = Path(resolved.path).parent / "eval" / "metrics.json"  # models/model's sibling
-        if metrics.is_file():
-            return float(json.loads(metrics.read_text())["test"]["bits_per_char"])
-    except Exception as exc:  # a missing figure must not stop a chat
-        log.debug("no test bits/char: %s", exc)
-    return None
-
-
-def title_of(resolved) -> str:
-    if resolved.name and resolved.version:
-        pinned = f"models:/{resolved.name}/{resolved.version}"
-        return f"{resolved.name} version {resolved.version}" + (
-            f" ({resolved.uri})" if resolved.uri != pinned else "")
-    return resolved.uri
-
-
-def pinned_uri(resolved) -> str:
-    """The URI that names exactly this model, e.g. models:/tiny/3 for models:/tiny@champion."""
-    if resolved.name and resolved.version:
-        return f"models:/{resolved.name}/{resolved.version}"
-    return resolved.uri
 
 
 # --- chat and generate ------------------------------------------------------------------------
@@ -266,7 +161,7 @@ def chat(obj: Options, model_uri, device, **sampling) -> None:
     """
     from tinyllm.chat import Console
 
-    loaded, resolved, bits = load_model(model_uri, device, obj.tracking_uri)
+    loaded, resolved, bits = load_model(model_uri, device, obj.tracking_uri, notify)
     console = Console(loaded, settings_from(sampling), title_of(resolved), bits)
     console.run(interactive=sys.stdin.isatty())
 
@@ -294,7 +189,7 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
     prompts = [*prompts, *([prompt_file.read()] if prompt_file else [])]
     if not prompts:
         raise click.UsageError("give --prompt TEXT (repeatable) or --prompt-file FILE")
-    loaded, resolved, _ = load_model(model_uri, device, obj.tracking_uri)
+    loaded, resolved, _ = load_model(model_uri, device, obj.tracking_uri, notify)
     base = settings_from(sampling)
     results = []
     for p, prompt in enumerate(prompts, 1):

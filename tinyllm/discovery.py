@@ -1,0 +1,129 @@
+"""Which model to load: a model URI, or registry-aware discovery when none is given.
+
+Without --model-uri the CLI takes the champion alias of the model named in ./params.yaml, else its
+latest version, else the local models/model/ package, and says which and why. Looking never
+creates an MLflow store where none exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from tinyllm.errors import TinyLLMError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGISTRY_NAME, DEFAULT_ALIAS = "shakespeare", "champion"
+LOCAL_MODEL = Path("models/model")  # what `dvc repro` leaves in the project
+
+
+def open_store(explicit_uri: str | None):
+    """(Store or None, uri). None when the store is a sqlite file that does not exist yet:
+    merely opening it would create an empty mlflow.db."""
+    from tinyllm import tracking
+
+    uri = tracking.tracking_uri(explicit_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None, uri
+    return tracking.Store(uri), uri
+
+
+def registry_defaults() -> tuple[str, str, str]:
+    """(registered model name, champion alias, where they came from)."""
+    if Path("params.yaml").is_file():
+        from tinyllm.config import load_params
+
+        tracking = load_params("params.yaml").tracking
+        return tracking.registry_name, tracking.champion_alias, "./params.yaml"
+    return DEFAULT_REGISTRY_NAME, DEFAULT_ALIAS, "the default, no ./params.yaml here"
+
+
+def discover_model(store, store_uri: str) -> tuple[str, str]:
+    """(model URI, why it was picked) when --model-uri is not given."""
+    from mlflow.exceptions import MlflowException
+
+    name, alias, source = registry_defaults()
+    if store is None:
+        missing = f"no MLflow store at {store_uri} yet"
+    else:
+        try:
+            store.client.get_model_version_by_alias(name, alias)
+            return f"models:/{name}@{alias}", f"the '{alias}' alias of '{name}' ({source})"
+        except MlflowException:
+            pass
+        if store.client.search_model_versions(f"name='{name}'"):
+            return f"models:/{name}/latest", (f"'{name}' ({source}) has no '{alias}' alias, "
+                                              "so its latest version")
+        missing = f"no registered model '{name}' ({source}) in {store.uri}"
+    if LOCAL_MODEL.is_dir():
+        return str(LOCAL_MODEL), f"{missing}; using the local package"
+    raise TinyLLMError(f"no model to use: {missing} and no {LOCAL_MODEL}/ here; run `dvc repro` "
+                       "(or `tinyllm train DATA`) to make one, or pass --model-uri")
+
+
+def pick_device(name: str) -> str:
+    from tinyllm.train import select_device
+
+    try:
+        return str(select_device(name))
+    except TinyLLMError:
+        raise TinyLLMError(f"--device {name} is not available on this machine") from None
+
+
+def load_model(uri: str | None, device: str, tracking_uri: str | None,
+               notify: Callable[[str], None] = log.info):
+    """(LoadedModel, ResolvedModel, test bits/char or None); notify says which model was picked
+    and why when no URI was given."""
+    from tinyllm import tracking
+
+    store = None
+    if uri is None or uri.startswith(("models:/", "runs:/")):
+        store, store_uri = open_store(tracking_uri)
+        if uri is None:
+            uri, why = discover_model(store, store_uri)
+            notify(f"using {uri}: {why}")
+        elif store is None:
+            raise TinyLLMError(f"cannot load {uri}: no MLflow store at {store_uri} yet; run "
+                               "`dvc repro` to train and register a model")
+    loaded, resolved = tracking.load_model_uri(uri, device=pick_device(device), store=store)
+    return loaded, resolved, test_bits_per_char(store, resolved, loaded)
+
+
+def test_bits_per_char(store, resolved, loaded) -> float | None:
+    """From the registered version's tag, the run's metric, the package or its eval/ folder."""
+    try:
+        if store is not None and resolved.name and resolved.version:
+            tags = store.client.get_model_version(resolved.name, resolved.version).tags
+            if tags.get("test_bits_per_char"):
+                return float(tags["test_bits_per_char"])
+        if store is not None and resolved.run_id:
+            metric = store.client.get_run(resolved.run_id).data.metrics.get(
+                "eval_test_bits_per_char")
+            if metric is not None:
+                return float(metric)
+        if "test_bits_per_char" in loaded.meta:
+            return float(loaded.meta["test_bits_per_char"])
+        metrics = Path(resolved.path).parent / "eval" / "metrics.json"  # models/model's sibling
+        if metrics.is_file():
+            return float(json.loads(metrics.read_text())["test"]["bits_per_char"])
+    except Exception as exc:  # a missing figure must not stop a chat
+        log.debug("no test bits/char: %s", exc)
+    return None
+
+
+def title_of(resolved) -> str:
+    if resolved.name and resolved.version:
+        pinned = f"models:/{resolved.name}/{resolved.version}"
+        return f"{resolved.name} version {resolved.version}" + (
+            f" ({resolved.uri})" if resolved.uri != pinned else "")
+    return resolved.uri
+
+
+def pinned_uri(resolved) -> str:
+    """The URI that names exactly this model, e.g. models:/tiny/3 for models:/tiny@champion."""
+    if resolved.name and resolved.version:
+        return f"models:/{resolved.name}/{resolved.version}"
+    return resolved.uri
