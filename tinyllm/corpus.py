@@ -81,7 +81,7 @@ def load_corpus(path: str | Path) -> list[Document]:
         document = read_text_file(file)
         if document.text.strip():
             documents.append(document)
-        else:
+        elif path.is_dir():
             log.warning("skipping empty file %s", file)
     if not documents:
         raise TinyLLMError(f"corpus {path} is empty (no non-whitespace text)")

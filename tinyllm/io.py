@@ -49,16 +49,30 @@ def atomic_write_json(path: str | Path, data) -> None:
 def replace_directory(staging: Path, target: Path) -> None:
     """Move a fully written staging directory into place, replacing target.
 
-    The old target is renamed aside first, so at every moment target is either the complete old
-    directory or the complete new one (briefly absent between the two renames).
+    The old target is renamed aside first. A process killed between the two renames leaves
+    only the aside copy, which `current_directory` reads and the next replace puts back, so a
+    reader always finds the complete old directory or the complete new one.
     """
     target = Path(target)
-    old = target.with_name(f".{target.name}.old")
+    old = _aside(target)
+    if old.exists() and not target.exists():  # an earlier replace died between its renames
+        os.replace(old, target)
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
     os.replace(staging, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def current_directory(target: str | Path) -> Path:
+    """target, or its aside copy when a replace_directory was killed halfway."""
+    target = Path(target)
+    old = _aside(target)
+    return old if old.is_dir() and not target.exists() else target
+
+
+def _aside(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
 
 
 def staging_directory(target: Path) -> Path:

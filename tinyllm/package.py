@@ -22,7 +22,13 @@ import torch
 from tinyllm.config import SamplingConfig
 from tinyllm.errors import TinyLLMError
 from tinyllm.generate import stream_text
-from tinyllm.io import atomic_write_json, read_json, replace_directory, staging_directory
+from tinyllm.io import (
+    atomic_write_json,
+    current_directory,
+    read_json,
+    replace_directory,
+    staging_directory,
+)
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.tokenizer import CharTokenizer, Encoded
 
@@ -153,7 +159,7 @@ class LoadedModel:
 
 
 def load_package(directory: str | Path, device: str = "cpu") -> LoadedModel:
-    directory = Path(directory)
+    directory = current_directory(directory)
     if not directory.is_dir():
         raise TinyLLMError(f"model package directory not found: {directory}")
     config = read_config(directory / CONFIG_FILE)
