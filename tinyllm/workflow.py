@@ -211,13 +211,17 @@ def evaluate(params: Params, layout: Layout, registry_name: str | None = None) -
         name = registry_name or params.tracking.registry_name
         run_id = tracking.reopen_run(store, layout.run_handoff, params.tracking.experiment,
                                      name, params.flat())
-        store.client.log_batch(run_id, metrics=_metrics(
-            {f"eval_{split}_{key}": value for split, values in metrics.items()
-             for key, value in values.items() if key != "characters"}))
-        tracking.log_artifacts(store, run_id, files, "eval")
-        registration = tracking.register_package(
-            store, run_id, layout.model, name, test["loss"], test["bits_per_char"],
-            loaded.meta.get("data_fingerprint", ""), params.tracking.champion_alias)
+        try:
+            store.client.log_batch(run_id, metrics=_metrics(
+                {f"eval_{split}_{key}": value for split, values in metrics.items()
+                 for key, value in values.items() if key != "characters"}))
+            tracking.log_artifacts(store, run_id, files, "eval")
+            registration = tracking.register_package(
+                store, run_id, layout.model, name, test["loss"], test["bits_per_char"],
+                loaded.meta.get("data_fingerprint", ""), params.tracking.champion_alias)
+        except BaseException:
+            tracking.end_run(store, run_id, "FAILED")
+            raise
         tracking.end_run(store, run_id)
         verb = "registered" if registration.created else "already registered as"
         log.info("evaluate: %s models:/%s/%s%s", verb, name, registration.version,
