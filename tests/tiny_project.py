@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -50,3 +54,36 @@ def write_corpus(directory: Path, works: int = 5) -> Path:
 
 def write_params(path, raw: dict) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+
+
+def run(args, cwd, env, timeout: float = 300) -> str:
+    """Run a command that must succeed; its stdout and stderr together."""
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def make_dvc_project(repo: Path) -> dict:
+    """A fresh git+DVC repo at `repo` holding the pipeline, the library and a tiny corpus.
+
+    Returns the environment to run dvc in: this venv first on PATH, no MLFLOW_/DVC_ leaks.
+    """
+    repo.mkdir(parents=True)
+    for name in ("dvc.yaml", "pipeline", "tinyllm"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, repo / name)
+    write_corpus(repo / "data/raw/tiny")
+    write_params(repo / "params.yaml", tiny_params("data/raw/tiny"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+    run(["git", "init", "-q"], repo, env)
+    run(["dvc", "init", "-q"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "init"], repo, env)
+    return env

@@ -22,7 +22,7 @@ import click
 from tinyllm import __version__
 from tinyllm.config import SamplingConfig
 from tinyllm.discovery import load_model, open_store, pinned_uri, title_of
-from tinyllm.errors import TinyLLMError
+from tinyllm.errors import TinyLLMError, store_failure
 
 log = logging.getLogger("tinyllm.cli")
 
@@ -49,6 +49,11 @@ class Group(click.Group):
             _fail("interrupted", 130)
         except (TinyLLMError, OSError) as exc:
             _fail(str(exc), getattr(exc, "exit_code", 1))
+        except Exception as exc:
+            message = store_failure(exc)
+            if message is None:
+                raise
+            _fail(message, 1)
         sys.exit(code if isinstance(code, int) else 0)
 
 

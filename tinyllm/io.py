@@ -6,12 +6,13 @@ renamed over the destination (rename is atomic within one filesystem).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tinyllm.errors import TinyLLMError
@@ -91,6 +92,22 @@ def fingerprint_files(paths) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an advisory lock on `path` (created if missing) across processes, where supported."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; callers only lose the cross-process ordering
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_json(path: str | Path, what: str):

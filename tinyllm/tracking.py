@@ -9,6 +9,7 @@ point elsewhere, e.g. a team server. The project root is DVC_ROOT when DVC runs 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinyllm.errors import TinyLLMError
-from tinyllm.io import atomic_write_json
+from tinyllm.io import atomic_write_json, exclusive_lock
 from tinyllm.train import StepMetrics
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,17 @@ class Store:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        self.client = mlflow.MlflowClient(self.uri, self.registry_uri)
+        # Two pipelines starting together (`dvc queue start -j 2`) would both create or
+        # upgrade a new sqlite store's tables and one would fail ("table already exists"):
+        # one process at a time opens it.
+        lock = (exclusive_lock(f"{self.uri.removeprefix('sqlite:///')}.lock")
+                if self.is_local_sqlite else contextlib.nullcontext())
+        with lock:
+            self.client = mlflow.MlflowClient(self.uri, self.registry_uri)
+            # Open both stores now: creates a new sqlite store's tables, and a misconfigured
+            # database or server fails here, before any training.
+            self.client.search_experiments(max_results=1)
+            self.client.search_registered_models(max_results=1)
 
     @property
     def is_local_sqlite(self) -> bool:

@@ -4,44 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from tiny_project import ROOT, tiny_params, write_corpus, write_params
-
-
-def run(args, cwd, env):
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
+from tiny_project import make_dvc_project, run, tiny_params, write_params
 
 
 @pytest.fixture
 def project(tmp_path):
-    """A fresh git+DVC repo holding the pipeline, the library and a tiny corpus."""
     repo = tmp_path / "project"
-    repo.mkdir()
-    for name in ("dvc.yaml", "pipeline", "tinyllm"):
-        source = ROOT / name
-        copy = shutil.copytree if source.is_dir() else shutil.copy
-        copy(source, repo / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                      if source.is_dir() else {}))
-    write_corpus(repo / "data/raw/tiny")
-    write_params(repo / "params.yaml", tiny_params("data/raw/tiny"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
-    run(["git", "init", "-q"], repo, env)
-    run(["dvc", "init", "-q"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "init"], repo, env)
-    return repo, env
+    return repo, make_dvc_project(repo)
 
 
 def ran_stages(output: str) -> set[str]:
