@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tiny_project import ROOT
 
 from tinyllm import tracking, workflow
 
@@ -87,8 +88,14 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as reply:
             predictions = json.loads(reply.read())["predictions"]
+        load = subprocess.run([sys.executable, str(ROOT / "scripts/serve_load.py"), "--url",
+                               f"http://127.0.0.1:{port}", "--clients", "8", "--requests", "200",
+                               "--max-tokens", "5"], capture_output=True, text=True, timeout=300)
     finally:
         serving.terminate()
         serving.wait(timeout=30)
     assert len(predictions) == 2
     assert predictions[0] == expected
+    assert load.returncode == 0, load.stderr
+    report = json.loads(load.stdout)
+    assert (report["requests"], report["clients"], report["errors"]) == (200, 8, 0)
