@@ -22,7 +22,7 @@ import click
 from tinyllm import __version__
 from tinyllm.config import SamplingConfig
 from tinyllm.discovery import load_model, open_store, pinned_uri, title_of
-from tinyllm.errors import TinyLLMError, store_failure
+from tinyllm.errors import TinyLLMError, user_error
 
 log = logging.getLogger("tinyllm.cli")
 
@@ -47,13 +47,13 @@ class Group(click.Group):
             _fail(exc.format_message() + hint, exc.exit_code)
         except click.Abort:
             _fail("interrupted", 130)
-        except (TinyLLMError, OSError) as exc:
-            _fail(str(exc), getattr(exc, "exit_code", 1))
+        except OSError as exc:
+            _fail(str(exc), 1)
         except Exception as exc:
-            message = store_failure(exc)
+            message = user_error(exc)
             if message is None:
                 raise
-            _fail(message, 1)
+            _fail(message, getattr(exc, "exit_code", 1))
         sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -13,12 +13,22 @@ class TinyLLMError(Exception):
     exit_code = 1
 
 
-def store_failure(exc: BaseException) -> str | None:
-    """One line for a failure of the MLflow store (a database or server problem, not a bug)."""
-    if not type(exc).__module__.startswith(("mlflow.", "sqlalchemy.")):
-        return None
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"MLflow store failed: {first_line}"
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message for a failure the user can act on; None for a bug.
+
+    Besides our own errors, failures of the MLflow store (its database or server, raised from
+    mlflow or SQLAlchemy) are the user's environment, not a bug in tinyllm.
+    """
+    if isinstance(exc, TinyLLMError):
+        return str(exc)
+    if type(exc).__module__.startswith(("mlflow.", "sqlalchemy.")):
+        return f"MLflow store failed: {first_line(exc)}"
+    return None
 
 
 def exit_on_error(main: Callable[[], object]) -> None:
@@ -26,7 +36,7 @@ def exit_on_error(main: Callable[[], object]) -> None:
     try:
         main()
     except Exception as exc:
-        message = str(exc) if isinstance(exc, TinyLLMError) else store_failure(exc)
+        message = user_error(exc)
         if message is None:
             raise
         logging.getLogger(__name__).debug("error details", exc_info=True)

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyllm.errors import TinyLLMError
+from tinyllm.errors import TinyLLMError, first_line, user_error
 from tinyllm.io import atomic_write_json, exclusive_lock
 from tinyllm.train import StepMetrics
 
@@ -101,11 +101,17 @@ class Store:
         lock = (exclusive_lock(f"{self.uri.removeprefix('sqlite:///')}.lock")
                 if self.is_local_sqlite else contextlib.nullcontext())
         with lock:
-            self.client = mlflow.MlflowClient(self.uri, self.registry_uri)
-            # Open both stores now: creates a new sqlite store's tables, and a misconfigured
-            # database or server fails here, before any training.
-            self.client.search_experiments(max_results=1)
-            self.client.search_registered_models(max_results=1)
+            # Open both stores now: creates a new sqlite store's tables, and a damaged or
+            # misconfigured database fails here, before any training.
+            try:
+                self.client = mlflow.MlflowClient(self.uri, self.registry_uri)
+                self.client.search_experiments(max_results=1)
+                self.client.search_registered_models(max_results=1)
+            except Exception as exc:
+                if user_error(exc) is None:
+                    raise
+                raise TinyLLMError(f"MLflow store {self.uri} cannot be opened: "
+                                   f"{first_line(exc)}") from None
 
     @property
     def is_local_sqlite(self) -> bool:

@@ -100,3 +100,20 @@ def test_enormous_prompt_keeps_the_last_context(tmp_path, model, tokenizer):
     encoded = loaded.encode_prompt(huge + "\u00e9")
     assert encoded.unknown == {"\u00e9": 1}
 
+
+
+def test_a_corrupt_mlflow_store_stops_training_in_one_line_and_is_left_as_it_was(tmp_path,
+                                                                                 corpus_dir):
+    write_params(tmp_path / "params.yaml", tiny_params(str(corpus_dir)))
+    for stage in ("prepare", "tokenize"):
+        assert run_stage(stage, tmp_path).returncode == 0
+    garbage = b"this is not an sqlite database" * 100
+    (tmp_path / "mlflow.db").write_bytes(garbage)
+    result = run_stage("train", tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: MLflow store sqlite:///{tmp_path / 'mlflow.db'} cannot be opened: ")
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "mlflow.db").read_bytes() == garbage
+    assert not (tmp_path / "models/model").exists()
+    assert not (tmp_path / "models/checkpoints").exists()
