@@ -130,3 +130,18 @@ def test_weights_that_would_execute_code_are_refused(package, tmp_path, writer):
 def test_weights_holding_non_tensor_values_are_refused(package):
     torch.save({"tok_emb.weight": [1, 2, 3]}, package / "weights.pt")
     assert "named tensors" in str(_load_error(package))
+
+
+def test_weights_far_larger_than_the_config_needs_are_refused(package):
+    with open(package / "weights.pt", "ab") as handle:
+        handle.write(b"\0" * 5_000_000)
+    assert "far more than a model of this config needs" in str(_load_error(package))
+
+
+@pytest.mark.parametrize("name", ["weights.pt", "config.json", "tokenizer.json"])
+def test_a_package_file_linking_outside_the_package_is_refused(package, tmp_path, name):
+    outside = tmp_path / "elsewhere" / name
+    outside.parent.mkdir()
+    (package / name).rename(outside)
+    (package / name).symlink_to(outside)
+    assert "points outside the model package" in str(_load_error(package))

@@ -113,12 +113,22 @@ def test_encoding_five_megabytes_is_fast(tokenizer, tiny_text):
     ('{"format": "tinyllm.char-tokenizer", "format_version": 1, "chars": []}', "non-empty"),
     ('{"format": "tinyllm.char-tokenizer", "format_version": 1, "chars": ["a", "a"]}',
      "distinct"),
+    ('{"format": "tinyllm.char-tokenizer", "format_version": 1, "chars": ["ab"]}',
+     "single characters"),
 ])
 def test_corrupted_tokenizer_file_is_rejected(tmp_path, content, message):
     path = tmp_path / "tokenizer.json"
     path.write_text(content, encoding="utf-8")
-    with pytest.raises(TinyLLMError, match=message):
+    with pytest.raises(TinyLLMError, match=message) as error:
         CharTokenizer.load(path)
+    assert str(path) in str(error.value)
+
+
+def test_undecodable_input_bytes_are_unknown_characters(tokenizer):
+    """Bytes that were not UTF-8 arrive as lone surrogates (argv, surrogateescape stdin)."""
+    encoded = tokenizer.encode_report(b"ROMEO \xff".decode("utf-8", "surrogateescape"))
+    assert encoded.unknown == {"\ufffd": 1}
+    assert list(encoded.ids[:-1]) == list(tokenizer.encode("ROMEO "))
 
 
 def test_missing_tokenizer_file(tmp_path):

@@ -167,6 +167,8 @@ def chat(obj: Options, model_uri, device, **sampling) -> None:
     from tinyllm.chat import Console
 
     loaded, resolved, bits = load_model(model_uri, device, obj.tracking_uri, notify)
+    if hasattr(sys.stdin, "reconfigure"):  # undecodable input bytes: unknown characters
+        sys.stdin.reconfigure(errors="replace")
     console = Console(loaded, settings_from(sampling), title_of(resolved), bits)
     console.run(interactive=sys.stdin.isatty())
 
@@ -174,7 +176,7 @@ def chat(obj: Options, model_uri, device, **sampling) -> None:
 @cli.command()
 @click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
               help="A prompt; repeat for several.")
-@click.option("--prompt-file", type=click.File(encoding="utf-8"),
+@click.option("--prompt-file", type=click.File(encoding="utf-8", errors="replace"),
               help="A file whose whole text (newlines included) is one prompt; - reads stdin.")
 @click.option("--num-samples", type=click.IntRange(1, 10_000), default=1, show_default=True,
               help="Samples per prompt; sample i uses seed + i.")

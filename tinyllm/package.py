@@ -158,10 +158,20 @@ class LoadedModel:
         return "".join(self.stream(prompt, **sampling))
 
 
+def _refuse_escape(directory: Path, name: str) -> None:
+    """A package file must not be a link to somewhere outside the package directory."""
+    path = directory / name
+    if path.is_symlink() and not path.resolve().is_relative_to(directory.resolve()):
+        raise TinyLLMError(f"{path} points outside the model package ({path.resolve()}); "
+                           f"refusing to load it")
+
+
 def load_package(directory: str | Path, device: str = "cpu") -> LoadedModel:
     directory = current_directory(directory)
     if not directory.is_dir():
         raise TinyLLMError(f"model package directory not found: {directory}")
+    for name in (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, META_FILE):
+        _refuse_escape(directory, name)
     config = read_config(directory / CONFIG_FILE)
     tokenizer = CharTokenizer.load(directory / TOKENIZER_FILE)
     if tokenizer.vocab_size != config.vocab_size:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ FORMAT_VERSION = 1
 UNKNOWN_ID = 0
 UNKNOWN_TEXT = "\ufffd"
 POLICIES = ("replace", "drop")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -63,6 +65,9 @@ class CharTokenizer:
 
     def encode_report(self, text: str) -> Encoded:
         """Encode with the unknown policy applied, reporting the characters it touched."""
+        # Undecodable input bytes reach us as lone surrogates (argv, surrogateescape stdin):
+        # they become U+FFFD, an unknown character like any other.
+        text = LONE_SURROGATE.sub(UNKNOWN_TEXT, text)
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
         slot = np.searchsorted(self._codepoints, codes)
         slot_clipped = np.minimum(slot, len(self._codepoints) - 1)
@@ -101,8 +106,10 @@ class CharTokenizer:
                                f"{data.get('format_version')!r} (this tinyllm reads "
                                f"{FORMAT_VERSION})")
         chars = data.get("chars")
-        if not isinstance(chars, list) or not chars or not all(isinstance(c, str) for c in chars):
-            raise TinyLLMError(f"{source}: 'chars' must be a non-empty list of single characters")
+        if not isinstance(chars, list) or not chars or not all(
+                isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) != len(chars):
+            raise TinyLLMError(f"{source}: 'chars' must be a non-empty list of distinct single "
+                               f"characters")
         return cls(chars, data.get("unknown", "replace"))
 
     @classmethod

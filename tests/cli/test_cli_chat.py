@@ -158,6 +158,30 @@ def test_piped_into_the_installed_command(tiny_model, tmp_path):
     assert "using models:/tiny@champion" in done.stderr
 
 
+def test_undecodable_bytes_in_piped_prompts_are_replaced_not_a_traceback(tiny_model):
+    done = subprocess.run([tiny_model.command, "chat", "--model-uri", str(tiny_model.package),
+                           *SHORT], input=b"ROMEO: \xff\n", capture_output=True, timeout=120,
+                          env=tiny_model.env())
+    assert done.returncode == 0, done.stderr
+    assert b"Traceback" not in done.stderr
+    assert "1 characters outside the vocabulary were replaced" in done.stderr.decode()
+    assert len(done.stdout.decode().rstrip("\n")) == 12
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: (p / "weights.pt").write_bytes((p / "weights.pt").read_bytes()[:500]),
+     "truncated or corrupt"),
+    (lambda p: (p / "config.json").write_text(
+        (p / "config.json").read_text().replace('"format_version": 1', '"format_version": 9')),
+     "unsupported format_version 9"),
+])
+def test_a_damaged_package_is_one_error_line(invoke, error_line, tiny_model, tmp_path, damage,
+                                             message):
+    copy = shutil.copytree(tiny_model.package, tmp_path / "damaged")
+    damage(copy)
+    assert message in error_line(invoke("chat", "--model-uri", copy, input="ROMEO:\n"))
+
+
 def test_terminal_session(tiny_model, tmp_path):
     """Banner, /temp 0, a prompt interrupted by Ctrl-C mid-generation, /quit: exit 0."""
     child = pexpect.spawn(tiny_model.command, ["chat", "--model-uri", "models:/tiny@champion",

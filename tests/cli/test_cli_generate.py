@@ -60,3 +60,25 @@ def test_notes_about_the_prompt_go_to_stderr(invoke, tiny_model):
 
 def test_missing_prompt_file_is_one_error_line(invoke, error_line):
     assert "--prompt-file" in error_line(invoke("generate", "--prompt-file", "nope.txt"))
+
+
+def test_undecodable_prompt_file_bytes_are_replaced(invoke, tiny_model):
+    Path("prompt.txt").write_bytes(b"ROMEO \xff")
+    result = invoke("generate", "--model-uri", tiny_model.package, "--prompt-file", "prompt.txt",
+                    "--max-tokens", "5", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "1 characters outside the vocabulary were replaced" in result.stderr
+    assert json.loads(result.stdout)[0]["prompt"] == "ROMEO \ufffd"
+
+
+def test_empty_and_megabyte_prompts_still_generate(invoke, tiny_model):
+    empty = invoke("generate", "--model-uri", tiny_model.package, "--prompt", "",
+                   "--max-tokens", "5", "--json")
+    assert empty.exit_code == 0, empty.stderr
+    assert len(json.loads(empty.stdout)[0]["text"]) == 5
+    Path("huge.txt").write_text("ROMEO: love " * 100_000)  # 1.2 MB
+    huge = invoke("generate", "--model-uri", tiny_model.package, "--prompt-file", "huge.txt",
+                  "--max-tokens", "5", "--json")
+    assert huge.exit_code == 0, huge.stderr
+    assert "the model sees only its last 16" in huge.stderr
+    assert len(json.loads(huge.stdout)[0]["text"]) == 5
