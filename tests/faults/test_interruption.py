@@ -1,7 +1,9 @@
-"""Killed training loses nothing: SIGKILL resumes to the same weights, SIGTERM checkpoints."""
+"""Killed training loses nothing: SIGKILL resumes to the same weights and metrics; SIGINT and
+SIGTERM write a checkpoint and exit promptly."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = textwrap.dedent("""
@@ -30,6 +33,7 @@ SCRIPT = textwrap.dedent("""
         workflow.prepare(params, layout)
         workflow.tokenize(params, layout)
         workflow.train(params, layout)
+        workflow.evaluate(params, layout)
 
     exit_on_error(main)
 """)
@@ -73,16 +77,29 @@ def test_sigkill_then_rerun_resumes_and_ends_with_identical_weights(tmp_path, co
     reference, result = weights(tmp_path / "clean"), weights(tmp_path / "killed")
     assert reference.keys() == result.keys()
     assert all(torch.equal(reference[k], result[k]) for k in reference)
+    for name in ("models/eval/metrics.json", "models/train/eval.csv"):
+        assert (tmp_path / "clean" / name).read_text() == (tmp_path / "killed" / name).read_text()
+    assert losses(tmp_path / "clean") == losses(tmp_path / "killed")
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_non_zero_with_one_line(tmp_path, corpus_dir):
+def losses(root: Path) -> list[tuple]:
+    """Per-step train loss, lr and grad norm: everything in steps.csv but the timings."""
+    with open(root / "models/train/steps.csv") as handle:
+        return [(row["train_loss"], row["lr"], row["grad_norm"]) for row in csv.DictReader(handle)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_writes_a_checkpoint_and_exits_promptly_with_one_line(tmp_path, corpus_dir,
+                                                                           signum):
     process = start_training(tmp_path, corpus_dir)
     wait_for_checkpoint(process, tmp_path / "models/checkpoints/last.pt")
-    os.kill(process.pid, signal.SIGTERM)
+    os.kill(process.pid, signum)
+    sent = time.monotonic()
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM
+    assert time.monotonic() - sent < 10
+    assert process.returncode == 128 + signum
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: training interrupted by signal 15 at step ")
+    assert last.startswith(f"error: training interrupted by signal {int(signum)} at step ")
     assert "checkpoint written to" in last
     state = torch.load(tmp_path / "models/checkpoints/last.pt", weights_only=True)
     assert f"at step {state['step']};" in last
