@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,45 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from tiny_project import tiny_params, tiny_work, write_corpus
 
 from tinyllm import workflow
 from tinyllm.cli import cli
 from tinyllm.config import params_from_dict
 
-NAME = "tiny"
-SPEAKERS = ("ROMEO", "JULIET", "NURSE", "FRIAR")
-WORDS = ("love", "night", "light", "sweet", "death", "fair", "heaven", "thou", "doth", "hath")
+NAME = "tiny"  # the registry name tiny_params gives
 TINYLLM = str(Path(sys.executable).with_name("tinyllm"))
-
-
-def tiny_work(seed: int, lines: int = 100) -> str:
-    """A few KB of play-like text: a speaker, a line of verse, a blank line."""
-    rng = random.Random(seed)
-    return "\n".join(f"{rng.choice(SPEAKERS)}:\n"
-                     + " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 8))) + ".\n"
-                     for _ in range(lines))
-
-
-def write_corpus(directory: Path, works: int = 5) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for i in range(works):
-        (directory / f"work_{i}.txt").write_text(tiny_work(i), encoding="utf-8")
-    return directory
-
-
-def tiny_params(corpus: Path, **sections) -> dict:
-    """params.yaml contents for a model that trains in about a second."""
-    raw = {
-        "data": {"corpus": str(corpus), "val_fraction": 0.2, "test_fraction": 0.2},
-        "model": {"context_length": 16, "n_layer": 1, "n_head": 2, "d_model": 32},
-        "train": {"max_steps": 30, "batch_size": 8, "warmup_steps": 5, "eval_interval": 10,
-                  "eval_batches": 2, "checkpoint_interval": 10, "device": "cpu"},
-        "evaluate": {"batch_size": 16, "prompts": ["ROMEO:"], "max_new_tokens": 20},
-        "tracking": {"experiment": "cli-tests", "registry_name": NAME},
-    }
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    return raw
+CLI_PARAMS = {"train.device": "cpu", "tracking.experiment": "cli-tests"}
 
 
 @dataclass
@@ -80,7 +49,7 @@ def tiny_model(tmp_path_factory) -> TinyModel:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     corpus = write_corpus(root / "corpus")
     layout = workflow.Layout(root / "build")
-    params = params_from_dict(tiny_params(corpus))
+    params = params_from_dict(tiny_params(str(corpus), **CLI_PARAMS))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
@@ -143,7 +112,7 @@ def error_line():
 @pytest.fixture
 def tiny_project(cli_env) -> Path:
     """The working directory as a tiny project: params.yaml and data/my_text.txt."""
-    raw = tiny_params(Path("unused"))
+    raw = tiny_params("unused", **CLI_PARAMS)
     del raw["data"]["corpus"]
     Path("params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     data = Path("data/my_text.txt")
