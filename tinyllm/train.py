@@ -4,6 +4,11 @@ Resuming is exact on CPU: a checkpoint holds the weights, optimizer, step, best-
 every random state, so training N steps equals training k, resuming, and training N - k. A
 checkpoint whose fingerprint (model shape, training recipe, data) differs from the current run is
 set aside, never resumed into.
+
+Under torchrun the W processes train one model data-parallel (DistributedDataParallel). Each
+draws every window of a step from the same seeded sampler and keeps rows rank::W of each
+micro-batch, so a step sees the same windows under any world size and a checkpoint (written by
+rank 0 alone) resumes under any other.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinyllm import distributed
 from tinyllm.config import TrainConfig
 from tinyllm.errors import TinyLLMError
 from tinyllm.io import atomic_write
@@ -125,6 +131,14 @@ def check_split_lengths(context: int, **splits: np.ndarray) -> None:
                                f"model.context_length or use a larger corpus")
 
 
+def check_batch_split(batch_size: int) -> None:
+    """Every process takes an equal share of each micro-batch, so the world size must divide it."""
+    world = distributed.world_size()
+    if batch_size % world:
+        raise TinyLLMError(f"train.batch_size ({batch_size}) must be divisible by the number of "
+                           f"training processes ({world})")
+
+
 def run_fingerprint(model_cfg: GPTConfig, train_cfg: TrainConfig, data_fingerprint: str) -> str:
     recipe = {k: v for k, v in asdict(train_cfg).items() if k not in RESUMABLE_ACROSS}
     blob = json.dumps({"model": asdict(model_cfg), "train": recipe, "data": data_fingerprint},
@@ -149,6 +163,8 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
         reason = f"it cannot be read ({str(exc).splitlines()[0][:120]})"
     if reason is None:
         return state
+    if not distributed.is_main():  # rank 0 sets it aside; every rank starts from step 0
+        return None
     aside = path.with_name(f"{path.stem}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
     path.rename(aside)
     log.warning("not resuming from %s: %s; moved it to %s and starting from step 0",
@@ -203,14 +219,28 @@ def train(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
           val_tokens: np.ndarray, *, checkpoint_dir: Path | None = None,
           data_fingerprint: str = "", callbacks: Iterable[Callable[[StepMetrics], None]] = ()
           ) -> TrainResult:
-    """Train a GPT from scratch or from this run's checkpoint; returns the best model."""
+    """Train a GPT from scratch or from this run's checkpoint; returns the best model.
+
+    Under torchrun every rank calls this and joins the process group for its duration.
+    """
     check_split_lengths(model_cfg.context_length, train=train_tokens, val=val_tokens)
+    check_batch_split(cfg.batch_size)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = select_device(cfg.device)
+    with distributed.process_group(select_device(cfg.device)) as device:
+        return _train_on(device, model_cfg, cfg, train_tokens, val_tokens, checkpoint_dir,
+                         data_fingerprint, callbacks)
+
+
+def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
+              train_tokens: np.ndarray, val_tokens: np.ndarray, checkpoint_dir: Path | None,
+              data_fingerprint: str, callbacks: Iterable[Callable[[StepMetrics], None]]
+              ) -> TrainResult:
     autocast = autocast_for(device)
     fingerprint = run_fingerprint(model_cfg, cfg, data_fingerprint)
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
+    world = distributed.world_size()
+    rows = slice(distributed.rank(), None, world)  # this rank's share of every batch
 
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(device)
@@ -218,7 +248,7 @@ def train(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
                                   betas=(cfg.beta1, cfg.beta2),
                                   fused=device.type == "cuda" or None)
     sampler = WindowSampler(train_tokens, model_cfg.context_length, cfg.batch_size, cfg.seed)
-    val_batches = tuple(t.to(device) for t in fixed_windows(
+    val_batches = tuple(t[rows].to(device) for t in fixed_windows(
         val_tokens, model_cfg.context_length, cfg.eval_batches * cfg.batch_size))
     step, tokens_seen, best_val, best_step, best_state = 0, 0, math.inf, 0, None
     history: list[dict] = []
@@ -236,7 +266,7 @@ def train(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
     resumed_from, tokens_at_start = step, tokens_seen
 
     def checkpoint():
-        if checkpoint_path is None:
+        if checkpoint_path is None or not distributed.is_main():
             return
         save_checkpoint(checkpoint_path, {
             "fingerprint": fingerprint, "step": step, "tokens_seen": tokens_seen,
@@ -245,7 +275,13 @@ def train(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
             "best_val": best_val, "best_step": best_step, "best": best_state,
             "history": history})
 
-    step_fn = torch.compile(model) if cfg.compile else model
+    def validate() -> float:
+        """Each rank scores its share of the fixed batches; all agree on the mean."""
+        return distributed.mean_over_ranks(
+            estimate_loss(model, val_batches, cfg.batch_size // world, autocast))
+
+    net = distributed.data_parallel(model, device)  # the model itself in a plain run
+    step_fn = torch.compile(net) if cfg.compile else net
     callbacks = list(callbacks)
     tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * model_cfg.context_length
     started = time.monotonic()
@@ -259,12 +295,14 @@ def train(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = 0.0
-            for _ in range(cfg.grad_accum_steps):
-                inputs, targets = (t.to(device) for t in sampler.next())
-                with autocast():
-                    _, loss = step_fn(inputs, targets)
-                (loss / cfg.grad_accum_steps).backward()
+            for micro in range(cfg.grad_accum_steps):
+                inputs, targets = (t[rows].to(device) for t in sampler.next())
+                with distributed.sync_gradients(net, micro == cfg.grad_accum_steps - 1):
+                    with autocast():
+                        _, loss = step_fn(inputs, targets)
+                    (loss / cfg.grad_accum_steps).backward()
                 loss_sum += loss.item()
+            loss_sum = distributed.mean_over_ranks(loss_sum)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             optimizer.step()
@@ -277,28 +315,32 @@ def train(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
                     time.perf_counter() - tick), tokens_seen=tokens_seen,
                 elapsed_sec=time.monotonic() - started)
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-                metrics.val_loss = estimate_loss(model, val_batches, cfg.batch_size, autocast)
+                metrics.val_loss = validate()
                 if metrics.val_loss < best_val:
                     best_val, best_step = metrics.val_loss, step
                     best_state = copy.deepcopy(model.state_dict())
             history.append(asdict(metrics))
             for callback in callbacks:
                 callback(metrics)
-            out_of_time = budget and time.monotonic() - started >= budget
-            if stop or out_of_time or step % cfg.checkpoint_interval == 0 or (
+            out_of_time = bool(budget) and time.monotonic() - started >= budget
+            # A signal or the clock may reach the ranks at different steps: all stop together.
+            signum, out_of_time = distributed.max_over_ranks(stop[0] if stop else 0, out_of_time)
+            if signum or out_of_time or step % cfg.checkpoint_interval == 0 or (
                     step == cfg.max_steps):
                 checkpoint()
-            if stop:
+            if signum:
+                # Once one rank exits, torchrun stops the rest: wait for rank 0's checkpoint.
+                distributed.barrier()
                 where = f"; checkpoint written to {checkpoint_path}" if checkpoint_path else ""
-                raise TrainingInterrupted(f"training interrupted by signal {stop[0]} at step "
-                                          f"{step}{where}", stop[0])
+                raise TrainingInterrupted(f"training interrupted by signal {signum} at step "
+                                          f"{step}{where}", signum)
             if out_of_time:
                 stopped_by = "time_budget"
                 log.warning("train.time_budget_minutes (%s) reached at step %d of %d",
                             cfg.time_budget_minutes, step, cfg.max_steps)
                 break
     if best_state is None:  # stopped before the first evaluation
-        best_val = estimate_loss(model, val_batches, cfg.batch_size, autocast)
+        best_val = validate()
         best_step, best_state = step, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     model.eval()

@@ -119,14 +119,15 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
     """Train (resuming this run's checkpoint if there is one) and write the model package.
 
     With tracking on, the MLflow store is checked before any work, and the run id is handed to
-    evaluate through layout.run_handoff.
+    evaluate through layout.run_handoff. Under torchrun every rank trains; rank 0 alone tracks
+    and writes.
     """
-    from tinyllm import tracking
+    from tinyllm import distributed, tracking
     from tinyllm.model import GPT, GPTConfig
     from tinyllm.package import save_package
     from tinyllm.progress import ProgressReporter
     from tinyllm.tokenizer import CharTokenizer, load_tokens
-    from tinyllm.train import select_device
+    from tinyllm.train import check_batch_split, select_device
     from tinyllm.train import train as run_training
     from tinyllm.train_outputs import summary_of, write_history
 
@@ -136,8 +137,10 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
                                 for p in token_files)
     fingerprint = fingerprint_files([layout.tokenizer, *token_files])
     model_cfg = GPTConfig.from_params(params.model, tokenizer.vocab_size)
-    store = tracking.Store() if params.tracking.enabled else None
-    callbacks = [ProgressReporter(params.train.max_steps)]
+    check_batch_split(params.train.batch_size)  # before an MLflow run is started for nothing
+    main = distributed.is_main()
+    store = tracking.Store() if params.tracking.enabled and main else None
+    callbacks = [ProgressReporter(params.train.max_steps)] if main else []
     run_id = None
     if store:
         name = tracking.run_name(run_name_prefix or params.tracking.registry_name,
@@ -162,6 +165,8 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
             step_logger.flush()
             tracking.end_run(store, run_id, "KILLED")
         raise
+    if not main:
+        return result
     summary = summary_of(result, fingerprint)
     write_history(layout.train_dir, result.history, summary)
     save_package(layout.model, result.model, tokenizer, meta=summary)

@@ -1,0 +1,166 @@
+"""Data-parallel training under torchrun: the weights of one process, resumable under another
+world size, one writer, one agreed stop."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tiny_project import ROOT, tiny_params, write_corpus, write_params
+
+from tinyllm import tracking, workflow
+from tinyllm.config import params_from_dict
+
+ONE = [sys.executable]
+TWO = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def make_project(root: Path, corpus: Path, **overrides) -> workflow.Layout:
+    """A project dir with params.yaml (tracking off) and its data prepared and tokenized."""
+    raw = tiny_params(str(corpus), **{"tracking.enabled": False, **overrides})
+    root.mkdir(parents=True)
+    write_params(root / "params.yaml", raw)
+    layout = workflow.Layout(root)
+    params = params_from_dict(raw)
+    workflow.prepare(params, layout)
+    workflow.tokenize(params, layout)
+    return layout
+
+
+def set_params(layout: workflow.Layout, **overrides) -> None:
+    raw = yaml.safe_load((layout.root / "params.yaml").read_text())
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        raw[section][name] = value
+    write_params(layout.root / "params.yaml", raw)
+
+
+def start_stage(layout: workflow.Layout, launcher: list[str]) -> subprocess.Popen:
+    """The DVC train stage, `python -m pipeline.train`, as one process or under torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([*launcher, "-m", "pipeline.train"], cwd=layout.root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def train_stage(layout: workflow.Layout, launcher: list[str]) -> tuple[int, str]:
+    process = start_stage(layout, launcher)
+    out, err = process.communicate(timeout=120)
+    return process.returncode, out + err
+
+
+def final_weights(layout: workflow.Layout) -> dict:
+    return torch.load(layout.checkpoints / "last.pt", weights_only=True)["model"]
+
+
+def curves(layout: workflow.Layout) -> dict[str, list[float]]:
+    """steps.csv's loss and gradient norm per step (a wrongly scaled loss shows in the norm)."""
+    with (layout.train_dir / "steps.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return {column: [float(row[column]) for row in rows] for column in ("train_loss", "grad_norm")}
+
+
+def assert_close(reference: dict, result: dict) -> None:
+    assert reference.keys() == result.keys()  # the plain module's names, no DDP "module."
+    for name, tensor in reference.items():
+        torch.testing.assert_close(result[name], tensor, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, corpus) -> workflow.Layout:
+    """The reference: the tiny params trained by a single process."""
+    layout = make_project(tmp_path_factory.mktemp("one") / "project", corpus)
+    code, output = train_stage(layout, ONE)
+    assert code == 0, output
+    return layout
+
+
+def test_two_processes_train_the_weights_of_one_and_only_rank_0_writes(tmp_path, corpus,
+                                                                      one_process):
+    layout = make_project(tmp_path / "project", corpus)
+    code, output = train_stage(layout, TWO)
+    assert code == 0, output
+    assert_close(final_weights(one_process), final_weights(layout))
+    best = torch.load(layout.model / "weights.pt", weights_only=True)
+    assert_close(torch.load(one_process.model / "weights.pt", weights_only=True), best)
+    for column, values in curves(one_process).items():
+        assert curves(layout)[column] == pytest.approx(values, rel=1e-4), column
+    summary = json.loads((layout.train_dir / "summary.json").read_text())
+    reference = json.loads((one_process.train_dir / "summary.json").read_text())
+    assert summary["best_step"] == reference["best_step"]
+    assert summary["best_val_loss"] == pytest.approx(reference["best_val_loss"], abs=1e-5)
+    assert summary["tokens_seen"] == reference["tokens_seen"]
+    assert output.count("train: 30 steps") == 1  # rank 0's closing line, once
+    assert [p.name for p in layout.checkpoints.iterdir()] == ["last.pt"]
+    assert len(curves(layout)["train_loss"]) == 30  # one row a step, written once
+    assert json.loads(layout.run_handoff.read_text()) == {"run_id": None}
+
+
+def test_two_process_run_stopped_early_resumes_in_one_process(tmp_path, corpus, one_process):
+    layout = make_project(tmp_path / "project", corpus, **{"train.time_budget_minutes": 1e-6})
+    code, output = train_stage(layout, TWO)
+    assert code == 0, output
+    assert "train.time_budget_minutes (1e-06) reached at step 1 of 30" in output
+    assert torch.load(layout.checkpoints / "last.pt", weights_only=True)["step"] == 1
+
+    set_params(layout, **{"train.time_budget_minutes": 0})
+    code, output = train_stage(layout, ONE)
+    assert code == 0, output
+    assert "resuming from" in output and "at step 1 of 30" in output
+    assert_close(final_weights(one_process), final_weights(layout))
+
+
+def test_sigterm_stops_every_rank_at_one_step_with_rank_0_checkpoint(tmp_path, corpus):
+    layout = make_project(tmp_path / "project", corpus, **{
+        "train.max_steps": 3000, "train.checkpoint_interval": 5})
+    process = start_stage(layout, TWO)
+    deadline = time.monotonic() + 60
+    while not (layout.checkpoints / "last.pt").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0
+    step = torch.load(layout.checkpoints / "last.pt", weights_only=True)["step"]
+    # Each rank's error line (their output may interleave): both stopped at the saved step.
+    assert err.count("error: training interrupted by signal 15 at step ") == 2, err
+    assert err.count(f"interrupted by signal 15 at step {step};") == 2, err
+
+
+def test_batch_size_not_divisible_by_the_world_size_is_one_error_line(tmp_path, corpus):
+    layout = make_project(tmp_path / "project", corpus, **{"train.batch_size": 7})
+    code, output = train_stage(layout, TWO)
+    assert code != 0
+    assert ("error: train.batch_size (7) must be divisible by the number of training "
+            "processes (2)\n") in output
+    assert not layout.checkpoints.exists()
+
+
+def test_a_rank_other_than_0_trains_but_tracks_and_writes_nothing(tmp_path, corpus,
+                                                                  monkeypatch):
+    layout = make_project(tmp_path / "project", corpus, **{"train.max_steps": 6,
+                                                          "tracking.enabled": True})
+    params = params_from_dict(yaml.safe_load((layout.root / "params.yaml").read_text()))
+    monkeypatch.setenv("RANK", "1")  # no WORLD_SIZE: no process group, just rank 1's part
+
+    def no_store(*_args, **_kwargs):
+        raise AssertionError("rank 1 opened the MLflow store")
+
+    monkeypatch.setattr(tracking, "Store", no_store)
+    assert workflow.train(params, layout).steps == 6
+    for written in (layout.model, layout.checkpoints, layout.train_dir):
+        assert not written.exists(), written
