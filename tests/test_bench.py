@@ -1,0 +1,33 @@
+"""`python -m tinyllm.bench --quick`: it runs end to end and reports every figure (no timings
+are asserted: the machine is shared)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_quick_bench_reports_positive_figures_and_identical_greedy_text(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "tinyllm.bench", "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert json.loads(done.stdout) == report
+    assert "tokens/s" in done.stderr  # the table for a person
+
+    assert report["machine"]["device"] == "cpu" and report["machine"]["threads"] > 0
+    assert report["matmul"]["flops_per_sec"] > 0
+    eager = report["training"]["eager"]
+    for key in ("tokens_per_sec", "flops_per_sec", "matmul_fraction"):
+        assert eager[key] > 0, key
+    assert report["training"]["flops_per_token"] > 0
+    assert "compiled" not in report["training"]  # only with --compile
+    runs = report["generation"]["contexts"]
+    assert len(runs) == 2
+    for run in runs:
+        assert run["kv_cache_tokens_per_sec"] > 0 and run["recompute_tokens_per_sec"] > 0
+        assert run["identical"] is True, run
+        assert run["distinct_tokens"] > 1  # varied text, so the comparison means something
+    assert report["first_character"]["seconds"] > 0

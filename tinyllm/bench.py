@@ -1,0 +1,261 @@
+"""`python -m tinyllm.bench`: how fast this machine trains and samples the default model.
+
+One run measures fp32 matmul FLOP/s (the ceiling), training tokens/s of the params.yaml model
+(eager, and compiled with --compile), greedy generation with and without the KV cache, and how
+long `tinyllm generate` takes from spawn to its first generated character. Ratios taken in one
+run are the figures to trust on a shared, noisy machine. The table goes to stderr, JSON to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from tinyllm.config import Params, SamplingConfig, load_params
+from tinyllm.discovery import pick_device
+from tinyllm.errors import exit_on_error
+from tinyllm.generate import stream_tokens
+from tinyllm.model import GPT, GPTConfig
+from tinyllm.package import save_package
+from tinyllm.tokenizer import CharTokenizer
+from tinyllm.train import autocast_for
+
+PARAMS_FILE = Path("params.yaml")
+# Printable ASCII from space to "s": 84 characters + the unknown id = 85, about Shakespeare's.
+TOKENIZER = CharTokenizer([chr(c) for c in range(32, 116)])
+PROMPT = "ROMEO:"
+DEFAULT_STEPS = 50
+TINYLLM = Path(sys.executable).with_name("tinyllm")  # the console script a user runs
+
+
+@dataclass
+class Plan:
+    """Sizes of one benchmark run: the params.yaml defaults, or tiny ones for a smoke test."""
+
+    model: GPTConfig
+    batch_size: int
+    steps: int
+    warmup_steps: int
+    new_tokens: int
+    generation_contexts: tuple[int, ...]
+    matmul_sizes: tuple[int, ...]
+    tries: int
+
+
+def make_plan(quick: bool, steps: int | None) -> Plan:
+    params = load_params(PARAMS_FILE) if PARAMS_FILE.is_file() else Params()
+    model = GPTConfig.from_params(params.model, TOKENIZER.vocab_size)
+    if quick:
+        tiny = replace(model, context_length=16, n_layer=1, n_head=2, d_model=32)
+        return Plan(tiny, 4, steps or 3, 1, 20, (8, 16), (64, 128), 1)
+    return Plan(model, params.train.batch_size, steps or DEFAULT_STEPS, 5, 500, (64, 256),
+                (512, 1024, 2048), 3)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): other work slows every figure."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of fn, waiting for the GPU's queued work to finish."""
+    start = time.perf_counter()
+    fn()
+    if device.type != "cpu":
+        getattr(torch, device.type).synchronize()  # torch.cuda or torch.mps
+    return time.perf_counter() - start
+
+
+def matmul_flops(device: torch.device, sizes: tuple[int, ...], repeats: int = 5) -> dict:
+    """Best fp32 FLOP/s of square matmuls: the ceiling training throughput is compared with."""
+    by_size = {}
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        best = min(seconds(lambda a=a, b=b: a @ b, device) for _ in range(repeats + 1))
+        by_size[str(n)] = 2 * n**3 / best
+    return {"flops_per_sec": max(by_size.values()), "by_size": by_size}
+
+
+def training_speed(plan: Plan, device: torch.device, compile: bool, matmul: float) -> dict:
+    """Tokens/s of full optimizer steps (forward, backward, clip, AdamW) on random windows."""
+    torch.manual_seed(0)
+    config = plan.model
+    model = GPT(config).to(device).train()
+    optimizer = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-3,
+                                  fused=device.type == "cuda" or None)
+    forward = torch.compile(model) if compile else model
+    autocast = autocast_for(device)
+
+    def step():
+        windows = torch.randint(config.vocab_size, (plan.batch_size, config.context_length + 1),
+                                device=device)
+        with autocast():
+            _, loss = forward(windows[:, :-1], windows[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+
+    warmup = sum(seconds(step, device) for _ in range(plan.warmup_steps))  # compiling, if any
+    # The median step shrugs off bursts of other work on a shared machine.
+    step_sec = statistics.median(seconds(step, device) for _ in range(plan.steps))
+    tokens_per_sec = plan.batch_size * config.context_length / step_sec
+    flops = model.flops_per_token() * tokens_per_sec
+    return {"tokens_per_sec": tokens_per_sec, "flops_per_sec": flops,
+            "matmul_fraction": flops / matmul, "warmup_sec": warmup}
+
+
+def lively(model: GPT) -> GPT:
+    """Large random weights, so greedy text varies and the identical-output check means something
+    (a fresh model's greedy text is one repeated character)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    return model
+
+
+def generation_speed(config: GPTConfig, device: torch.device, new_tokens: int,
+                     tries: int) -> dict:
+    """Greedy tokens/s (best of tries) with the KV cache and with full recompute, on the same
+    weights."""
+    model = lively(GPT(config)).to(device)
+    prompt = TOKENIZER.encode(PROMPT)
+    settings = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
+
+    def best_rate(use_cache: bool) -> tuple[float, list[int]]:
+        list(stream_tokens(model, prompt, replace(settings, max_new_tokens=10), use_cache))
+        best = 0.0
+        for _ in range(tries):
+            start = time.perf_counter()
+            tokens = list(stream_tokens(model, prompt, settings, use_cache))
+            best = max(best, new_tokens / (time.perf_counter() - start))
+        return best, tokens
+
+    (cached, cached_tokens), (full, full_tokens) = best_rate(True), best_rate(False)
+    return {"context_length": config.context_length, "kv_cache_tokens_per_sec": cached,
+            "recompute_tokens_per_sec": full, "kv_speedup": cached / full,
+            "identical": cached_tokens == full_tokens,
+            "distinct_tokens": len(set(cached_tokens))}
+
+
+def first_character(config: GPTConfig, device: torch.device, tries: int) -> dict:
+    """Best time from spawning `tinyllm generate` on a saved package to its first generated
+    character: start-up, imports and loading included, as a user waits for them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        package = save_package(Path(tmp) / "model", GPT(config), TOKENIZER)
+        command = [str(TINYLLM), "generate", "--model-uri", str(package), "--prompt", PROMPT,
+                   "--max-tokens", "1", "--device", device.type]
+        best = min(_seconds_to_output(command, len(PROMPT) + 1) for _ in range(tries))
+    return {"seconds": best, "tries": tries}
+
+
+def _seconds_to_output(command: list[str], count: int) -> float:
+    """Seconds until the command has written count bytes (the echoed prompt, then text)."""
+    start = time.perf_counter()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        head = process.stdout.read(count)
+        elapsed = time.perf_counter() - start
+        _, errors = process.communicate()
+    if process.returncode or len(head) < count:
+        raise RuntimeError(f"{command[0]} generate failed: {errors.decode()[-500:]}")
+    return elapsed
+
+
+def table(report: dict) -> str:
+    """The report as aligned lines for a person."""
+    m, train, first = report["machine"], report["training"], report["first_character"]
+    load = " -> ".join("n/a" if x is None else f"{x:.1f}" for x in (m["load_before"],
+                                                                   m["load_after"]))
+    shape = train["model"]
+    lines = [
+        f"machine      {m['device']}, torch {m['torch']}, {m['threads']} threads; load average "
+        f"{load} (other work skews every figure)",
+        f"matmul fp32  {report['matmul']['flops_per_sec'] / 1e9:.1f} GFLOP/s best of sizes "
+        + ", ".join(f"{n}: {f / 1e9:.1f}" for n, f in report["matmul"]["by_size"].items()),
+        f"training     d_model {shape['d_model']}, {shape['n_layer']} layers, context "
+        f"{shape['context_length']}, batch {train['batch_size']}: {train['params'] / 1e6:.2f}M "
+        f"params, {train['flops_per_token'] / 1e6:.2f} MFLOP/token, median of "
+        f"{train['steps']} steps",
+    ]
+    for mode in ("eager", "compiled"):
+        if mode in train:
+            r = train[mode]
+            lines.append(f"  {mode:<10} {r['tokens_per_sec']:>9,.0f} tokens/s  "
+                         f"{r['flops_per_sec'] / 1e9:6.1f} GFLOP/s = {r['matmul_fraction']:.0%} "
+                         f"of matmul  (warm-up {r['warmup_sec']:.1f} s)")
+    if "compiled_over_eager" in train:
+        lines.append(f"  compiled / eager: {train['compiled_over_eager']:.2f}x")
+    lines.append(f"generation   {report['generation']['new_tokens']} greedy tokens: "
+                 f"KV cache vs full recompute, same weights, best of "
+                 f"{report['generation']['tries']}")
+    for g in report["generation"]["contexts"]:
+        lines.append(f"  context {g['context_length']:<4} {g['kv_cache_tokens_per_sec']:>7,.0f} vs "
+                     f"{g['recompute_tokens_per_sec']:>6,.0f} tokens/s = {g['kv_speedup']:.2f}x"
+                     f"  identical: {'yes' if g['identical'] else 'NO'}")
+    lines.append(f"first char   {first['seconds']:.2f} s from spawning `tinyllm generate` "
+                 f"(best of {first['tries']})")
+    return "\n".join(lines)
+
+
+def run(plan: Plan, device: torch.device, compile: bool) -> dict:
+    load_before = load_average()
+    matmul = matmul_flops(device, plan.matmul_sizes)
+    probe = GPT(plan.model)
+    training = {"model": asdict(plan.model), "batch_size": plan.batch_size, "steps": plan.steps,
+                "params": probe.num_parameters(), "flops_per_token": probe.flops_per_token(),
+                "eager": training_speed(plan, device, False, matmul["flops_per_sec"])}
+    if compile:
+        training["compiled"] = training_speed(plan, device, True, matmul["flops_per_sec"])
+        training["compiled_over_eager"] = (training["compiled"]["tokens_per_sec"]
+                                           / training["eager"]["tokens_per_sec"])
+    generation = {"new_tokens": plan.new_tokens, "tries": plan.tries, "contexts": [
+        generation_speed(replace(plan.model, context_length=c), device, plan.new_tokens,
+                         plan.tries)
+        for c in plan.generation_contexts]}
+    first = first_character(plan.model, device, plan.tries)
+    return {"machine": {"device": str(device), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "load_before": load_before,
+                        "load_after": load_average()},
+            "matmul": matmul, "training": training, "generation": generation,
+            "first_character": first}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tinyllm.bench", description=__doc__.split(
+        "\n")[0])
+    parser.add_argument("--steps", type=int, help=f"timed training steps (default "
+                        f"{DEFAULT_STEPS}; 3 with --quick)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile training")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be at least 1")
+    device = torch.device(pick_device(args.device))
+    started = time.perf_counter()
+    report = run(make_plan(args.quick, args.steps), device, args.compile)
+    report["total_sec"] = time.perf_counter() - started
+    print(table(report) + f"\ntotal        {report['total_sec']:.0f} s", file=sys.stderr)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    exit_on_error(main)
