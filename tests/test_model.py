@@ -26,7 +26,7 @@ def test_parameter_count_matches_hand_computation(model, gpt_config):
                   gpt_config.n_layer)
     per_block = 2 * d + 3 * d * d + d * d + 4 * d * d + 4 * d * d  # 2 norms, qkv, proj, MLP
     expected = v * d + c * d + n * per_block + d  # token + position embeddings, blocks, ln_f
-    assert model.num_parameters() == expected
+    assert model.num_parameters() == expected == gpt_config.num_parameters()
 
 
 @pytest.mark.parametrize(("batch", "prefill"), [(1, 1), (1, 5), (2, 7)])

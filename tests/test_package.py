@@ -76,10 +76,15 @@ def test_truncated_weights(package):
     assert "truncated or corrupt" in str(_load_error(package))
 
 
-def test_config_that_does_not_match_the_weights(package, gpt_config):
-    _edit_json(package / "config.json", d_model=gpt_config.d_model * 2)
+@pytest.mark.parametrize("change, detail", [
+    (lambda c: {"d_model": c.d_model * 2}, "the config needs"),  # more than the file holds
+    (lambda c: {"d_model": c.d_model // 2}, "shape"),
+    (lambda c: {"n_layer": c.n_layer - 1}, "unexpected ['blocks.1."),
+])
+def test_config_that_does_not_match_the_weights(package, gpt_config, change, detail):
+    _edit_json(package / "config.json", **change(gpt_config))
     message = str(_load_error(package))
-    assert "does not match config.json" in message and "shape" in message
+    assert "does not match config.json" in message and detail in message
 
 
 def test_config_claiming_a_giant_model_is_refused_without_allocating_it(package):

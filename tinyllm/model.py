@@ -34,6 +34,12 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
+    def num_parameters(self) -> int:
+        """GPT(self).num_parameters() without building it: bounds what loading may allocate."""
+        d = self.d_model
+        per_block = 12 * d * d + 2 * d  # qkv, proj, MLP up and down; two LayerNorm weights
+        return (self.vocab_size + self.context_length) * d + self.n_layer * per_block + d
+
 
 class KVCache:
     """Keys and values of every layer for the tokens fed so far, up to the context length."""

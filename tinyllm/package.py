@@ -98,13 +98,15 @@ def read_config(path: Path) -> GPTConfig:
     return config
 
 
-def read_weights(path: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
-    """Load a state_dict without executing code, and check it against the config."""
+def load_weights(path: Path, config: GPTConfig) -> GPT:
+    """The GPT of config holding the state_dict at path, read without executing code.
+
+    The file is checked against the config before the model is built, so a damaged config
+    cannot make us allocate what it claims.
+    """
     if not path.exists():
         raise TinyLLMError(f"model package file missing: {path}")
-    with torch.device("meta"):  # shapes only: a damaged config must not allocate its claim
-        expected = GPT(config).state_dict()
-    expected_bytes = 4 * sum(p.numel() for p in expected.values())
+    expected_bytes = 4 * config.num_parameters()
     if path.stat().st_size > 2 * expected_bytes + (1 << 20):
         raise TinyLLMError(f"{path} is {path.stat().st_size} bytes, far more than a model of "
                            f"this config needs ({expected_bytes}); refusing to load it")
@@ -121,6 +123,12 @@ def read_weights(path: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise TinyLLMError(f"{path} does not hold a state_dict of named tensors")
+    stored = sum(t.numel() for t in state.values())
+    if config.num_parameters() > stored:
+        raise TinyLLMError(f"{path} does not match config.json: the config needs "
+                           f"{config.num_parameters():,} parameters, the file holds {stored:,}")
+    model = GPT(config)
+    expected = model.state_dict()
     missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
     if missing or unexpected:
         raise TinyLLMError(f"{path} does not match config.json: missing {sorted(missing)[:3]}, "
@@ -129,7 +137,8 @@ def read_weights(path: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
         if state[name].shape != tensor.shape:
             raise TinyLLMError(f"{path} does not match config.json: {name} has shape "
                                f"{tuple(state[name].shape)}, config needs {tuple(tensor.shape)}")
-    return state
+    model.load_state_dict(state)
+    return model
 
 
 @dataclass
@@ -177,9 +186,7 @@ def load_package(directory: str | Path, device: str = "cpu") -> LoadedModel:
     if tokenizer.vocab_size != config.vocab_size:
         raise TinyLLMError(f"{directory / TOKENIZER_FILE} has {tokenizer.vocab_size} ids but "
                            f"config.json says vocab_size {config.vocab_size}")
-    state = read_weights(directory / WEIGHTS_FILE, config)
+    model = load_weights(directory / WEIGHTS_FILE, config)
     meta = _read_json(directory / META_FILE) if (directory / META_FILE).exists() else {}
-    model = GPT(config)
-    model.load_state_dict(state)
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, path=directory)
