@@ -108,6 +108,8 @@ def test_unknown_format_version(package):
 def test_config_with_bad_values(package):
     _edit_json(package / "config.json", n_layer="two")
     assert "'n_layer' must be a non-negative int" in str(_load_error(package))
+    _edit_json(package / "config.json", n_layer=2, dropout=2.0)
+    assert "inconsistent architecture" in str(_load_error(package))
 
 
 class _Exploit:
@@ -150,3 +152,10 @@ def test_a_package_file_linking_outside_the_package_is_refused(package, tmp_path
     (package / name).rename(outside)
     (package / name).symlink_to(outside)
     assert "points outside the model package" in str(_load_error(package))
+
+
+def test_weights_that_only_look_big_cannot_make_the_loader_build_a_big_model(package):
+    """An expanded tensor has the elements a huge config claims but stores one value."""
+    _edit_json(package / "config.json", n_layer=4000)  # 49 M parameters
+    torch.save({"x": torch.zeros(1).expand(10**9)}, package / "weights.pt")
+    assert str(_load_error(package)).endswith("parameters, the file holds 1")

@@ -93,7 +93,7 @@ def read_config(path: Path) -> GPTConfig:
         values[f.name] = value
     config = GPTConfig(**values)
     if min(config.vocab_size, config.context_length, config.n_layer, config.n_head) < 1 or (
-            config.d_model % config.n_head):
+            config.d_model % config.n_head) or not 0 <= config.dropout < 1:
         raise TinyLLMError(f"{path}: inconsistent architecture {values}")
     return config
 
@@ -123,7 +123,10 @@ def load_weights(path: Path, config: GPTConfig) -> GPT:
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise TinyLLMError(f"{path} does not hold a state_dict of named tensors")
-    stored = sum(t.numel() for t in state.values())
+    # Count the values actually stored: an expanded (stride-0) or repeated tensor shows many
+    # elements but holds few, and the config must not claim more than the file holds.
+    storages = {t.untyped_storage().data_ptr(): t for t in state.values()}
+    stored = sum(t.untyped_storage().nbytes() // t.element_size() for t in storages.values())
     if config.num_parameters() > stored:
         raise TinyLLMError(f"{path} does not match config.json: the config needs "
                            f"{config.num_parameters():,} parameters, the file holds {stored:,}")
