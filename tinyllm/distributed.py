@@ -23,8 +23,8 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    """This process's place among them (0 without torchrun)."""
-    return int(os.environ.get("RANK", "0"))
+    """This process's place among them (0 without torchrun, whatever RANK says)."""
+    return int(os.environ.get("RANK", "0")) if world_size() > 1 else 0
 
 
 def is_main() -> bool:
@@ -78,6 +78,12 @@ def max_over_ranks(*values: int) -> list[int]:
     if not dist.is_initialized():
         return list(values)
     return _on_every_rank(list(values), torch.int64, dist.ReduceOp.MAX).tolist()
+
+
+def agree(value: int) -> bool:
+    """Whether every rank holds the same value (e.g. the step it resumes from)."""
+    highest, negated_lowest = max_over_ranks(value, -value)
+    return highest == -negated_lowest
 
 
 def mean_over_ranks(value: float) -> float:

@@ -263,6 +263,12 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
         best_val, best_step, best_state = state["best_val"], state["best_step"], state["best"]
         history = state["history"]
         log.info("resuming from %s at step %d of %d", checkpoint_path, step, cfg.max_steps)
+    if not distributed.agree(step):
+        raise TinyLLMError(f"the training processes found different checkpoints in "
+                           f"{checkpoint_dir}: every rank must see rank 0's checkpoint directory "
+                           f"(use a shared filesystem)")
+    if distributed.rank() > 0:  # its own dropout masks; rank 0's RNG state is the checkpoint's
+        torch.manual_seed(cfg.seed + 7919 * distributed.rank() + step)
     resumed_from, tokens_at_start = step, tokens_seen
 
     def checkpoint():
