@@ -22,7 +22,7 @@ import click
 from tinyllm import __version__
 from tinyllm.config import SamplingConfig
 from tinyllm.discovery import load_model, open_store, pinned_uri, title_of
-from tinyllm.errors import TinyLLMError, user_error
+from tinyllm.errors import TinyLLMError, user_error_message
 
 log = logging.getLogger("tinyllm.cli")
 
@@ -50,7 +50,7 @@ class Group(click.Group):
         except OSError as exc:
             _fail(str(exc), 1)
         except Exception as exc:
-            message = user_error(exc)
+            message = user_error_message(exc)
             if message is None:
                 raise
             _fail(message, getattr(exc, "exit_code", 1))
@@ -192,8 +192,10 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
     Without --json each sample is printed as prompt + continuation.
     """
     from tinyllm.chat import prompt_notes, sampling_kwargs
+    from tinyllm.tokenizer import replace_undecodable
 
-    prompts = [*prompts, *([prompt_file.read()] if prompt_file else [])]
+    prompts = [replace_undecodable(p) for p in [*prompts, *(
+        [prompt_file.read()] if prompt_file else [])]]
     if not prompts:
         raise click.UsageError("give --prompt TEXT (repeatable) or --prompt-file FILE")
     loaded, resolved, _ = load_model(model_uri, device, obj.tracking_uri, notify)

@@ -14,11 +14,12 @@ class TinyLLMError(Exception):
 
 
 def first_line(exc: BaseException) -> str:
+    """An exception's message cut to one line (MLflow's can run to pages)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def user_error(exc: BaseException) -> str | None:
+def user_error_message(exc: BaseException) -> str | None:
     """The one-line message for a failure the user can act on; None for a bug.
 
     Besides our own errors, failures of the MLflow store (its database or server, raised from
@@ -27,7 +28,7 @@ def user_error(exc: BaseException) -> str | None:
     if isinstance(exc, TinyLLMError):
         return str(exc)
     if type(exc).__module__.startswith(("mlflow.", "sqlalchemy.")):
-        return f"MLflow store failed: {first_line(exc)}"
+        return f"MLflow failed: {first_line(exc)}"
     return None
 
 
@@ -36,7 +37,7 @@ def exit_on_error(main: Callable[[], object]) -> None:
     try:
         main()
     except Exception as exc:
-        message = user_error(exc)
+        message = user_error_message(exc)
         if message is None:
             raise
         logging.getLogger(__name__).debug("error details", exc_info=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tinyllm.errors import TinyLLMError
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -96,18 +99,20 @@ def fingerprint_files(paths) -> str:
 
 @contextlib.contextmanager
 def exclusive_lock(path: str | Path) -> Iterator[None]:
-    """Hold an advisory lock on `path` (created if missing) across processes, where supported."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; callers only lose the cross-process ordering
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """Hold an advisory lock on `path` (created if missing) across processes, where supported.
+
+    Where it cannot be taken (no fcntl, a read-only directory, a filesystem without locks) the
+    block runs unlocked: callers lose only the cross-process ordering, never the operation.
+    """
+    with contextlib.ExitStack() as held:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            import fcntl
+
+            handle = held.enter_context(open(path, "a"))
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+        except (ImportError, OSError) as exc:  # Windows, read-only, no locks on this filesystem
+            log.debug("going on without the lock %s: %s", path, exc)
+        yield
 
 
 def read_json(path: str | Path, what: str):

@@ -65,9 +65,7 @@ class CharTokenizer:
 
     def encode_report(self, text: str) -> Encoded:
         """Encode with the unknown policy applied, reporting the characters it touched."""
-        # Undecodable input bytes reach us as lone surrogates (argv, surrogateescape stdin):
-        # they become U+FFFD, an unknown character like any other.
-        text = LONE_SURROGATE.sub(UNKNOWN_TEXT, text)
+        text = replace_undecodable(text)
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
         slot = np.searchsorted(self._codepoints, codes)
         slot_clipped = np.minimum(slot, len(self._codepoints) - 1)
@@ -115,6 +113,12 @@ class CharTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:
         return cls.from_dict(read_json(path, "tokenizer file"), str(path))
+
+
+def replace_undecodable(text: str) -> str:
+    """Undecodable input bytes reach us as lone surrogates (argv, surrogateescape stdin): make
+    them U+FFFD, an unknown character like any other, printable and JSON-safe."""
+    return LONE_SURROGATE.sub(UNKNOWN_TEXT, text)
 
 
 def describe_unknown(unknown: Counter, policy: str, limit: int = 10) -> str:

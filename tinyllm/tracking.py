@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyllm.errors import TinyLLMError, first_line, user_error
+from tinyllm.errors import TinyLLMError, first_line, user_error_message
 from tinyllm.io import atomic_write_json, exclusive_lock
 from tinyllm.train import StepMetrics
 
@@ -108,7 +108,7 @@ class Store:
                 self.client.search_experiments(max_results=1)
                 self.client.search_registered_models(max_results=1)
             except Exception as exc:
-                if user_error(exc) is None:
+                if user_error_message(exc) is None:
                     raise
                 raise TinyLLMError(f"MLflow store {self.uri} cannot be opened: "
                                    f"{first_line(exc)}") from None

@@ -123,7 +123,7 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
     and writes.
     """
     from tinyllm import distributed, tracking
-    from tinyllm.model import GPT, GPTConfig
+    from tinyllm.model import GPTConfig
     from tinyllm.package import save_package
     from tinyllm.progress import ProgressReporter
     from tinyllm.tokenizer import CharTokenizer, load_tokens
@@ -146,7 +146,7 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
         name = tracking.run_name(run_name_prefix or params.tracking.registry_name,
                                  params.model.d_model, params.model.n_layer, params.flat())
         facts = {"vocab_size": tokenizer.vocab_size, "data_fingerprint": fingerprint,
-                 "parameters": GPT(model_cfg).num_parameters(),
+                 "parameters": model_cfg.num_parameters(),
                  "device": str(select_device(params.train.device)),
                  **{f"version.{k}": v for k, v in _versions().items()}}
         run_id = tracking.start_run(store, params.tracking.experiment, name, params.flat(), facts)

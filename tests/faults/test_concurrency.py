@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 
 from tiny_project import make_dvc_project, run
@@ -49,3 +51,22 @@ def test_two_queue_workers_land_their_runs_and_versions_in_one_sqlite_store(tmp_
     assert len(champion) == 1
     exps = json.loads(run(["dvc", "exp", "show", "--json"], repo, env))
     assert exps  # both experiments are known to DVC too
+
+
+OPEN_STORE = """
+import sys, time
+from tinyllm import tracking
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start together, imports done
+tracking.Store(sys.argv[1])
+"""
+
+
+def test_processes_opening_a_new_sqlite_store_at_the_same_moment_all_succeed(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    start = time.time() + 8
+    processes = [subprocess.Popen([sys.executable, "-c", OPEN_STORE, uri, str(start)],
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    failures = [err for p in processes for err in [p.communicate(timeout=120)[1]] if p.returncode]
+    assert failures == []
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        assert db.execute("SELECT count(*) FROM experiments").fetchone() == (1,)  # Default
