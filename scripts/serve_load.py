@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -41,11 +42,26 @@ def start_server(model_uri: str, workers: int, log_path: Path) -> tuple[subproce
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(),
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # the server execs uvicorn
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-        env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    with log_path.open("w") as log:  # the server keeps its own copy of the handle
+        server = subprocess.Popen(
+            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return server, f"http://127.0.0.1:{port}"
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM the server's whole session (uvicorn workers too); SIGKILL what lingers."""
+    for sig, seconds in ((signal.SIGTERM, 30), (signal.SIGKILL, None)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:  # the whole session has already gone
+            break
+        try:
+            server.wait(timeout=seconds)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def wait_until_up(url: str, server: subprocess.Popen | None, log_path: Path | None,
@@ -114,7 +130,7 @@ def main() -> None:
     server = log_path = None
     url = args.url
     if url is None:
-        log_path = Path(tempfile.mkstemp(prefix="serve_load.", suffix=".log")[1])
+        log_path = Path(tempfile.gettempdir()) / f"serve_load.{os.getpid()}.log"
         server, url = start_server(args.model_uri, args.workers, log_path)
     try:
         startup = wait_until_up(url, server, log_path)
@@ -124,8 +140,9 @@ def main() -> None:
                   **fire(url, args.clients, args.requests, args.max_tokens, args.prompt)}
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+            stop_server(server)
+    if log_path is not None:
+        log_path.unlink()  # kept only when the server failed, for the error message to name
     latency = report["latency_ms"]
     print(f"{report['requests']} requests from {report['clients']} clients, "
           f"{report['max_tokens']} new characters each, against {url}\n"

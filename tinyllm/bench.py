@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import torch
 
 from tinyllm.config import Params, SamplingConfig, load_params
 from tinyllm.discovery import pick_device
-from tinyllm.errors import exit_on_error
+from tinyllm.errors import TinyLLMError, exit_on_error
 from tinyllm.generate import stream_tokens
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.package import save_package
@@ -36,7 +37,9 @@ PARAMS_FILE = Path("params.yaml")
 TOKENIZER = CharTokenizer([chr(c) for c in range(32, 116)])
 PROMPT = "ROMEO:"
 DEFAULT_STEPS = 50
-TINYLLM = Path(sys.executable).with_name("tinyllm")  # the console script a user runs
+# The console script a user runs: beside this Python (its venv), else on PATH.
+_BESIDE = Path(sys.executable).with_name("tinyllm")
+TINYLLM = str(_BESIDE) if _BESIDE.exists() else shutil.which("tinyllm")
 
 
 @dataclass
@@ -155,9 +158,11 @@ def generation_speed(config: GPTConfig, device: torch.device, new_tokens: int,
 def first_character(config: GPTConfig, device: torch.device, tries: int) -> dict:
     """Best time from spawning `tinyllm generate` on a saved package to its first generated
     character: start-up, imports and loading included, as a user waits for them."""
+    if TINYLLM is None:
+        raise TinyLLMError("the `tinyllm` command is not installed here (pip install -e .)")
     with tempfile.TemporaryDirectory() as tmp:
         package = save_package(Path(tmp) / "model", GPT(config), TOKENIZER)
-        command = [str(TINYLLM), "generate", "--model-uri", str(package), "--prompt", PROMPT,
+        command = [TINYLLM, "generate", "--model-uri", str(package), "--prompt", PROMPT,
                    "--max-tokens", "1", "--device", device.type]
         best = min(_seconds_to_output(command, len(PROMPT) + 1) for _ in range(tries))
     return {"seconds": best, "tries": tries}
