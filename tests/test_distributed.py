@@ -152,3 +152,29 @@ def test_batch_size_not_divisible_by_the_world_size_is_one_error_line(tmp_path, 
     assert ("error: train.batch_size (7) must be divisible by the number of training "
             "processes (2)\n") in output
     assert not layout.checkpoints.exists()
+
+
+RANK_OWN_PROJECT = """
+import os, sys
+from tinyllm import workflow
+from tinyllm.config import load_params
+from tinyllm.errors import exit_on_error
+
+root = sys.argv[1 + int(os.environ["RANK"])]  # rank 0 sees a checkpoint, rank 1 does not
+exit_on_error(lambda: workflow.train(load_params(f"{root}/params.yaml"), workflow.Layout(root)))
+"""
+
+
+def test_ranks_that_find_different_checkpoints_stop_with_one_error_line(tmp_path, corpus):
+    stopped = make_project(tmp_path / "stopped", corpus, **{"train.time_budget_minutes": 1e-6})
+    code, output = train_stage(stopped, ONE)
+    assert code == 0, output
+    set_params(stopped, **{"train.time_budget_minutes": 0})
+    fresh = make_project(tmp_path / "fresh", corpus)
+    script = tmp_path / "rank_own_project.py"
+    script.write_text(RANK_OWN_PROJECT)
+    done = subprocess.run([*TWO, str(script), str(stopped.root), str(fresh.root)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.count("error: the training processes found different checkpoints") == 2
