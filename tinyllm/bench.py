@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from tinyllm.config import Params, SamplingConfig, load_params
+from tinyllm.config import SamplingConfig, load_params_or_defaults
 from tinyllm.discovery import pick_device
 from tinyllm.errors import TinyLLMError, exit_on_error
 from tinyllm.generate import stream_tokens
@@ -32,7 +32,6 @@ from tinyllm.package import save_package
 from tinyllm.tokenizer import CharTokenizer
 from tinyllm.train import autocast_for
 
-PARAMS_FILE = Path("params.yaml")
 # Printable ASCII from space to "s": 84 characters + the unknown id = 85, about Shakespeare's.
 TOKENIZER = CharTokenizer([chr(c) for c in range(32, 116)])
 PROMPT = "ROMEO:"
@@ -57,7 +56,7 @@ class Plan:
 
 
 def make_plan(quick: bool, steps: int | None) -> Plan:
-    params = load_params(PARAMS_FILE) if PARAMS_FILE.is_file() else Params()
+    params = load_params_or_defaults()
     model = GPTConfig.from_params(params.model, TOKENIZER.vocab_size)
     if quick:
         tiny = replace(model, context_length=16, n_layer=1, n_head=2, d_model=32)

@@ -260,9 +260,9 @@ def check_data_path(data_path: str) -> None:
 
 def train_params(data_path: str, name: str, register: bool, options: dict):
     """./params.yaml (or the built-in defaults) with the options on top, validated."""
-    from tinyllm.config import Params, load_params, params_from_dict
+    from tinyllm.config import load_params_or_defaults, params_from_dict
 
-    base = load_params("params.yaml") if Path("params.yaml").is_file() else Params()
+    base = load_params_or_defaults()
     raw = asdict(base)
     raw["data"]["corpus"] = data_path
     raw["tracking"]["registry_name"] = name

@@ -237,6 +237,11 @@ def params_from_dict(raw: Any, source: str = "params") -> Params:
     return Params(**built).check()
 
 
+def load_params_or_defaults(path: str | Path = "params.yaml") -> Params:
+    """params.yaml when there is one (outside a project, e.g. `tinyllm train`), else defaults."""
+    return load_params(path) if Path(path).is_file() else Params()
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; every problem is a one-line TinyLLMError naming the key."""
     path = Path(path)
