@@ -10,13 +10,19 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from tiny_project import ROOT, tiny_params, write_corpus, write_params
+from tiny_project import (
+    ROOT,
+    apply_overrides,
+    tiny_params,
+    wait_for_checkpoint,
+    write_corpus,
+    write_params,
+)
 
 from tinyllm import workflow
 from tinyllm.config import params_from_dict
@@ -39,10 +45,7 @@ def make_project(root: Path, corpus: Path, **overrides) -> workflow.Layout:
 
 def set_params(layout: workflow.Layout, **overrides) -> None:
     raw = yaml.safe_load((layout.root / "params.yaml").read_text())
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        raw[section][name] = value
-    write_params(layout.root / "params.yaml", raw)
+    write_params(layout.root / "params.yaml", apply_overrides(raw, overrides))
 
 
 def start_stage(layout: workflow.Layout, launcher: list[str]) -> subprocess.Popen:
@@ -131,11 +134,7 @@ def test_sigterm_stops_every_rank_at_one_step_with_rank_0_checkpoint(tmp_path, c
     layout = make_project(tmp_path / "project", corpus, **{
         "train.max_steps": 3000, "train.checkpoint_interval": 5})
     process = start_stage(layout, TWO)
-    deadline = time.monotonic() + 60
-    while not (layout.checkpoints / "last.pt").exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
+    wait_for_checkpoint(process, layout.checkpoints / "last.pt", timeout=60)
     process.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
     _, err = process.communicate(timeout=60)
     assert process.returncode != 0

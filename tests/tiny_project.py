@@ -7,6 +7,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -39,7 +40,12 @@ def tiny_params(corpus: str, **overrides) -> dict:
         "evaluate.max_new_tokens": 20, "tracking.experiment": "tests",
         "tracking.registry_name": "tiny",
     }
-    for key, value in {**tiny, **overrides}.items():
+    return apply_overrides(raw, {**tiny, **overrides})
+
+
+def apply_overrides(raw: dict, overrides: dict) -> dict:
+    """Set dotted keys ({"train.max_steps": 5}) in a params.yaml dict."""
+    for key, value in overrides.items():
         section, name = key.split(".")
         raw[section][name] = value
     return raw
@@ -87,3 +93,12 @@ def make_dvc_project(repo: Path) -> dict:
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "init"], repo, env)
     return env
+
+
+def wait_for_checkpoint(process: subprocess.Popen, path: Path, timeout: float = 120) -> None:
+    """Wait until a training process has written its first checkpoint (failing if it died)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)

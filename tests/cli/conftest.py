@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
-from tiny_project import tiny_params, tiny_work, write_corpus
+from tiny_project import tiny_params, tiny_work, write_corpus, write_params
 
 from tinyllm import workflow
 from tinyllm.cli import cli
@@ -114,7 +113,7 @@ def tiny_project(cli_env) -> Path:
     """The working directory as a tiny project: params.yaml and data/my_text.txt."""
     raw = tiny_params("unused", **CLI_PARAMS)
     del raw["data"]["corpus"]
-    Path("params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    write_params(Path("params.yaml"), raw)
     data = Path("data/my_text.txt")
     data.parent.mkdir()
     data.write_text("\n".join(tiny_work(i, lines=60) for i in range(3)), encoding="utf-8")

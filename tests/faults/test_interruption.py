@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_project import wait_for_checkpoint
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -44,14 +45,6 @@ def start_training(root: Path, corpus: Path) -> subprocess.Popen:
                          corpus=str(corpus), root=str(root))
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_checkpoint(process: subprocess.Popen, path: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
 
 
 def weights(root: Path) -> dict:
