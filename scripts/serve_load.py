@@ -64,19 +64,23 @@ def stop_server(server: subprocess.Popen) -> None:
             continue
 
 
-def wait_until_up(url: str, server: subprocess.Popen | None, log_path: Path | None,
+class ServerNotUp(RuntimeError):
+    """The server died, or never answered its health URL."""
+
+
+def wait_until_up(probe_url: str, server: subprocess.Popen | None, log_path: Path | None,
                   seconds: float = 120) -> float:
-    """Seconds until /ping answers; a server that dies or never answers ends the script."""
+    """Seconds until probe_url (e.g. .../ping) answers; ServerNotUp if the server dies first."""
     started = time.monotonic()
     while time.monotonic() - started < seconds:
         if server is not None and server.poll() is not None:
-            sys.exit(f"error: the model server exited with {server.returncode}; see {log_path}")
+            raise ServerNotUp(f"the server exited with {server.returncode}; see {log_path}")
         try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2):
+            with urllib.request.urlopen(probe_url, timeout=2):
                 return time.monotonic() - started
         except OSError:
             time.sleep(0.25)
-    sys.exit(f"error: {url}/ping did not answer in {seconds:.0f} s")
+    raise ServerNotUp(f"{probe_url} did not answer in {seconds:.0f} s")
 
 
 def one_request(url: str, prompt: str, max_tokens: int, seed: int) -> tuple[float, str | None]:
@@ -133,11 +137,13 @@ def main() -> None:
         log_path = Path(tempfile.gettempdir()) / f"serve_load.{os.getpid()}.log"
         server, url = start_server(args.model_uri, args.workers, log_path)
     try:
-        startup = wait_until_up(url, server, log_path)
+        startup = wait_until_up(f"{url}/ping", server, log_path)
         report = {"model_uri": None if args.url else args.model_uri, "url": url,
                   "workers": None if args.url else args.workers,
                   "startup_s": None if args.url else round(startup, 2),
                   **fire(url, args.clients, args.requests, args.max_tokens, args.prompt)}
+    except ServerNotUp as exc:
+        sys.exit(f"error: {exc}")
     finally:
         if server is not None:
             stop_server(server)
