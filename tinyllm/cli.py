@@ -22,7 +22,7 @@ import click
 from tinyllm import __version__
 from tinyllm.config import SamplingConfig
 from tinyllm.discovery import load_model, open_store, pinned_uri, title_of
-from tinyllm.errors import TinyLLMError, user_error_message
+from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
 
 log = logging.getLogger("tinyllm.cli")
 
@@ -44,23 +44,14 @@ class Group(click.Group):
             hint = ""
             if isinstance(exc, click.UsageError) and exc.ctx is not None:
                 hint = f" (see: {exc.ctx.command_path} --help)"
-            _fail(exc.format_message() + hint, exc.exit_code)
+            fail(exc.format_message() + hint, exc.exit_code)
         except click.Abort:
-            _fail("interrupted", 130)
+            fail("interrupted", 130)
         except OSError as exc:
-            _fail(str(exc), 1)
+            fail(str(exc))
         except Exception as exc:
-            message = user_error_message(exc)
-            if message is None:
-                raise
-            _fail(message, getattr(exc, "exit_code", 1))
+            fail_on_user_error(exc)
         sys.exit(code if isinstance(code, int) else 0)
-
-
-def _fail(message: str, code: int) -> None:
-    log.debug("error details", exc_info=True)  # the traceback, shown at DEBUG (-v) only
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 @dataclass

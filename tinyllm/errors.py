@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class TinyLLMError(Exception):
@@ -32,17 +33,26 @@ def user_error_message(exc: BaseException) -> str | None:
     return None
 
 
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print `error: message` on stderr and exit; the traceback goes to the DEBUG log only."""
+    logging.getLogger(__name__).debug("error details", exc_info=True)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def fail_on_user_error(exc: Exception) -> NoReturn:
+    """fail() with exc's one-line message, or raise exc again when it is a bug."""
+    message = user_error_message(exc)
+    if message is None:
+        raise exc
+    fail(message, getattr(exc, "exit_code", 1))
+
+
 def exit_on_error(main: Callable[[], object]) -> None:
     """Run an entry point; print our errors as one line and exit non-zero, never a traceback."""
     try:
         main()
     except Exception as exc:
-        message = user_error_message(exc)
-        if message is None:
-            raise
-        logging.getLogger(__name__).debug("error details", exc_info=True)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", 1))
+        fail_on_user_error(exc)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        fail("interrupted", 130)
