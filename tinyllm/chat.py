@@ -44,12 +44,6 @@ def describe_settings(s: SamplingConfig) -> str:
             f"max tokens {s.max_new_tokens}, seed {s.seed}")
 
 
-def sampling_kwargs(s: SamplingConfig) -> dict:
-    """SamplingConfig as the keyword arguments of LoadedModel.stream/generate."""
-    return {"max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_k": s.top_k,
-            "top_p": s.top_p, "seed": s.seed}
-
-
 def prompt_notes(loaded, prompt: str) -> list[str]:
     """What the user should know before a prompt is continued: characters the vocabulary lacks,
     and a prompt longer than the context (only its end is seen)."""
@@ -147,7 +141,7 @@ class Console:
         try:
             for note in prompt_notes(self.loaded, prompt):
                 self.say(f"note: {note}")
-            pieces = self.loaded.stream(prompt, **sampling_kwargs(self.settings))
+            pieces = self.loaded.stream(prompt, **asdict(self.settings))
             for piece in pieces:
                 self.stdout.write(piece)
                 if self.interactive:

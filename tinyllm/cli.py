@@ -182,7 +182,7 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
 
     Without --json each sample is printed as prompt + continuation.
     """
-    from tinyllm.chat import prompt_notes, sampling_kwargs
+    from tinyllm.chat import prompt_notes
     from tinyllm.tokenizer import replace_undecodable
 
     prompts = [replace_undecodable(p) for p in [*prompts, *(
@@ -198,7 +198,7 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
         for i in range(num_samples):
             settings = replace(base, seed=base.seed + i)
             if as_json:
-                text = loaded.generate(prompt, **sampling_kwargs(settings))
+                text = loaded.generate(prompt, **asdict(settings))
                 results.append({"prompt": prompt, "text": text, "model_uri": pinned_uri(resolved),
                                 "settings": {"max_tokens": settings.max_new_tokens,
                                              "temperature": settings.temperature,
@@ -209,7 +209,7 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
                 click.echo(f"--- prompt {p}/{len(prompts)}, sample {i + 1}/{num_samples}, "
                            f"seed {settings.seed} ---")
             click.echo(prompt, nl=False)
-            for piece in loaded.stream(prompt, **sampling_kwargs(settings)):
+            for piece in loaded.stream(prompt, **asdict(settings)):
                 click.echo(piece, nl=False)
             click.echo()
     if as_json:

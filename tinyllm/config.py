@@ -86,7 +86,10 @@ class TrainConfig:
 
 @dataclass
 class SamplingConfig:
-    """How text is sampled; shared by evaluation samples, `tinyllm generate` and chat."""
+    """How text is sampled; shared by evaluation samples, `tinyllm generate` and chat.
+
+    The field names are LoadedModel.generate's keyword arguments: pass **asdict(settings).
+    """
 
     max_new_tokens: int = knob(300, min=1, max=100_000)
     temperature: float = knob(0.8, min=0.0, max=10.0)
