@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from tinyllm.config import SamplingConfig
-from tinyllm.errors import TinyLLMError
+from tinyllm.errors import TinyLLMError, first_line
 from tinyllm.generate import stream_text
 from tinyllm.io import (
     atomic_write_json,
@@ -118,7 +118,7 @@ def load_weights(path: Path, config: GPTConfig) -> GPT:
         raise TinyLLMError(f"refusing to load {path}: it holds objects other than tensors "
                            f"({reason[:160]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise TinyLLMError(f"{path} is truncated or corrupt: {str(exc).splitlines()[0][:160]}"
+        raise TinyLLMError(f"{path} is truncated or corrupt: {first_line(exc)[:160]}"
                            ) from None
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):

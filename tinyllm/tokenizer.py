@@ -41,8 +41,9 @@ class CharTokenizer:
         if unknown not in POLICIES:
             raise TinyLLMError(f"tokenizer unknown-character policy must be one of {POLICIES}, "
                                f"got {unknown!r}")
-        if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
-            raise TinyLLMError("tokenizer vocabulary must be distinct single characters")
+        if not chars or len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
+            raise TinyLLMError("tokenizer vocabulary must be a non-empty list of distinct single "
+                               "characters")
         self.chars = sorted(chars)
         self.unknown = unknown
         self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.int64)
@@ -65,8 +66,11 @@ class CharTokenizer:
 
     def encode_report(self, text: str) -> Encoded:
         """Encode with the unknown policy applied, reporting the characters it touched."""
-        text = replace_undecodable(text)
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        try:
+            encoded = text.encode("utf-32-le")
+        except UnicodeEncodeError:  # lone surrogates: only then is the text scanned for them
+            encoded = replace_undecodable(text).encode("utf-32-le")
+        codes = np.frombuffer(encoded, dtype=np.uint32).astype(np.int64)
         slot = np.searchsorted(self._codepoints, codes)
         slot_clipped = np.minimum(slot, len(self._codepoints) - 1)
         known = self._codepoints[slot_clipped] == codes
@@ -104,11 +108,12 @@ class CharTokenizer:
                                f"{data.get('format_version')!r} (this tinyllm reads "
                                f"{FORMAT_VERSION})")
         chars = data.get("chars")
-        if not isinstance(chars, list) or not chars or not all(
-                isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) != len(chars):
-            raise TinyLLMError(f"{source}: 'chars' must be a non-empty list of distinct single "
-                               f"characters")
-        return cls(chars, data.get("unknown", "replace"))
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            raise TinyLLMError(f"{source}: 'chars' must be a list of single characters")
+        try:
+            return cls(chars, data.get("unknown", "replace"))
+        except TinyLLMError as exc:
+            raise TinyLLMError(f"{source}: {exc}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:

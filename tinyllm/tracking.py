@@ -402,7 +402,7 @@ def _download(artifact_uri: str, uri: str, store: Store) -> Path:
                                                     dst_path=str(destination),
                                                     tracking_uri=store.uri)
     except Exception as exc:  # MLflow raises several types for a missing artifact
-        raise TinyLLMError(f"cannot download {uri}: {str(exc).splitlines()[0][:200]}") from None
+        raise TinyLLMError(f"cannot download {uri}: {first_line(exc)[:200]}") from None
     return _package_in(Path(local), uri)
 
 
@@ -437,7 +437,7 @@ def resolve_model_uri(uri: str, store: Store | None = None) -> ResolvedModel:
         try:
             store.client.get_run(match["run"])
         except MlflowException as exc:
-            reason = "no such run" if _missing(exc) else str(exc).splitlines()[0]
+            reason = "no such run" if _missing(exc) else first_line(exc)
             raise TinyLLMError(f"cannot use {uri}: {reason} in {store.uri}") from None
         path = _download(uri, uri, store)
         return ResolvedModel(path=path, uri=uri, run_id=match["run"])

@@ -31,7 +31,7 @@ import torch
 
 from tinyllm import distributed
 from tinyllm.config import TrainConfig
-from tinyllm.errors import TinyLLMError
+from tinyllm.errors import TinyLLMError, first_line
 from tinyllm.io import atomic_write
 from tinyllm.model import GPT, GPTConfig
 
@@ -101,23 +101,31 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 class WindowSampler:
-    """Random (input, target) windows from a token array, reproducible from its seed."""
+    """Random (input, target) windows from a token array, reproducible from its seed.
 
-    def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int):
-        self.tokens, self.context, self.batch_size = tokens, context, batch_size
+    Every process draws the whole batch's starts, so the generator's state is the same for any
+    world size, and keeps only its `rows` of them (all of them in a plain run).
+    """
+
+    def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int,
+                 rows: slice = slice(None)):
+        self.tokens, self.context, self.batch_size, self.rows = tokens, context, batch_size, rows
         self.generator = torch.Generator().manual_seed(seed)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(0, len(self.tokens) - self.context, (self.batch_size,),
                                generator=self.generator).numpy()
-        windows = np.stack([self.tokens[s:s + self.context + 1] for s in starts])
-        windows = torch.from_numpy(windows.astype(np.int64))
-        return windows[:, :-1], windows[:, 1:]
+        return _windows(self.tokens, starts[self.rows], self.context)
 
 
-def fixed_windows(tokens: np.ndarray, context: int, count: int):
+def fixed_windows(tokens: np.ndarray, context: int, count: int, rows: slice = slice(None)):
     """Evenly spaced windows over a split: the same validation batches at every evaluation."""
     starts = np.linspace(0, len(tokens) - context - 1, count).astype(np.int64)
+    return _windows(tokens, starts[rows], context)
+
+
+def _windows(tokens: np.ndarray, starts: np.ndarray, context: int):
+    """(inputs, targets): the context tokens from each start, and the same shifted by one."""
     windows = torch.from_numpy(np.stack([tokens[s:s + context + 1] for s in starts])
                                .astype(np.int64))
     return windows[:, :-1], windows[:, 1:]
@@ -160,7 +168,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
         if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
             reason = "it was made under other params or data"
     except Exception as exc:  # a damaged checkpoint must not stop a fresh start
-        reason = f"it cannot be read ({str(exc).splitlines()[0][:120]})"
+        reason = f"it cannot be read ({first_line(exc)[:120]})"
     if reason is None:
         return state
     if not distributed.is_main():  # rank 0 sets it aside; every rank starts from step 0
@@ -247,9 +255,10 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
     optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
                                   betas=(cfg.beta1, cfg.beta2),
                                   fused=device.type == "cuda" or None)
-    sampler = WindowSampler(train_tokens, model_cfg.context_length, cfg.batch_size, cfg.seed)
-    val_batches = tuple(t[rows].to(device) for t in fixed_windows(
-        val_tokens, model_cfg.context_length, cfg.eval_batches * cfg.batch_size))
+    sampler = WindowSampler(train_tokens, model_cfg.context_length, cfg.batch_size, cfg.seed,
+                            rows)
+    val_batches = tuple(t.to(device) for t in fixed_windows(
+        val_tokens, model_cfg.context_length, cfg.eval_batches * cfg.batch_size, rows))
     step, tokens_seen, best_val, best_step, best_state = 0, 0, math.inf, 0, None
     history: list[dict] = []
 
@@ -302,7 +311,7 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
                 group["lr"] = lr
             loss_sum = 0.0
             for micro in range(cfg.grad_accum_steps):
-                inputs, targets = (t[rows].to(device) for t in sampler.next())
+                inputs, targets = (t.to(device) for t in sampler.next())
                 with distributed.sync_gradients(net, micro == cfg.grad_accum_steps - 1):
                     with autocast():
                         _, loss = step_fn(inputs, targets)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tinyllm.config import Params
 from tinyllm.corpus import SPLITS, clean_text, load_corpus, split_by_works, split_stats
 from tinyllm.errors import TinyLLMError
-from tinyllm.io import atomic_write_json, atomic_write_text, fingerprint_files
+from tinyllm.io import atomic_write_json, atomic_write_text, current_directory, fingerprint_files
 
 log = logging.getLogger(__name__)
 
@@ -195,15 +195,13 @@ def evaluate(params: Params, layout: Layout, registry_name: str | None = None) -
 
     cfg = params.evaluate
     store = tracking.Store() if params.tracking.enabled else None
-    loaded = load_package(_require(layout.model, "train"))
+    # A package swap killed halfway leaves the whole old package aside: evaluate reads it.
+    loaded = load_package(_require(current_directory(layout.model), "train"))
     metrics = {split: split_metrics(loaded.model, load_tokens(
         _require(layout.tokens / f"{split}.bin", "tokenize"), loaded.tokenizer), cfg.batch_size)
         for split in ("val", "test")}
     settings = cfg.sampling()
-    samples = {prompt: loaded.generate(prompt, max_new_tokens=settings.max_new_tokens,
-                                       temperature=settings.temperature, top_k=settings.top_k,
-                                       top_p=settings.top_p, seed=settings.seed)
-               for prompt in cfg.prompts}
+    samples = {prompt: loaded.generate(prompt, **asdict(settings)) for prompt in cfg.prompts}
     files = [layout.eval_dir / "samples.md", layout.eval_dir / "loss_curve.png",
              layout.eval_dir / "metrics.json"]
     atomic_write_text(files[0], samples_markdown(samples, settings))
