@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 
 import pytest
 import torch
+from tiny_project import make_project, train_stage, write_corpus
 from torch import nn
 
 from tinyllm.train import train
@@ -85,3 +87,15 @@ def test_compiled_training_runs_on_cuda(gpt_config, cuda_config, tokens):
                    tokens, tokens)
     assert result.steps == 5
     assert all(math.isfinite(h["train_loss"]) for h in result.history)
+
+
+def test_more_torchrun_processes_than_gpus_is_one_error_line(tmp_path):
+    layout = make_project(tmp_path / "project", write_corpus(tmp_path / "corpus"),
+                          **{"train.device": "cuda"})
+    count = torch.cuda.device_count()
+    code, output = train_stage(layout, [sys.executable, "-m", "torch.distributed.run",
+                                        "--standalone", f"--nproc_per_node={count + 1}"])
+    assert code != 0
+    assert (f"error: torchrun started more processes on this machine than it has CUDA devices "
+            f"({count}); set --nproc_per_node to at most that\n") in output
+    assert not layout.checkpoints.exists()

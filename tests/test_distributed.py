@@ -18,47 +18,23 @@ import yaml
 from tiny_project import (
     ROOT,
     apply_overrides,
-    tiny_params,
+    make_project,
+    start_stage,
+    train_stage,
     wait_for_checkpoint,
     write_corpus,
     write_params,
 )
 
 from tinyllm import workflow
-from tinyllm.config import params_from_dict
 
 ONE = [sys.executable]
 TWO = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-def make_project(root: Path, corpus: Path, **overrides) -> workflow.Layout:
-    """A project dir with params.yaml (tracking off) and its data prepared and tokenized."""
-    raw = tiny_params(str(corpus), **{"tracking.enabled": False, **overrides})
-    root.mkdir(parents=True)
-    write_params(root / "params.yaml", raw)
-    layout = workflow.Layout(root)
-    params = params_from_dict(raw)
-    workflow.prepare(params, layout)
-    workflow.tokenize(params, layout)
-    return layout
-
-
 def set_params(layout: workflow.Layout, **overrides) -> None:
     raw = yaml.safe_load((layout.root / "params.yaml").read_text())
     write_params(layout.root / "params.yaml", apply_overrides(raw, overrides))
-
-
-def start_stage(layout: workflow.Layout, launcher: list[str]) -> subprocess.Popen:
-    """The DVC train stage, `python -m pipeline.train`, as one process or under torchrun."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([*launcher, "-m", "pipeline.train"], cwd=layout.root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def train_stage(layout: workflow.Layout, launcher: list[str]) -> tuple[int, str]:
-    process = start_stage(layout, launcher)
-    out, err = process.communicate(timeout=120)
-    return process.returncode, out + err
 
 
 def final_weights(layout: workflow.Layout) -> dict:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import yaml
 
+from tinyllm import workflow
+from tinyllm.config import params_from_dict
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEAKERS = ("ROMEO", "JULIET", "NURSE", "FRIAR", "TYBALT")
 WORDS = ("love", "night", "light", "sweet", "death", "fair", "heaven", "hath", "thou", "doth")
@@ -36,7 +39,8 @@ def tiny_params(corpus: str, **overrides) -> dict:
         "model.context_length": 16, "model.n_layer": 1, "model.n_head": 2, "model.d_model": 32,
         "train.max_steps": 30, "train.batch_size": 8, "train.warmup_steps": 5,
         "train.eval_interval": 10, "train.eval_batches": 2, "train.checkpoint_interval": 10,
-        "train.learning_rate": 3e-3, "evaluate.batch_size": 16, "evaluate.prompts": ["ROMEO:"],
+        "train.learning_rate": 3e-3, "train.device": "cpu",  # the same run on any machine
+        "evaluate.batch_size": 16, "evaluate.prompts": ["ROMEO:"],
         "evaluate.max_new_tokens": 20, "tracking.experiment": "tests",
         "tracking.registry_name": "tiny",
     }
@@ -102,3 +106,28 @@ def wait_for_checkpoint(process: subprocess.Popen, path: Path, timeout: float = 
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
+
+
+def make_project(root: Path, corpus: Path, **overrides) -> workflow.Layout:
+    """A project dir with params.yaml (tracking off) and its data prepared and tokenized."""
+    raw = tiny_params(str(corpus), **{"tracking.enabled": False, **overrides})
+    root.mkdir(parents=True)
+    write_params(root / "params.yaml", raw)
+    layout = workflow.Layout(root)
+    params = params_from_dict(raw)
+    workflow.prepare(params, layout)
+    workflow.tokenize(params, layout)
+    return layout
+
+
+def start_stage(layout: workflow.Layout, launcher: list[str]) -> subprocess.Popen:
+    """The DVC train stage, `python -m pipeline.train`, as one process or under torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([*launcher, "-m", "pipeline.train"], cwd=layout.root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def train_stage(layout: workflow.Layout, launcher: list[str]) -> tuple[int, str]:
+    process = start_stage(layout, launcher)
+    out, err = process.communicate(timeout=120)
+    return process.returncode, out + err

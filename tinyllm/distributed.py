@@ -44,6 +44,12 @@ def process_group(device: torch.device):
     cuda = device.type == "cuda"
     if cuda:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        # Every rank checks before joining, so none waits for a rank that cannot start.
+        local_processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), device.index + 1)
+        if local_processes > torch.cuda.device_count():
+            raise TinyLLMError(f"torchrun started more processes on this machine than it has "
+                               f"CUDA devices ({torch.cuda.device_count()}); set "
+                               f"--nproc_per_node to at most that")
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     try:

@@ -22,7 +22,7 @@ from tinyllm.config import params_from_dict
 
 NAME = "tiny"  # the registry name tiny_params gives
 TINYLLM = str(Path(sys.executable).with_name("tinyllm"))
-CLI_PARAMS = {"train.device": "cpu", "tracking.experiment": "cli-tests"}
+CLI_PARAMS = {"tracking.experiment": "cli-tests"}
 
 
 @dataclass
