@@ -6,7 +6,11 @@ import math
 
 import pytest
 import torch
+from tiny_project import make_project, write_corpus
 
+from tinyllm import workflow
+from tinyllm.config import load_params
+from tinyllm.errors import TinyLLMError
 from tinyllm.evaluate import scoring_windows, split_metrics
 
 
@@ -52,3 +56,22 @@ def test_batch_size_does_not_change_metrics(model, tokens):
 def test_untrained_model_loss_is_near_log_vocab(model, tokens, tokenizer):
     loss = split_metrics(model, tokens)["loss"]
     assert abs(loss - math.log(tokenizer.vocab_size)) < 0.1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_evaluate_on_a_missing_device_names_the_key_and_writes_nothing(tmp_path):
+    layout = make_project(tmp_path / "project", write_corpus(tmp_path / "corpus"),
+                          **{"evaluate.device": "cuda"})
+    params = load_params(layout.root / "params.yaml")
+    with pytest.raises(TinyLLMError, match=r"^evaluate.device is 'cuda' but no CUDA device is "
+                                           r"available$"):
+        workflow.evaluate(params, layout)
+    assert not layout.eval_dir.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_evaluate_scores_on_the_gpu_like_on_the_cpu(model, tokens):
+    on_cpu = split_metrics(model, tokens)
+    on_gpu = split_metrics(model.to("cuda"), tokens)
+    assert on_gpu["characters"] == on_cpu["characters"]
+    assert on_gpu["loss"] == pytest.approx(on_cpu["loss"], rel=1e-4)

@@ -1,9 +1,10 @@
 """`python -m tinyllm.bench`: how fast this machine trains and samples the default model.
 
-One run measures fp32 matmul FLOP/s (the ceiling), training tokens/s of the params.yaml model
-(eager, and compiled with --compile), greedy generation with and without the KV cache, and how
-long `tinyllm generate` takes from spawn to its first generated character. Ratios taken in one
-run are the figures to trust on a shared, noisy machine. The table goes to stderr, JSON to stdout.
+One run measures matmul FLOP/s in training's compute dtype (the ceiling: fp32 on CPUs, bf16 on
+CUDA), training tokens/s of the params.yaml model, greedy generation with and without the KV
+cache (--compile adds compiled training and generation), and how long `tinyllm generate` takes
+from spawn to its first generated character. Ratios taken in one run are the figures to trust on
+a shared, noisy machine. The table goes to stderr, JSON to stdout.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-from tinyllm.config import SamplingConfig, load_params_or_defaults
+from tinyllm.config import DEVICES, SamplingConfig, load_params_or_defaults
 from tinyllm.discovery import pick_device
 from tinyllm.errors import TinyLLMError, exit_on_error
-from tinyllm.generate import stream_tokens
-from tinyllm.model import GPT, GPTConfig
+from tinyllm.generate import compiled_for_generation, stream_tokens
+from tinyllm.model import GPT, GPTConfig, compiled
 from tinyllm.package import save_package
 from tinyllm.tokenizer import CharTokenizer
-from tinyllm.train import autocast_for
+from tinyllm.train import autocast_for, compute_dtype
 
 # Printable ASCII from space to "s": 84 characters + the unknown id = 85, about Shakespeare's.
 TOKENIZER = CharTokenizer([chr(c) for c in range(32, 116)])
@@ -55,14 +56,16 @@ class Plan:
     tries: int
 
 
-def make_plan(quick: bool, steps: int | None) -> Plan:
+def make_plan(quick: bool, steps: int | None, device: torch.device) -> Plan:
     params = load_params_or_defaults()
     model = GPTConfig.from_params(params.model, TOKENIZER.vocab_size)
     if quick:
         tiny = replace(model, context_length=16, n_layer=1, n_head=2, d_model=32)
         return Plan(tiny, 4, steps or 3, 1, 20, (8, 16), (64, 128), 1)
-    return Plan(model, params.train.batch_size, steps or DEFAULT_STEPS, 5, 500, (64, 256),
-                (512, 1024, 2048), 3)
+    # A GPU reaches its peak only on large products.
+    sizes = (2048, 4096, 8192) if device.type == "cuda" else (512, 1024, 2048)
+    return Plan(model, params.train.batch_size, steps or DEFAULT_STEPS, 5, 500, (64, 256), sizes,
+                3)
 
 
 def load_average() -> float | None:
@@ -80,13 +83,16 @@ def seconds(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def matmul_flops(device: torch.device, sizes: tuple[int, ...], repeats: int = 5) -> dict:
-    """Best fp32 FLOP/s of square matmuls: the ceiling training throughput is compared with."""
+    """Best FLOP/s of square matmuls in training's compute dtype: the ceiling training
+    throughput is compared with."""
+    dtype = compute_dtype(device)
     by_size = {}
     for n in sizes:
-        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
         best = min(seconds(lambda a=a, b=b: a @ b, device) for _ in range(repeats + 1))
         by_size[str(n)] = 2 * n**3 / best
-    return {"flops_per_sec": max(by_size.values()), "by_size": by_size}
+    return {"dtype": str(dtype).removeprefix("torch."), "flops_per_sec": max(by_size.values()),
+            "by_size": by_size}
 
 
 def training_speed(plan: Plan, device: torch.device, compile: bool, matmul: float) -> dict:
@@ -96,7 +102,7 @@ def training_speed(plan: Plan, device: torch.device, compile: bool, matmul: floa
     model = GPT(config).to(device).train()
     optimizer = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-3,
                                   fused=device.type == "cuda" or None)
-    forward = torch.compile(model) if compile else model
+    forward = compiled(model) if compile else model
     autocast = autocast_for(device)
 
     def step():
@@ -130,28 +136,39 @@ def lively(model: GPT) -> GPT:
     return model
 
 
-def generation_speed(config: GPTConfig, device: torch.device, new_tokens: int,
-                     tries: int) -> dict:
+def generation_speed(config: GPTConfig, device: torch.device, new_tokens: int, tries: int,
+                     compile: bool) -> dict:
     """Greedy tokens/s (best of tries) with the KV cache and with full recompute, on the same
-    weights."""
+    weights; with compile also the compiled KV-cache path and its compiling time."""
     model = lively(GPT(config)).to(device)
     prompt = TOKENIZER.encode(PROMPT)
     settings = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
 
-    def best_rate(use_cache: bool) -> tuple[float, list[int]]:
-        list(stream_tokens(model, prompt, replace(settings, max_new_tokens=10), use_cache))
+    def best_rate(net: GPT, use_cache: bool) -> tuple[float, list[int]]:
         best = 0.0
         for _ in range(tries):
             start = time.perf_counter()
-            tokens = list(stream_tokens(model, prompt, settings, use_cache))
+            tokens = list(stream_tokens(net, prompt, settings, use_cache))
             best = max(best, new_tokens / (time.perf_counter() - start))
         return best, tokens
 
-    (cached, cached_tokens), (full, full_tokens) = best_rate(True), best_rate(False)
-    return {"context_length": config.context_length, "kv_cache_tokens_per_sec": cached,
-            "recompute_tokens_per_sec": full, "kv_speedup": cached / full,
-            "identical": cached_tokens == full_tokens,
-            "distinct_tokens": len(set(cached_tokens))}
+    def warm_up(net: GPT) -> float:
+        """Seconds of a first whole generation: compiling, if any, happens here."""
+        return seconds(lambda: list(stream_tokens(net, prompt, settings)), device)
+
+    warm_up(model)
+    (cached, cached_tokens), (full, full_tokens) = best_rate(model, True), best_rate(model, False)
+    result = {"context_length": config.context_length, "kv_cache_tokens_per_sec": cached,
+              "recompute_tokens_per_sec": full, "kv_speedup": cached / full,
+              "identical": cached_tokens == full_tokens,
+              "distinct_tokens": len(set(cached_tokens))}
+    if compile:
+        net = compiled_for_generation(model)
+        warmup = warm_up(net)
+        rate, tokens = best_rate(net, True)
+        result["compiled"] = {"kv_cache_tokens_per_sec": rate, "over_eager": rate / cached,
+                              "warmup_sec": warmup, "identical": tokens == cached_tokens}
+    return result
 
 
 def first_character(config: GPTConfig, device: torch.device, tries: int) -> dict:
@@ -179,6 +196,11 @@ def _seconds_to_output(command: list[str], count: int) -> float:
     return elapsed
 
 
+def flops(rate: float) -> str:
+    """A FLOP/s figure in the unit that suits it: GFLOP/s on CPUs, TFLOP/s on GPUs."""
+    return f"{rate / 1e12:.1f} TFLOP/s" if rate >= 1e13 else f"{rate / 1e9:.1f} GFLOP/s"
+
+
 def table(report: dict) -> str:
     """The report as aligned lines for a person."""
     m, train, first = report["machine"], report["training"], report["first_character"]
@@ -188,8 +210,9 @@ def table(report: dict) -> str:
     lines = [
         f"machine      {m['device']}, torch {m['torch']}, {m['threads']} threads; load average "
         f"{load} (other work skews every figure)",
-        f"matmul fp32  {report['matmul']['flops_per_sec'] / 1e9:.1f} GFLOP/s best of sizes "
-        + ", ".join(f"{n}: {f / 1e9:.1f}" for n, f in report["matmul"]["by_size"].items()),
+        f"matmul       {flops(report['matmul']['flops_per_sec'])} "
+        f"{report['matmul']['dtype']}, best of sizes "
+        + ", ".join(f"{n}: {flops(f)}" for n, f in report["matmul"]["by_size"].items()),
         f"training     d_model {shape['d_model']}, {shape['n_layer']} layers, context "
         f"{shape['context_length']}, batch {train['batch_size']}: {train['params'] / 1e6:.2f}M "
         f"params, {train['flops_per_token'] / 1e6:.2f} MFLOP/token, median of "
@@ -199,7 +222,7 @@ def table(report: dict) -> str:
         if mode in train:
             r = train[mode]
             lines.append(f"  {mode:<10} {r['tokens_per_sec']:>9,.0f} tokens/s  "
-                         f"{r['flops_per_sec'] / 1e9:6.1f} GFLOP/s = {r['matmul_fraction']:.0%} "
+                         f"{flops(r['flops_per_sec'])} = {r['matmul_fraction']:.1%} "
                          f"of matmul  (warm-up {r['warmup_sec']:.1f} s)")
     if "compiled_over_eager" in train:
         lines.append(f"  compiled / eager: {train['compiled_over_eager']:.2f}x")
@@ -210,6 +233,11 @@ def table(report: dict) -> str:
         lines.append(f"  context {g['context_length']:<4} {g['kv_cache_tokens_per_sec']:>7,.0f} vs "
                      f"{g['recompute_tokens_per_sec']:>6,.0f} tokens/s = {g['kv_speedup']:.2f}x"
                      f"  identical: {'yes' if g['identical'] else 'NO'}")
+        if "compiled" in g:
+            c = g["compiled"]
+            lines.append(f"    compiled KV cache {c['kv_cache_tokens_per_sec']:>7,.0f} tokens/s = "
+                         f"{c['over_eager']:.2f}x eager  (warm-up {c['warmup_sec']:.1f} s)  "
+                         f"identical: {'yes' if c['identical'] else 'NO'}")
     lines.append(f"first char   {first['seconds']:.2f} s from spawning `tinyllm generate` "
                  f"(best of {first['tries']})")
     return "\n".join(lines)
@@ -228,7 +256,7 @@ def run(plan: Plan, device: torch.device, compile: bool) -> dict:
                                            / training["eager"]["tokens_per_sec"])
     generation = {"new_tokens": plan.new_tokens, "tries": plan.tries, "contexts": [
         generation_speed(replace(plan.model, context_length=c), device, plan.new_tokens,
-                         plan.tries)
+                         plan.tries, compile)
         for c in plan.generation_contexts]}
     first = first_character(plan.model, device, plan.tries)
     return {"machine": {"device": str(device), "torch": torch.__version__,
@@ -243,8 +271,9 @@ def main(argv: list[str] | None = None) -> None:
         "\n")[0])
     parser.add_argument("--steps", type=int, help=f"timed training steps (default "
                         f"{DEFAULT_STEPS}; 3 with --quick)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile training")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile training and generation")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -252,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--steps must be at least 1")
     device = torch.device(pick_device(args.device))
     started = time.perf_counter()
-    report = run(make_plan(args.quick, args.steps), device, args.compile)
+    report = run(make_plan(args.quick, args.steps, device), device, args.compile)
     report["total_sec"] = time.perf_counter() - started
     print(table(report) + f"\ntotal        {report['total_sec']:.0f} s", file=sys.stderr)
     text = json.dumps(report, indent=2)

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from tinyllm import __version__
-from tinyllm.config import SamplingConfig
+from tinyllm.config import DEVICES, SamplingConfig
 from tinyllm.discovery import load_model, open_store, pinned_uri, title_of
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
 
@@ -118,7 +118,12 @@ def sampling_options(command):
 
 
 def model_options(command):
-    command = click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    command = click.option(
+        "--compile", "compile_model", is_flag=True,
+        help="torch.compile the model: the first characters wait 15-30 s for the compiler; "
+             "pays only for long outputs where `python -m tinyllm.bench --compile` says "
+             "so.")(command)
+    command = click.option("--device", type=click.Choice(DEVICES),
                            default="auto", show_default=True, help="Where the model runs.")(command)
     return click.option(
         "--model-uri", metavar="URI",
@@ -144,7 +149,7 @@ def settings_from(sampling: dict) -> SamplingConfig:
 @model_options
 @sampling_options
 @click.pass_obj
-def chat(obj: Options, model_uri, device, **sampling) -> None:
+def chat(obj: Options, model_uri, device, compile_model, **sampling) -> None:
     """Talk to a model: type a prompt and watch it continue the text.
 
     On a terminal: line editing, history (~/.tinyllm_history) and slash commands (/help).
@@ -157,7 +162,8 @@ def chat(obj: Options, model_uri, device, **sampling) -> None:
     """
     from tinyllm.chat import Console
 
-    loaded, resolved, bits = load_model(model_uri, device, obj.tracking_uri, notify)
+    loaded, resolved, bits = load_model(model_uri, device, obj.tracking_uri, notify,
+                                        compile_model)
     if hasattr(sys.stdin, "reconfigure"):  # undecodable input bytes: unknown characters
         sys.stdin.reconfigure(errors="replace")
     console = Console(loaded, settings_from(sampling), title_of(resolved), bits)
@@ -177,7 +183,7 @@ def chat(obj: Options, model_uri, device, **sampling) -> None:
 @sampling_options
 @click.pass_obj
 def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri, device,
-             **sampling) -> None:
+             compile_model, **sampling) -> None:
     """Continue one or more prompts. The same seed gives the same text.
 
     Without --json each sample is printed as prompt + continuation.
@@ -189,7 +195,8 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
         [prompt_file.read()] if prompt_file else [])]]
     if not prompts:
         raise click.UsageError("give --prompt TEXT (repeatable) or --prompt-file FILE")
-    loaded, resolved, _ = load_model(model_uri, device, obj.tracking_uri, notify)
+    loaded, resolved, _ = load_model(model_uri, device, obj.tracking_uri, notify,
+                                     compile_model)
     base = settings_from(sampling)
     results = []
     for p, prompt in enumerate(prompts, 1):
@@ -333,7 +340,7 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
 @click.option("--seed", type=int, help="Seed for weights and batches.")
 @click.option("--time-budget", type=float, metavar="MINUTES",
               help="Stop after this many minutes (0 = no limit).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+@click.option("--device", type=click.Choice(DEVICES),
               help="Where training runs.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where data, checkpoints and the model go [default: runs/NAME].")

@@ -19,6 +19,8 @@ import yaml
 
 from tinyllm.errors import TinyLLMError
 
+DEVICES = ("auto", "cpu", "cuda", "mps")  # where torch runs; auto: CUDA, else MPS, else CPU
+
 
 def knob(default: Any, *, min: float | None = None, max: float | None = None,
          choices: tuple | None = None, min_exclusive: bool = False) -> Any:
@@ -79,7 +81,7 @@ class TrainConfig:
     eval_batches: int = knob(16, min=1)
     checkpoint_interval: int = knob(250, min=1)
     time_budget_minutes: float = knob(0.0, min=0.0)
-    device: str = knob("auto", choices=("auto", "cpu", "cuda", "mps"))
+    device: str = knob("auto", choices=DEVICES)
     threads: int = knob(0, min=0, max=1024)
     compile: bool = knob(False)
 
@@ -109,6 +111,7 @@ class EvaluateConfig:
     top_k: int = knob(0, min=0)
     top_p: float = knob(0.95, min=0.0, max=1.0, min_exclusive=True)
     seed: int = knob(1337, min=0)
+    device: str = knob("auto", choices=DEVICES)
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p,

@@ -67,16 +67,13 @@ def discover_model(store, store_uri: str) -> tuple[str, str]:
 def pick_device(name: str) -> str:
     from tinyllm.train import select_device
 
-    try:
-        return str(select_device(name))
-    except TinyLLMError:
-        raise TinyLLMError(f"--device {name} is not available on this machine") from None
+    return str(select_device(name, key="--device"))
 
 
 def load_model(uri: str | None, device: str, tracking_uri: str | None,
-               notify: Callable[[str], None] = log.info):
+               notify: Callable[[str], None] = log.info, compile: bool = False):
     """(LoadedModel, ResolvedModel, test bits/char or None); notify says which model was picked
-    and why when no URI was given."""
+    and why when no URI was given. compile: torch.compile it for generation."""
     from tinyllm import tracking
 
     store = None
@@ -89,6 +86,8 @@ def load_model(uri: str | None, device: str, tracking_uri: str | None,
             raise TinyLLMError(f"cannot load {uri}: no MLflow store at {store_uri} yet; run "
                                "`dvc repro` to train and register a model")
     loaded, resolved = tracking.load_model_uri(uri, device=pick_device(device), store=store)
+    if compile:
+        loaded.compile()
     return loaded, resolved, test_bits_per_char(store, resolved, loaded)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from tinyllm.config import SamplingConfig
-from tinyllm.model import GPT
+from tinyllm.model import GPT, compiled
 from tinyllm.tokenizer import UNKNOWN_ID, CharTokenizer
 
 
@@ -67,6 +67,12 @@ def stream_tokens(model: GPT, prompt_ids: Sequence[int], settings: SamplingConfi
         window.append(token)
         if len(window) > context:
             window, cache = window[-keep:], None
+
+
+def compiled_for_generation(model: GPT) -> GPT:
+    """torch.compile for stream_tokens: dynamic shapes, since prompts and the KV cache grow. The
+    text stays the same; the first tokens wait for the compiler."""
+    return compiled(model, dynamic=True)
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:

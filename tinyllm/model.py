@@ -8,6 +8,7 @@ full forward pass over the same tokens (tests hold it to 1e-5).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -173,3 +174,10 @@ class GPT(nn.Module):
         c = self.config
         matmul_params = self.num_parameters() - c.context_length * c.d_model
         return 6 * matmul_params + 12 * c.n_layer * c.d_model * c.context_length
+
+
+def compiled(model: GPT, dynamic: bool | None = None) -> GPT:
+    """torch.compile, without Inductor's advice to enable TF32 on GPUs: fp32 matmuls stay exact
+    (training already runs its matmuls in bf16 there)."""
+    warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores")
+    return torch.compile(model, dynamic=dynamic)

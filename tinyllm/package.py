@@ -21,7 +21,7 @@ import torch
 
 from tinyllm.config import SamplingConfig
 from tinyllm.errors import TinyLLMError, first_line
-from tinyllm.generate import stream_text
+from tinyllm.generate import compiled_for_generation, stream_text
 from tinyllm.io import (
     atomic_write_json,
     current_directory,
@@ -168,6 +168,9 @@ class LoadedModel:
 
     def generate(self, prompt: str, **sampling) -> str:
         return "".join(self.stream(prompt, **sampling))
+
+    def compile(self) -> None:
+        self.model = compiled_for_generation(self.model)
 
 
 def _refuse_escape(directory: Path, name: str) -> None:

@@ -33,7 +33,7 @@ from tinyllm import distributed
 from tinyllm.config import TrainConfig
 from tinyllm.errors import TinyLLMError, first_line
 from tinyllm.io import atomic_write
-from tinyllm.model import GPT, GPTConfig
+from tinyllm.model import GPT, GPTConfig, compiled
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ class TrainingInterrupted(TinyLLMError):
         self.exit_code = 128 + signum
 
 
-def select_device(name: str = "auto") -> torch.device:
+def select_device(name: str = "auto", key: str = "train.device") -> torch.device:
+    """The torch device a DEVICES name means here; key names the setting in errors."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -85,9 +86,9 @@ def select_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise TinyLLMError("train.device is 'cuda' but no CUDA device is available")
+        raise TinyLLMError(f"{key} is 'cuda' but no CUDA device is available")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise TinyLLMError("train.device is 'mps' but MPS is not available")
+        raise TinyLLMError(f"{key} is 'mps' but MPS is not available")
     return torch.device(name)
 
 
@@ -217,9 +218,14 @@ def estimate_loss(model: GPT, batches, batch_size: int, autocast) -> float:
     return sum(losses) / len(inputs)
 
 
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """The dtype training's matmuls run in: bf16 under autocast on CUDA, fp32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def autocast_for(device: torch.device) -> Callable:
     if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        return lambda: torch.autocast("cuda", dtype=compute_dtype(device))
     return contextlib.nullcontext
 
 
@@ -296,7 +302,7 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
             estimate_loss(model, val_batches, cfg.batch_size // world, autocast))
 
     net = distributed.data_parallel(model, device)  # the model itself in a plain run
-    step_fn = torch.compile(net) if cfg.compile else net
+    step_fn = compiled(net) if cfg.compile else net
     callbacks = list(callbacks)
     tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * model_cfg.context_length
     started = time.monotonic()

@@ -192,11 +192,13 @@ def evaluate(params: Params, layout: Layout, registry_name: str | None = None) -
     from tinyllm.package import load_package
     from tinyllm.report import loss_curve_png, samples_markdown
     from tinyllm.tokenizer import load_tokens
+    from tinyllm.train import select_device
 
     cfg = params.evaluate
+    device = select_device(cfg.device, key="evaluate.device")
     store = tracking.Store() if params.tracking.enabled else None
     # A package swap killed halfway leaves the whole old package aside: evaluate reads it.
-    loaded = load_package(_require(current_directory(layout.model), "train"))
+    loaded = load_package(_require(current_directory(layout.model), "train"), str(device))
     metrics = {split: split_metrics(loaded.model, load_tokens(
         _require(layout.tokens / f"{split}.bin", "tokenize"), loaded.tokenizer), cfg.batch_size)
         for split in ("val", "test")}

@@ -213,4 +213,4 @@ def test_terminal_session(tiny_model, tmp_path):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
 def test_unavailable_device_is_one_error_line(invoke, error_line, tiny_model):
     result = invoke("chat", "--model-uri", tiny_model.package, "--device", "cuda", input="")
-    assert error_line(result) == "error: --device cuda is not available on this machine"
+    assert error_line(result) == "error: --device is 'cuda' but no CUDA device is available"

@@ -82,3 +82,15 @@ def test_empty_and_megabyte_prompts_still_generate(invoke, tiny_model):
     assert huge.exit_code == 0, huge.stderr
     assert "the model sees only its last 16" in huge.stderr
     assert len(json.loads(huge.stdout)[0]["text"]) == 5
+
+
+def test_compiled_model_generates_the_same_text(invoke, tiny_model):
+    from torch._dynamo.utils import counters
+
+    args = ("generate", "--model-uri", str(tiny_model.package), "--prompt", "ROMEO:",
+            "--max-tokens", "40", "--temperature", "0")  # past the context: the window slides
+    graphs = counters["stats"]["unique_graphs"]
+    compiled, eager = invoke(*args, "--compile"), invoke(*args)
+    assert compiled.exit_code == 0, compiled.stderr
+    assert counters["stats"]["unique_graphs"] > graphs  # the compiler really ran
+    assert compiled.stdout == eager.stdout
