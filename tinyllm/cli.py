@@ -120,9 +120,9 @@ def sampling_options(command):
 def model_options(command):
     command = click.option(
         "--compile", "compile_model", is_flag=True,
-        help="torch.compile the model: the first characters wait 15-30 s for the compiler; "
-             "pays only for long outputs where `python -m tinyllm.bench --compile` says "
-             "so.")(command)
+        help="torch.compile the model: the first characters wait seconds to a minute for the "
+             "compiler; pays only for long outputs where `python -m tinyllm.bench --compile` "
+             "says so.")(command)
     command = click.option("--device", type=click.Choice(DEVICES),
                            default="auto", show_default=True, help="Where the model runs.")(command)
     return click.option(
