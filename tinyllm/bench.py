@@ -25,13 +25,12 @@ from pathlib import Path
 import torch
 
 from tinyllm.config import DEVICES, SamplingConfig, load_params_or_defaults
-from tinyllm.discovery import pick_device
+from tinyllm.devices import autocast_for, compute_dtype, select_device
 from tinyllm.errors import TinyLLMError, exit_on_error
 from tinyllm.generate import compiled_for_generation, stream_tokens
 from tinyllm.model import GPT, GPTConfig, compiled
 from tinyllm.package import save_package
 from tinyllm.tokenizer import CharTokenizer
-from tinyllm.train import autocast_for, compute_dtype
 
 # Printable ASCII from space to "s": 84 characters + the unknown id = 85, about Shakespeare's.
 TOKENIZER = CharTokenizer([chr(c) for c in range(32, 116)])
@@ -279,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be at least 1")
-    device = torch.device(pick_device(args.device))
+    device = select_device(args.device, key="--device")
     started = time.perf_counter()
     report = run(make_plan(args.quick, args.steps, device), device, args.compile)
     report["total_sec"] = time.perf_counter() - started

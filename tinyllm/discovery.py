@@ -64,17 +64,12 @@ def discover_model(store, store_uri: str) -> tuple[str, str]:
                        "(or `tinyllm train DATA`) to make one, or pass --model-uri")
 
 
-def pick_device(name: str) -> str:
-    from tinyllm.train import select_device
-
-    return str(select_device(name, key="--device"))
-
-
 def load_model(uri: str | None, device: str, tracking_uri: str | None,
                notify: Callable[[str], None] = log.info, compile: bool = False):
     """(LoadedModel, ResolvedModel, test bits/char or None); notify says which model was picked
     and why when no URI was given. compile: torch.compile it for generation."""
     from tinyllm import tracking
+    from tinyllm.devices import select_device
 
     store = None
     if uri is None or uri.startswith(("models:/", "runs:/")):
@@ -85,7 +80,8 @@ def load_model(uri: str | None, device: str, tracking_uri: str | None,
         elif store is None:
             raise TinyLLMError(f"cannot load {uri}: no MLflow store at {store_uri} yet; run "
                                "`dvc repro` to train and register a model")
-    loaded, resolved = tracking.load_model_uri(uri, device=pick_device(device), store=store)
+    device = str(select_device(device, key="--device"))
+    loaded, resolved = tracking.load_model_uri(uri, device=device, store=store)
     if compile:
         loaded.compile()
     return loaded, resolved, test_bits_per_char(store, resolved, loaded)

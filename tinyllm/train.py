@@ -31,6 +31,7 @@ import torch
 
 from tinyllm import distributed
 from tinyllm.config import TrainConfig
+from tinyllm.devices import autocast_for, select_device
 from tinyllm.errors import TinyLLMError, first_line
 from tinyllm.io import atomic_write
 from tinyllm.model import GPT, GPTConfig, compiled
@@ -75,21 +76,6 @@ class TrainingInterrupted(TinyLLMError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
-
-
-def select_device(name: str = "auto", key: str = "train.device") -> torch.device:
-    """The torch device a DEVICES name means here; key names the setting in errors."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TinyLLMError(f"{key} is 'cuda' but no CUDA device is available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise TinyLLMError(f"{key} is 'mps' but MPS is not available")
-    return torch.device(name)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -218,17 +204,6 @@ def estimate_loss(model: GPT, batches, batch_size: int, autocast) -> float:
     return sum(losses) / len(inputs)
 
 
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """The dtype training's matmuls run in: bf16 under autocast on CUDA, fp32 elsewhere."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def autocast_for(device: torch.device) -> Callable:
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=compute_dtype(device))
-    return contextlib.nullcontext
-
-
 def train(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
           val_tokens: np.ndarray, *, checkpoint_dir: Path | None = None,
           data_fingerprint: str = "", callbacks: Iterable[Callable[[StepMetrics], None]] = ()
@@ -241,7 +216,7 @@ def train(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
     check_batch_split(cfg.batch_size)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with distributed.process_group(select_device(cfg.device)) as device:
+    with distributed.process_group(select_device(cfg.device, key="train.device")) as device:
         return _train_on(device, model_cfg, cfg, train_tokens, val_tokens, checkpoint_dir,
                          data_fingerprint, callbacks)
 

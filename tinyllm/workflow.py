@@ -123,11 +123,12 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
     and writes.
     """
     from tinyllm import distributed, tracking
+    from tinyllm.devices import select_device
     from tinyllm.model import GPTConfig
     from tinyllm.package import save_package
     from tinyllm.progress import ProgressReporter
     from tinyllm.tokenizer import CharTokenizer, load_tokens
-    from tinyllm.train import check_batch_split, select_device
+    from tinyllm.train import check_batch_split
     from tinyllm.train import train as run_training
     from tinyllm.train_outputs import summary_of, write_history
 
@@ -147,7 +148,7 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
                                  params.model.d_model, params.model.n_layer, params.flat())
         facts = {"vocab_size": tokenizer.vocab_size, "data_fingerprint": fingerprint,
                  "parameters": model_cfg.num_parameters(),
-                 "device": str(select_device(params.train.device)),
+                 "device": str(select_device(params.train.device, key="train.device")),
                  **{f"version.{k}": v for k, v in _versions().items()}}
         run_id = tracking.start_run(store, params.tracking.experiment, name, params.flat(), facts)
         step_logger = tracking.StepLogger(store, run_id)
@@ -188,11 +189,11 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
 def evaluate(params: Params, layout: Layout, registry_name: str | None = None) -> dict:
     """Whole-split metrics, samples and the loss curve; with tracking, log and register."""
     from tinyllm import tracking
+    from tinyllm.devices import select_device
     from tinyllm.evaluate import split_metrics
     from tinyllm.package import load_package
     from tinyllm.report import loss_curve_png, samples_markdown
     from tinyllm.tokenizer import load_tokens
-    from tinyllm.train import select_device
 
     cfg = params.evaluate
     device = select_device(cfg.device, key="evaluate.device")
