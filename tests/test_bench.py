@@ -7,6 +7,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
+
 
 def test_quick_bench_reports_positive_figures_and_identical_greedy_text(tmp_path):
     out = tmp_path / "bench.json"
@@ -31,3 +34,12 @@ def test_quick_bench_reports_positive_figures_and_identical_greedy_text(tmp_path
         assert run["identical"] is True, run
         assert run["distinct_tokens"] > 1  # varied text, so the comparison means something
     assert report["first_character"]["seconds"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_missing_device_is_one_error_line():
+    done = subprocess.run([sys.executable, "-m", "tinyllm.bench", "--device", "cuda"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == "error: --device is 'cuda' but no CUDA device is available\n"
+    assert done.stdout == ""
