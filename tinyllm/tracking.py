@@ -154,7 +154,8 @@ def run_name(prefix: str, d_model: int, n_layer: int, flat_params: dict) -> str:
     return f"{prefix}-d{d_model}-l{n_layer}-{digest.hexdigest()[:6]}"
 
 
-def start_run(store: Store, experiment: str, name: str, params: dict, facts: dict) -> str:
+def start_run(store: Store, experiment: str, name: str, params: dict, facts: dict,
+              parent: str | None = None) -> str:
     """Open a run and record every params.yaml key and the derived facts as MLflow params."""
     from mlflow.entities import Param
 
@@ -164,6 +165,8 @@ def start_run(store: Store, experiment: str, name: str, params: dict, facts: dic
         tags["mlflow.source.git.commit"] = commit
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    if parent:
+        tags["mlflow.parentRunId"] = parent
     run = store.client.create_run(store.experiment_id(experiment), run_name=name, tags=tags)
     values = {**params, **{f"derived.{k}": v for k, v in facts.items()}}
     entries = [Param(k, str(v)[:6000]) for k, v in values.items()]
@@ -215,8 +218,18 @@ def write_handoff(path: Path, store: Store, run_id: str, experiment: str) -> Non
                              "experiment": experiment})
 
 
-def reopen_run(store: Store, handoff: Path, experiment: str, name: str, params: dict) -> str:
-    """The run train opened, or a fresh run if it is gone from the store (or tracking was off)."""
+EVAL_METRIC_PREFIX = "eval_"  # eval_test_loss, eval_val_bits_per_char, ...
+
+
+def evaluation_run(store: Store, handoff: Path, experiment: str, name: str,
+                   params: dict) -> str:
+    """The run evaluate logs into, so every run's params are the ones that made its artifacts.
+
+    Train's run (named in the handoff) when it holds no evaluation yet: train then evaluate in one
+    pipeline execution. When evaluate runs again alone (only evaluate.* changed), a new run
+    nested under train's, with the params of this evaluation. A fresh run when train's is gone
+    from the store or tracking was off during train.
+    """
     from mlflow.exceptions import MlflowException
 
     run_id = None
@@ -227,12 +240,17 @@ def reopen_run(store: Store, handoff: Path, experiment: str, name: str, params: 
             run_id = None
     if run_id:
         try:
-            store.client.get_run(run_id)
-            store.client.update_run(run_id, status="RUNNING")
-            return run_id
+            train_run = store.client.get_run(run_id)
         except MlflowException:
             log.warning("MLflow run %s from %s is not in %s; starting a fresh run",
                         run_id, handoff, store.uri)
+        else:
+            if not any(key.startswith(EVAL_METRIC_PREFIX) for key in train_run.data.metrics):
+                store.client.update_run(run_id, status="RUNNING")
+                return run_id
+            log.info("MLflow run %s holds an earlier evaluation; this one is a new run nested "
+                     "under it", run_id)
+            return start_run(store, experiment, name, params, {}, parent=run_id)
     return start_run(store, experiment, name, params, {})
 
 

@@ -15,7 +15,15 @@ EVAL_COLUMNS = ("step", "val_loss")
 
 
 def summary_of(result: TrainResult, data_fingerprint: str) -> dict:
-    """The facts about a run that go into meta.json, the summary metrics and tracking."""
+    """The facts about a run that go into meta.json, the summary metrics and tracking.
+
+    A resume with nothing left to train (a lost output, a code change) reports the time and
+    speed of the training that made these weights, from the checkpoint's history, not zeros.
+    """
+    seconds, speed = result.elapsed_sec, result.tokens_per_sec
+    if result.steps == result.resumed_from and result.history:
+        seconds = history_seconds(result.history)
+        speed = result.tokens_seen / max(seconds, 1e-9)
     return {
         "steps": result.steps,
         "tokens_seen": result.tokens_seen,
@@ -24,11 +32,21 @@ def summary_of(result: TrainResult, data_fingerprint: str) -> dict:
         "best_step": result.best_step,
         "stopped_by": result.stopped_by,
         "resumed_from_step": result.resumed_from,
-        "train_seconds": round(result.elapsed_sec, 2),
-        "tokens_per_sec": round(result.tokens_per_sec, 1),
+        "train_seconds": round(seconds, 2),
+        "tokens_per_sec": round(speed, 1),
         "parameters": result.model.num_parameters(),
         "data_fingerprint": data_fingerprint,
     }
+
+
+def history_seconds(history: list[dict]) -> float:
+    """Seconds the steps in a history took; each resumed call's elapsed_sec starts again at 0."""
+    total = last = 0.0
+    for entry in history:
+        if entry["elapsed_sec"] < last:
+            total += last
+        last = entry["elapsed_sec"]
+    return total + last
 
 
 def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
