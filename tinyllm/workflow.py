@@ -252,6 +252,7 @@ def evaluate(params: Params, layout: Layout, registry_name: str | None = None) -
         verb = "registered" if registration.created else "already registered as"
         log.info("evaluate: %s models:/%s/%s%s", verb, name, registration.version,
                  f" (@{params.tracking.champion_alias})" if registration.champion else "")
+        log.info("evaluate: runs at %s", tracking.runs_page(store, params.tracking.experiment))
         metrics["registered"] = {"name": name, "version": registration.version}
     return metrics
 

@@ -113,6 +113,12 @@ def check_evaluate_only_run_is_its_own(repo: Path) -> None:
     assert parent.data.params["evaluate.seed"] == "1337"
     assert "eval_test_loss" in child.data.metrics and "eval_test_loss" in parent.data.metrics
     assert "train.steps" in parent.data.metrics and "train.steps" not in child.data.metrics
+    # What `mlflow ui` shows as Source and Version; train ran before the "built" commit.
+    for record, stage, rev in ((child, "evaluate", "HEAD"), (parent, "train", "HEAD~1")):
+        assert record.data.tags["mlflow.source.name"] == f"dvc.yaml:{stage}"
+        assert record.data.tags["mlflow.source.type"] == "LOCAL"
+        assert record.data.tags["mlflow.source.git.commit"] == run(
+            ["git", "rev-parse", rev], repo, dict(os.environ)).strip()
     for run_info, seed in ((child, 2), (parent, 1337)):
         samples = Path(client.download_artifacts(run_info.info.run_id, "eval/samples.md"))
         assert f"seed={seed}" in samples.read_text()

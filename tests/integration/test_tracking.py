@@ -33,6 +33,7 @@ def test_run_logs_params_step_metrics_artifacts_and_registers(tmp_path, make_par
     run = store.client.search_runs([store.experiment_id("tests")])[0]
     assert run.info.run_id in run_id
     assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.tags["mlflow.source.name"]
     assert run.data.params["train.learning_rate"] == "0.003"
     assert run.data.params["model.d_model"] == "32"
     assert int(run.data.params["derived.parameters"]) > 1000
@@ -53,6 +54,16 @@ def test_run_logs_params_step_metrics_artifacts_and_registers(tmp_path, make_par
     assert str(store.client.get_model_version_by_alias("tiny", "champion").version) == "1"
     # artifacts live beside mlflow.db, where `mlflow ui` in that directory finds them
     assert any((tmp_path / "mlruns").rglob("weights.pt"))
+
+
+def test_experiments_open_on_their_runs_in_mlflow_ui_also_those_made_before(store_uri):
+    """MLflow 3's UI opens an experiment without this tag on its GenAI traces overview."""
+    store = tracking.Store()
+    older = store.client.create_experiment("older")
+    for name in ("older", "new"):
+        experiment = store.client.get_experiment(store.experiment_id(name))
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert store.experiment_id("older") == older
 
 
 def test_champion_moves_only_for_better_models_and_same_weights_do_not_duplicate(
