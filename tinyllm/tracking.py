@@ -120,6 +120,24 @@ class Store:
     def is_local_sqlite(self) -> bool:
         return self.uri.startswith("sqlite:///")
 
+    def check_artifacts_beside(self, artifact_uri: str, what: str) -> None:
+        """Refuse to write artifacts outside the directory of a local mlflow.db.
+
+        mlflow.db records absolute artifact paths, so a copied or moved project would otherwise
+        log its runs into the original's mlruns/.
+        """
+        if not (self.is_local_sqlite and artifact_uri.startswith("file:")):
+            return
+        from urllib.parse import unquote, urlparse
+
+        home = Path(self.uri.removeprefix("sqlite:///")).parent.resolve()
+        location = Path(unquote(urlparse(artifact_uri).path)).resolve()
+        if not location.is_relative_to(home):
+            raise TinyLLMError(
+                f"{what} in {self.uri} keeps its artifacts in {location}, outside {home}: "
+                f"this project was copied or moved; move {home / 'mlflow.db'} and "
+                f"{home / 'mlruns'} aside to start a new store here, or work in the original")
+
     def experiment_id(self, name: str) -> str:
         """The experiment's id, creating it (artifacts beside mlflow.db) if it is new.
 
@@ -138,6 +156,7 @@ class Store:
                                                      tags=dict([EXPERIMENT_KIND]))
             except MlflowException:  # created meanwhile by a parallel run
                 found = self.client.get_experiment_by_name(name)
+        self.check_artifacts_beside(found.artifact_location, f"MLflow experiment '{name}'")
         if EXPERIMENT_KIND[0] not in found.tags:  # made before we marked experiments
             self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
         return found.experiment_id
@@ -277,6 +296,7 @@ def evaluation_run(store: Store, handoff: Path, experiment: str, name: str,
             log.warning("MLflow run %s from %s is not in %s; starting a fresh run",
                         run_id, handoff, store.uri)
         else:
+            store.check_artifacts_beside(train_run.info.artifact_uri, f"MLflow run {run_id}")
             if not any(key.startswith(EVAL_METRIC_PREFIX) for key in train_run.data.metrics):
                 store.client.update_run(run_id, status="RUNNING")
                 return run_id

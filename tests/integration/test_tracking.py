@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from tinyllm import tracking, workflow
@@ -64,6 +66,27 @@ def test_experiments_open_on_their_runs_in_mlflow_ui_also_those_made_before(stor
         experiment = store.client.get_experiment(store.experiment_id(name))
         assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert store.experiment_id("older") == older
+
+
+def test_a_copied_project_refuses_to_log_into_the_originals_store(tmp_path, make_params,
+                                                                  monkeypatch):
+    """mlflow.db holds absolute artifact paths: a copy would write into the original's mlruns/."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    monkeypatch.chdir(original)  # the store lands in the project: ./mlflow.db, ./mlruns
+    params = make_params()
+    build(params, original)
+    shutil.copytree(original, copy)
+    written = sorted((original / "mlruns").rglob("*"))
+    monkeypatch.chdir(copy)
+    message = (rf"MLflow (experiment 'tests'|run \w+) in sqlite:///{copy}/mlflow.db keeps its "
+               rf"artifacts in {original}/mlruns\S*, outside {copy}: this project was copied or "
+               rf"moved; move {copy}/mlflow.db and {copy}/mlruns aside")
+    for step in (workflow.train, workflow.evaluate):
+        with pytest.raises(TinyLLMError, match=message):
+            step(params, workflow.Layout(copy))
+    assert sorted((original / "mlruns").rglob("*")) == written
 
 
 def test_champion_moves_only_for_better_models_and_same_weights_do_not_duplicate(
