@@ -15,7 +15,7 @@ import torch
 from tinyllm.errors import TinyLLMError
 from tinyllm.model import GPTConfig
 from tinyllm.tokenizer import CharTokenizer
-from tinyllm.train import CHECKPOINT_FILE, check_split_lengths, lr_at, train
+from tinyllm.train import CHECKPOINT_FILE, check_split_lengths, load_checkpoint, lr_at, train
 
 
 class Interrupt(Exception):
@@ -120,6 +120,16 @@ def test_corrupted_checkpoint_is_set_aside(tmp_path, gpt_config, train_config, s
     [aside] = tmp_path.glob("*set-aside*")
     assert aside.read_bytes() == b"this is not a torch checkpoint"
     assert any("cannot be read" in r.getMessage() for r in caplog.records)
+
+
+def test_only_the_three_most_recently_set_aside_checkpoints_are_kept(tmp_path):
+    checkpoint = tmp_path / CHECKPOINT_FILE
+    for i in range(5):  # five fresh starts over unreadable checkpoints, within a second or two
+        checkpoint.write_text(f"checkpoint {i}")
+        assert load_checkpoint(checkpoint, "fingerprint") is None
+    kept = sorted(p.read_text() for p in tmp_path.glob("last.set-aside-*.pt"))
+    assert kept == ["checkpoint 2", "checkpoint 3", "checkpoint 4"]
+    assert not checkpoint.exists()
 
 
 def test_lr_warmup_and_cosine_endpoints(train_config):

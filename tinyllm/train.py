@@ -33,7 +33,7 @@ from tinyllm import distributed
 from tinyllm.config import TrainConfig
 from tinyllm.devices import autocast_for, select_device
 from tinyllm.errors import TinyLLMError, first_line
-from tinyllm.io import atomic_write
+from tinyllm.io import atomic_write, set_aside
 from tinyllm.model import GPT, GPTConfig, compiled
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
         return state
     if not distributed.is_main():  # rank 0 sets it aside; every rank starts from step 0
         return None
-    aside = path.with_name(f"{path.stem}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
-    path.rename(aside)
+    aside = set_aside(path)
     log.warning("not resuming from %s: %s; moved it to %s and starting from step 0",
                 path, reason, aside.name)
     return None
