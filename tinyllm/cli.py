@@ -287,6 +287,7 @@ def train_params(data_path: str, name: str, register: bool, options: dict):
 
 def set_aside_checkpoint(checkpoints: Path, resume: bool) -> None:
     """--resume needs the checkpoint; a fresh start moves it aside (never deletes it)."""
+    from tinyllm.io import set_aside
     from tinyllm.train import CHECKPOINT_FILE
 
     checkpoint = checkpoints / CHECKPOINT_FILE
@@ -296,13 +297,7 @@ def set_aside_checkpoint(checkpoints: Path, resume: bool) -> None:
                                "afresh (or check --output-dir/--name)")
         return
     if checkpoint.exists():
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = checkpoint.with_name(f"{checkpoint.stem}.set-aside-{stamp}{checkpoint.suffix}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = aside.with_name(f"{checkpoint.stem}.set-aside-{stamp}-{n}{checkpoint.suffix}")
-        checkpoint.rename(aside)
+        aside = set_aside(checkpoint)
         click.echo(f"starting afresh; the previous checkpoint was moved to {aside} "
                    "(--resume continues from a checkpoint)", err=True)
 

@@ -34,7 +34,7 @@ from tinyllm import distributed
 from tinyllm.config import TrainConfig
 from tinyllm.devices import autocast_for, select_device
 from tinyllm.errors import TinyLLMError, first_line
-from tinyllm.io import atomic_write
+from tinyllm.io import atomic_write, set_aside
 from tinyllm.model import GPT, GPTConfig, compiled
 
 log = logging.getLogger(__name__)
@@ -211,8 +211,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
         return state
     if not distributed.is_main():  # rank 0 sets it aside; every rank starts from step 0
         return None
-    aside = path.with_name(f"{path.stem}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
-    path.rename(aside)
+    aside = set_aside(path)
     log.warning("not resuming from %s: %s; moved it to %s and starting from step 0",
                 path, reason, aside.name)
     return None
@@ -333,7 +332,6 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
               train_tokens: np.ndarray, val_tokens: np.ndarray, checkpoint_dir: Path | None,
               data_fingerprint: str, callbacks: Iterable[Callable[[StepMetrics], None]]
               ) -> TrainResult:
-    started = time.monotonic()
     autocast = autocast_for(device)
     fingerprint = run_fingerprint(model_cfg, cfg, data_fingerprint)
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
@@ -350,6 +348,7 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
     step, tokens_seen, best_val, best_step, best_state = 0, 0, math.inf, 0, None
     history: list[dict] = []
     plan, spent_before = None, 0.0
+    started = time.monotonic()  # the budget counts from here: calibration, steps, evaluations
 
     state = load_checkpoint(checkpoint_path, fingerprint) if checkpoint_path else None
     if state is not None:

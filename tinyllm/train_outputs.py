@@ -15,7 +15,11 @@ EVAL_COLUMNS = ("step", "val_loss")
 
 
 def summary_of(result: TrainResult, data_fingerprint: str) -> dict:
-    """The facts about a run that go into meta.json, the summary metrics and tracking."""
+    """The facts about a run that go into meta.json, the summary metrics and tracking.
+
+    Times cover the whole run (the checkpoint carries the seconds before a resume), so a resume
+    with nothing left to train (a lost output, a code change) reports the real ones, not zeros.
+    """
     return {
         "steps": result.steps,
         "tokens_seen": result.tokens_seen,
