@@ -172,6 +172,33 @@ def start_run(store: Store, experiment: str, name: str, params: dict, facts: dic
     return run.info.run_id
 
 
+def log_datasets(store: Store, run_id: str, splits: dict[str, Path], name: str) -> None:
+    """Record the prepared splits a run trains on as its dataset inputs (name, digest, source,
+    characters), which the runs list shows in its Dataset column."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for context, path in splits.items():
+        text = Path(path).read_text(encoding="utf-8")
+        dataset = Dataset(name=f"{name}-{context}", source_type="local",
+                          digest=hashlib.sha256(text.encode()).hexdigest()[:16],
+                          source=json.dumps({"uri": str(path)}),
+                          profile=json.dumps({"characters": len(text)}))
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
+    store.client.log_inputs(run_id, datasets=inputs)
+
+
+def system_metrics(store: Store, run_id: str, interval: float = 10.0):
+    """MLflow's monitor of CPU, memory, disk, network (and an NVIDIA GPU's use and memory)
+    every `interval` seconds into the run's System metrics; call .finish() to stop it."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop chatter
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, tracking_uri=store.uri)
+    monitor.start()
+    return monitor
+
+
 class StepLogger:
     """A training callback buffering step metrics and sending them in batches (fast on sqlite)."""
 

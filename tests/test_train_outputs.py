@@ -1,0 +1,84 @@
+"""Live curves: steps.csv and eval.csv grow as training goes, and a resume neither repeats nor
+loses a row; the finished files are the ones write_history writes."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+
+import pytest
+
+from tinyllm.train import train
+from tinyllm.train_outputs import LiveCurves, write_history
+
+
+class Stop(Exception):
+    pass
+
+
+def rows(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def steps_in(directory) -> tuple[list[int], list[int]]:
+    return ([int(r["step"]) for r in rows(directory / "steps.csv")],
+            [int(r["step"]) for r in rows(directory / "eval.csv")])
+
+
+@pytest.fixture
+def run(gpt_config, train_config, tokens):
+    cut = int(len(tokens) * 0.8)
+    cfg = dataclasses.replace(train_config, max_steps=20, eval_interval=4, checkpoint_interval=5)
+
+    def go(directory, checkpoints, *callbacks):
+        return train(gpt_config, cfg, tokens[:cut], tokens[cut:], checkpoint_dir=checkpoints,
+                     callbacks=[LiveCurves(directory), *callbacks])
+    return go
+
+
+def test_every_step_is_on_disk_when_its_callback_runs(run, tmp_path):
+    seen = []
+
+    def look(m):
+        steps, evals = steps_in(tmp_path)
+        assert steps == list(range(1, m.step + 1))
+        assert evals == list(range(4, m.step + 1, 4))
+        seen.append(m.step)
+
+    result = run(tmp_path, None, look)
+    assert seen == list(range(1, 21))
+    live = {name: (tmp_path / name).read_text() for name in ("steps.csv", "eval.csv")}
+    write_history(tmp_path, result.history, {})
+    assert live == {name: (tmp_path / name).read_text() for name in live}
+
+
+def test_a_resume_rewrites_the_checkpoints_rows_then_appends(run, tmp_path):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    run(clean, tmp_path / "clean-checkpoints")
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+
+    def die_at_13(m):
+        if m.step == 13:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(killed, tmp_path / "checkpoints", die_at_13)
+    assert steps_in(killed)[0] == list(range(1, 14))  # 11-13 are past the step-10 checkpoint
+
+    first = []
+
+    def look(m):
+        if not first:
+            first.append(steps_in(killed))
+
+    run(killed, tmp_path / "checkpoints", look)
+    assert first == [(list(range(1, 12)), [4, 8])]  # the checkpoint's 10 rows, then step 11
+    timing = ("tokens_per_sec",)
+    for name in ("steps.csv", "eval.csv"):
+        strip = [{k: v for k, v in r.items() if k not in timing} for r in rows(clean / name)]
+        assert strip == [{k: v for k, v in r.items() if k not in timing}
+                         for r in rows(killed / name)]
