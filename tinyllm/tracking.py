@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"  # name of the logged MLflow Model
 PACKAGE_ARTIFACT = "package"  # the model package inside the MLflow Model's artifacts
 PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
+TRAINING_SAMPLES = "training_samples.json"  # MLflow table of samples taken while training
 STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_sec", "grad_norm")
 
 
@@ -197,6 +198,16 @@ def system_metrics(store: Store, run_id: str, interval: float = 10.0):
     monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, tracking_uri=store.uri)
     monitor.start()
     return monitor
+
+
+def sample_logger(store: Store, run_id: str):
+    """Rows of samples taken while training -> the run's table `training_samples.json`
+    (appended to at each evaluation; the run page's Artifacts tab shows it as a table)."""
+    def log_rows(rows: list[dict]) -> None:
+        store.client.log_table(run_id, data={k: [r[k] for r in rows]
+                                             for k in ("step", "prompt", "text")},
+                               artifact_file=TRAINING_SAMPLES)
+    return log_rows
 
 
 class StepLogger:

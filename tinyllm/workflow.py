@@ -131,6 +131,7 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
     from tinyllm.train import check_batch_split
     from tinyllm.train import train as run_training
     from tinyllm.train_outputs import LiveCurves, summary_of, write_history
+    from tinyllm.train_samples import SAMPLES_FILE, TrainingSamples
 
     tokenizer = CharTokenizer.load(_require(layout.tokenizer, "tokenize"))
     token_files = [layout.tokens / "train.bin", layout.tokens / "val.bin"]
@@ -161,6 +162,9 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
                                               "validation": layout.prepared / "val.txt"},
                               Path(params.data.corpus).stem)
         log.info("MLflow run %s (%s) in %s", name, run_id, store.uri)
+    if main:
+        callbacks.append(TrainingSamples(layout.train_dir, tokenizer, params.evaluate.prompts,
+                                         tracking.sample_logger(store, run_id) if store else None))
     monitor = tracking.system_metrics(store, run_id) if store else None
     try:
         result = run_training(model_cfg, params.train, train_tokens, val_tokens,
@@ -186,6 +190,7 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
             step_logger.replay(result.history[:result.resumed_from])
         store.client.log_batch(run_id, metrics=_metrics(
             {f"train.{k}": v for k, v in summary.items() if isinstance(v, (int, float))}))
+        tracking.log_artifacts(store, run_id, [layout.train_dir / SAMPLES_FILE], "train")
         tracking.write_handoff(layout.run_handoff, store, run_id, params.tracking.experiment)
         tracking.end_run(store, run_id)
     log.info("train: %d steps, best val loss %.4f at step %d, %.0f tokens/s -> %s",

@@ -72,7 +72,7 @@ def test_sigkill_then_rerun_resumes_and_ends_with_identical_weights(tmp_path, co
     reference, result = weights(tmp_path / "clean"), weights(tmp_path / "killed")
     assert reference.keys() == result.keys()
     assert all(torch.equal(reference[k], result[k]) for k in reference)
-    for name in ("models/eval/metrics.json", "models/train/eval.csv"):
+    for name in ("models/eval/metrics.json", "models/train/eval.csv", "models/train/samples.md"):
         assert (tmp_path / "clean" / name).read_text() == (tmp_path / "killed" / name).read_text()
     assert losses(tmp_path / "clean") == losses(tmp_path / "killed")
 

@@ -1,11 +1,14 @@
 """What a training run's MLflow record holds besides params and curves: system metrics sampled
-while it ran, and the prepared data it trained on as dataset inputs."""
+while it ran, the prepared data it trained on as dataset inputs, and samples by step."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
+from pathlib import Path
+
+import mlflow
 
 from tinyllm import tracking, workflow
 
@@ -36,3 +39,14 @@ def test_a_training_run_records_system_metrics_and_its_datasets(tmp_path, make_p
         assert found[context].digest == hashlib.sha256(text.encode()).hexdigest()[:16]
         assert json.loads(found[context].source) == {"uri": str(path)}
         assert json.loads(found[context].profile) == {"characters": len(text)}
+
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path=tracking.TRAINING_SAMPLES,
+        dst_path=str(tmp_path / "download"), tracking_uri=store.uri)
+    table = json.loads(Path(local).read_text())
+    assert table["columns"] == ["step", "prompt", "text"]
+    assert [row[:2] for row in table["data"]] == [[50, "ROMEO:"], [100, "ROMEO:"]]
+    on_disk = (layout.train_dir / "samples.md").read_text()
+    assert all(f"ROMEO:{text}" in on_disk for _, _, text in table["data"])
+    assert [a.path for a in store.client.list_artifacts(run.info.run_id, "train")] == [
+        "train/samples.md"]
