@@ -68,8 +68,8 @@ class TrainingSamples:
         samples = {p: generate_text(self.model, self.tokenizer, p, SETTINGS)
                    for p in self.prompts}
         self.model.train()  # generation switched it to eval mode
-        log.info("step %d: %d samples of %d characters in %.2f s", m.step, len(samples),
-                 SETTINGS.max_new_tokens, time.perf_counter() - started)
+        log.info("step %d: sampled %d prompt(s), %d characters each, in %.2f s", m.step,
+                 len(samples), SETTINGS.max_new_tokens, time.perf_counter() - started)
         entry = self.history[-1]
         entry["samples"] = samples  # the checkpoint keeps them for a resume
         rows = rows_of(entry)
