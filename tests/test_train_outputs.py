@@ -99,3 +99,10 @@ def test_a_resume_rewrites_the_checkpoints_rows_then_appends(run, tmp_path):
         strip = [{k: v for k, v in r.items() if k not in timing} for r in rows(clean / name)]
         assert strip == [{k: v for k, v in r.items() if k not in timing}
                          for r in rows(killed / name)]
+
+
+def test_no_prompts_no_samples(gpt_config, train_config, tokens, tokenizer, tmp_path):
+    cfg = dataclasses.replace(train_config, max_steps=4, eval_interval=2)
+    train(gpt_config, cfg, tokens[:200], tokens[200:],
+          callbacks=[TrainingSamples(tmp_path, tokenizer, [])])
+    assert "## Step" not in (tmp_path / SAMPLES_FILE).read_text()

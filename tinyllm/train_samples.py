@@ -62,7 +62,7 @@ class TrainingSamples:
             self.log_rows(rows)
 
     def __call__(self, m: StepMetrics) -> None:
-        if m.val_loss is None or self.model is None:
+        if m.val_loss is None or self.model is None or not self.prompts:
             return
         started = time.perf_counter()
         samples = {p: generate_text(self.model, self.tokenizer, p, SETTINGS)
