@@ -76,6 +76,8 @@ def cli(ctx: click.Context, verbose: bool, tracking_uri: str | None) -> None:
     tinyllm generate --prompt 'ROMEO:'  sample text (--json for scripts)
     tinyllm train my_text.txt           train a model on any text, outside DVC
     tinyllm models                      list the registered models
+    tinyllm compare A B                 is model B really better than A? (95% interval)
+    tinyllm runs                        mean ± sd of the test loss per recipe over seeds
     """
     from tinyllm.logs import setup_logging
 
@@ -395,6 +397,108 @@ def train(obj: Options, data_path: str, output_dir: Path | None, name: str | Non
     if "registered" in metrics:
         click.echo(f"registered:    {uri}")
     click.echo(f"chat with it:  tinyllm chat --model-uri {shlex.quote(uri)}")
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+def _experiment_name() -> str:
+    from tinyllm.config import load_params_or_defaults
+
+    return load_params_or_defaults().tracking.experiment
+
+
+@cli.command(short_help="Tracked runs by recipe: mean ± sd of the test loss over seeds.")
+@click.option("--experiment", metavar="NAME",
+              help="MLflow experiment [default: tracking.experiment of ./params.yaml].")
+@click.option("--over", default="train.seed", show_default=True, metavar="KEY",
+              help="The params key whose runs are repeats of one recipe.")
+@click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+@click.pass_obj
+def runs(obj: Options, experiment: str | None, over: str, as_json: bool) -> None:
+    """Group the finished runs of an experiment by recipe (every data, tokenizer, model and
+    train key but --over) and show each recipe's mean ± sd of the test loss over its seeds,
+    best first. Run a recipe over seeds with `dvc exp run --queue -S 'train.seed=1,2,3'`
+    and `dvc queue start`.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinyllm import sweep
+
+    experiment = experiment or _experiment_name()
+    store, uri = open_store(obj.tracking_uri)
+    found = store.client.get_experiment_by_name(experiment) if store else None
+    if found is None:
+        raise TinyLLMError(f"no MLflow experiment '{experiment}' in {uri}; run `dvc repro` or "
+                           "`dvc exp run` first, or pass --experiment")
+    everything, token = [], None
+    while True:
+        page = store.client.search_runs([found.experiment_id], max_results=1000,
+                                        page_token=token)
+        everything.extend(page)
+        token = page.token
+        if not token:
+            break
+    recipes = sweep.group_runs(everything, over)
+    if as_json:
+        click.echo(json.dumps(sweep.as_dicts(recipes, over), indent=2))
+        return
+    if not recipes:
+        click.echo(f"No finished runs with a test loss in experiment '{experiment}' ({uri}).")
+        return
+    keys = sweep.varying_keys(recipes)
+    click.echo(f"Runs of experiment '{experiment}' in {store.uri}, by recipe over {over} "
+               "(sd: sample standard deviation over the runs):")
+    table = Table()
+    for column in (*keys, "runs", over, "test loss (nats/char)", "test bits/char"):
+        table.add_column(column, no_wrap=True)
+    for recipe in recipes:
+        table.add_row(*(recipe.params.get(k, "-") for k in keys), str(len(recipe.runs)),
+                      ", ".join(recipe.runs),
+                      sweep.plus_minus(*recipe.summary(sweep.TEST_LOSS)),
+                      sweep.plus_minus(*recipe.summary(sweep.TEST_BITS)))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+# --- compare ----------------------------------------------------------------------------------
+
+DEFAULT_TEXT = Path("data/prepared/test.txt")  # the test split `dvc repro` prepares
+
+
+@cli.command(short_help="Is model B better than model A? Bits/char with a 95% interval.")
+@click.argument("model_a", metavar="A")
+@click.argument("model_b", metavar="B")
+@click.option("--text", "text_file", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Held-out text to score [default: {DEFAULT_TEXT}, the test split].")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Bootstrap seed: the same seed gives the same interval.")
+@click.option("--block", "block_length", type=click.IntRange(1, 10**9),
+              help="Bootstrap block length in characters [default: 4 x the longer context].")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where the models run.")
+@click.pass_obj
+def compare(obj: Options, model_a: str, model_b: str, text_file: Path | None, seed: int,
+            block_length: int | None, as_json: bool, device: str) -> None:
+    """Score models A and B on the same text, character by character, and say whether B - A
+    (bits/char) is a real difference or noise: a 95% confidence interval from a block
+    bootstrap over the text. A and B are model URIs (models:/NAME/VERSION, models:/NAME@ALIAS,
+    runs:/RUN_ID/PATH) or model package directories.
+    """
+    from tinyllm import compare as comparing
+
+    source = text_file or DEFAULT_TEXT
+    if not source.is_file():
+        hint = "" if text_file else " (run `dvc repro` to prepare it, or pass --text FILE)"
+        raise TinyLLMError(f"text file not found: {source}{hint}")
+    text = source.read_text(encoding="utf-8", errors="replace")
+    a, b = (load_model(uri, device, obj.tracking_uri, notify)[0] for uri in (model_a, model_b))
+    result = comparing.compare(a, b, text, str(source), seed=seed, block_length=block_length)
+    if as_json:
+        click.echo(json.dumps({"a": model_a, "b": model_b, "text": str(source),
+                               **result.to_dict()}, indent=2))
+    else:
+        click.echo(comparing.describe(result, model_a, model_b, str(source)))
 
 
 # --- models -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ of history, the way the model sees text when it generates.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -28,14 +29,13 @@ def scoring_windows(n_tokens: int, context: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def split_nll(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> tuple[float, int]:
-    """Summed negative log-likelihood (nats) and the number of characters it covers."""
+def _scored_batches(model: GPT, tokens: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+    """Per batch of windows, the NLL (nats, float64) of the targets it scores, in text order."""
     model.eval()
     context = model.config.context_length
     device = model.tok_emb.weight.device
     windows = scoring_windows(len(tokens), context)
     positions = torch.arange(context, device=device)
-    total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
         chunk = windows[i:i + batch_size]
         data = torch.from_numpy(np.stack(
@@ -43,10 +43,23 @@ def split_nll(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> tuple[flo
         first = torch.tensor([f for _, f in chunk], device=device)
         logits, _ = model(data[:, :-1])
         nll = F.cross_entropy(logits.float().transpose(1, 2), data[:, 1:], reduction="none")
-        scored = positions[None, :] >= first[:, None]
-        total += float(nll[scored].double().sum())
-        count += int(scored.sum())
+        yield nll[positions[None, :] >= first[:, None]].double()
+
+
+def split_nll(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> tuple[float, int]:
+    """Summed negative log-likelihood (nats) and the number of characters it covers."""
+    total, count = 0.0, 0
+    for nll in _scored_batches(model, tokens, batch_size):
+        total += float(nll.sum())
+        count += len(nll)
     return total, count
+
+
+def char_nll(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """The NLL (nats) of each of targets 1 .. len(tokens) - 1, in text order: what
+    `tinyllm compare` pairs up character by character."""
+    parts = [nll.cpu().numpy() for nll in _scored_batches(model, tokens, batch_size)]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def split_metrics(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> dict[str, float]:

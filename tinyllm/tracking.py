@@ -37,6 +37,7 @@ PACKAGE_ARTIFACT = "package"  # the model package inside the MLflow Model's arti
 PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
 # The experiment tag MLflow 3's UI reads to open an experiment on its runs (model training).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+TRAINING_SAMPLES = "training_samples.json"  # MLflow table of samples taken while training
 STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_sec", "grad_norm")
 
 
@@ -222,6 +223,43 @@ def start_run(store: Store, experiment: str, name: str, params: dict, facts: dic
     for i in range(0, len(entries), 100):
         store.client.log_batch(run.info.run_id, params=entries[i:i + 100])
     return run.info.run_id
+
+
+def log_datasets(store: Store, run_id: str, splits: dict[str, Path], name: str) -> None:
+    """Record the prepared splits a run trains on as its dataset inputs (name, digest, source,
+    characters), which the runs list shows in its Dataset column."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for context, path in splits.items():
+        text = Path(path).read_text(encoding="utf-8")
+        dataset = Dataset(name=f"{name}-{context}", source_type="local",
+                          digest=hashlib.sha256(text.encode()).hexdigest()[:16],
+                          source=json.dumps({"uri": str(path)}),
+                          profile=json.dumps({"characters": len(text)}))
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
+    store.client.log_inputs(run_id, datasets=inputs)
+
+
+def system_metrics(store: Store, run_id: str, interval: float = 10.0):
+    """MLflow's monitor of CPU, memory, disk, network (and an NVIDIA GPU's use and memory)
+    every `interval` seconds into the run's System metrics; call .finish() to stop it."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop chatter
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, tracking_uri=store.uri)
+    monitor.start()
+    return monitor
+
+
+def sample_logger(store: Store, run_id: str):
+    """Rows of samples taken while training -> the run's table `training_samples.json`
+    (appended to at each evaluation; the run page's Artifacts tab shows it as a table)."""
+    def log_rows(rows: list[dict]) -> None:
+        store.client.log_table(run_id, data={k: [r[k] for r in rows]
+                                             for k in ("step", "prompt", "text")},
+                               artifact_file=TRAINING_SAMPLES)
+    return log_rows
 
 
 class StepLogger:

@@ -260,6 +260,9 @@ def train(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
           ) -> TrainResult:
     """Train a GPT from scratch or from this run's checkpoint; returns the best model.
 
+    Each callback gets every step's StepMetrics. One with an on_start(history, model) method
+    is first given the run so far (a checkpoint's on resume) and the model being trained; it
+    may add keys to the history entry of the step it is called for: checkpoints keep them.
     Under torchrun every rank calls this and joins the process group for its duration.
     """
     check_split_lengths(model_cfg.context_length, train=train_tokens, val=val_tokens)
@@ -401,6 +404,9 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
     net = distributed.data_parallel(model, device)  # the model itself in a plain run
     step_fn = compiled(net) if cfg.compile else net
     callbacks = list(callbacks)
+    for callback in callbacks:  # the run so far (a checkpoint's on resume) and the live model
+        if hasattr(callback, "on_start"):
+            callback.on_start(history, model)
     tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * model_cfg.context_length
     stopped_by = "planned_steps" if plan.budget_sec else "max_steps"
     model.train()

@@ -1,14 +1,19 @@
-"""What a finished training run leaves on disk besides the model: its summary and curves."""
+"""What a training run leaves on disk besides the model: its summary and curves.
+
+The curves grow while training runs (LiveCurves), so `dvc plots show` mid-run draws the curve so
+far; when training ends write_history writes them whole, with the same content.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 from tinyllm.io import atomic_write_json, atomic_write_text
-from tinyllm.train import TrainResult
+from tinyllm.train import StepMetrics, TrainResult
 
 STEP_COLUMNS = ("step", "train_loss", "lr", "grad_norm", "tokens_per_sec")
 EVAL_COLUMNS = ("step", "val_loss")
@@ -38,19 +43,50 @@ def summary_of(result: TrainResult, data_fingerprint: str) -> dict:
     }
 
 
-def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
+def _csv(rows: list[dict], columns: tuple[str, ...], header: bool = True) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore",
                             lineterminator="\n")
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
 
 
-def write_history(directory: Path, history: list[dict], summary: dict) -> None:
-    """steps.csv (every step), eval.csv (validation points) and summary.json, for dvc plots."""
+def _evals(history: list[dict]) -> list[dict]:
+    return [h for h in history if h.get("val_loss") is not None]
+
+
+def write_curves(directory: Path, history: list[dict]) -> None:
+    """steps.csv (every step) and eval.csv (validation points), for dvc plots."""
     directory = Path(directory)
     atomic_write_text(directory / "steps.csv", _csv(history, STEP_COLUMNS))
-    evals = [h for h in history if h.get("val_loss") is not None]
-    atomic_write_text(directory / "eval.csv", _csv(evals, EVAL_COLUMNS))
-    atomic_write_json(directory / "summary.json", summary)
+    atomic_write_text(directory / "eval.csv", _csv(_evals(history), EVAL_COLUMNS))
+
+
+def write_history(directory: Path, history: list[dict], summary: dict) -> None:
+    """The curves and summary.json of a finished run."""
+    write_curves(directory, history)
+    atomic_write_json(Path(directory) / "summary.json", summary)
+
+
+class LiveCurves:
+    """A training callback appending each step's row to steps.csv (and each evaluation's to
+    eval.csv) as it happens. At the start it rewrites both from the run's history, empty for a
+    fresh run and the checkpoint's for a resumed one, so no row is lost or written twice."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def on_start(self, history: list[dict], model) -> None:
+        write_curves(self.directory, history)
+
+    def __call__(self, m: StepMetrics) -> None:
+        row = asdict(m)
+        self._append("steps.csv", row, STEP_COLUMNS)
+        if m.val_loss is not None:
+            self._append("eval.csv", row, EVAL_COLUMNS)
+
+    def _append(self, name: str, row: dict, columns: tuple[str, ...]) -> None:
+        with open(self.directory / name, "a", encoding="utf-8") as handle:
+            handle.write(_csv([row], columns, header=False))

@@ -147,7 +147,8 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
     from tinyllm.tokenizer import CharTokenizer, load_tokens
     from tinyllm.train import check_batch_split
     from tinyllm.train import train as run_training
-    from tinyllm.train_outputs import summary_of, write_history
+    from tinyllm.train_outputs import LiveCurves, summary_of, write_history
+    from tinyllm.train_samples import SAMPLES_FILE, TrainingSamples
 
     tokenizer = CharTokenizer.load(_require(layout.tokenizer, "tokenize"))
     token_files = [layout.tokens / "train.bin", layout.tokens / "val.bin"]
@@ -158,7 +159,7 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
     check_batch_split(params.train.batch_size)  # before an MLflow run is started for nothing
     main = distributed.is_main()
     store = tracking.Store() if params.tracking.enabled and main else None
-    callbacks = [ProgressReporter()] if main else []
+    callbacks = [ProgressReporter(), LiveCurves(layout.train_dir)] if main else []
     run_id = None
     if store:
         name = tracking.run_name(run_name_prefix or params.tracking.registry_name,
@@ -173,7 +174,14 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
         tracking.log_artifacts(store, run_id, [layout.tokenizer], "data")
         tracking.log_artifacts(store, run_id, [layout.prepared / "stats.json"], "data/prepare")
         tracking.log_artifacts(store, run_id, [layout.tokens / "stats.json"], "data/tokenize")
+        tracking.log_datasets(store, run_id, {"train": layout.prepared / "train.txt",
+                                              "validation": layout.prepared / "val.txt"},
+                              Path(params.data.corpus).stem)
         log.info("MLflow run %s (%s) in %s", name, run_id, store.uri)
+    if main:
+        callbacks.append(TrainingSamples(layout.train_dir, tokenizer, params.evaluate.prompts,
+                                         tracking.sample_logger(store, run_id) if store else None))
+    monitor = tracking.system_metrics(store, run_id) if store else None
     try:
         result = run_training(model_cfg, params.train, train_tokens, val_tokens,
                               checkpoint_dir=layout.checkpoints, data_fingerprint=fingerprint,
@@ -183,6 +191,9 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
             step_logger.flush()
             tracking.end_run(store, run_id, "KILLED")
         raise
+    finally:
+        if monitor:
+            monitor.finish()
     if not main:
         return result
     summary = summary_of(result, fingerprint)
@@ -196,6 +207,7 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
         store.client.log_batch(run_id, metrics=_metrics(
             {f"train.{k}": v for k, v in summary.items() if isinstance(v, (int, float))}))
         store.client.set_tag(run_id, "tinyllm.stopped_by", summary["stopped_by"])
+        tracking.log_artifacts(store, run_id, [layout.train_dir / SAMPLES_FILE], "train")
         tracking.write_handoff(layout.run_handoff, store, run_id, params.tracking.experiment)
         tracking.end_run(store, run_id)
     log.info("train: %d of %d planned steps (%s), best val loss %.4f at step %d, %.0f tokens/s "

@@ -62,6 +62,8 @@ def test_sigkill_then_rerun_resumes_and_ends_with_identical_weights(tmp_path, co
     killed.wait(timeout=30)
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed/models/model").exists()
+    trained = torch.load(checkpoint, weights_only=True)["step"]
+    assert len(losses(tmp_path / "killed")) >= trained  # the curve so far was already on disk
 
     resumed = start_training(tmp_path / "killed", corpus_dir)
     _, err = resumed.communicate(timeout=300)
@@ -70,7 +72,7 @@ def test_sigkill_then_rerun_resumes_and_ends_with_identical_weights(tmp_path, co
     reference, result = weights(tmp_path / "clean"), weights(tmp_path / "killed")
     assert reference.keys() == result.keys()
     assert all(torch.equal(reference[k], result[k]) for k in reference)
-    for name in ("models/eval/metrics.json", "models/train/eval.csv"):
+    for name in ("models/eval/metrics.json", "models/train/eval.csv", "models/train/samples.md"):
         assert (tmp_path / "clean" / name).read_text() == (tmp_path / "killed" / name).read_text()
     assert losses(tmp_path / "clean") == losses(tmp_path / "killed")
 

@@ -1,0 +1,65 @@
+"""A real grid sweep: `dvc exp run --queue -S 'key=x,y'`, `dvc queue start`, then the results in
+`dvc exp show` and, grouped by recipe, in `tinyllm runs`."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import pytest
+from tiny_project import make_dvc_project, run
+
+
+def wait_for_queue(repo, env, timeout: float = 400) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run(["dvc", "queue", "status"], repo, env)
+        if "Queued" not in status and "Running" not in status:
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+
+
+def tinyllm(repo, env, *args) -> str:
+    """`tinyllm ARGS` with the project's own copy of the library."""
+    return run([sys.executable, "-c", "from tinyllm.cli import main; main()", *args], repo, env)
+
+
+def test_a_queued_two_point_sweep_runs_and_each_result_is_tracked(tmp_path):
+    repo = tmp_path / "project"
+    env = make_dvc_project(repo)
+    queued = run(["dvc", "exp", "run", "--queue", "-S", "train.learning_rate=0.001,0.004"],
+                 repo, env)
+    assert queued.count("Queued experiment") == 2
+    run(["dvc", "queue", "start"], repo, env)
+    status = wait_for_queue(repo, env)
+    assert status.count("Success") == 2, status
+
+    baseline = json.loads(run(["dvc", "exp", "show", "--json"], repo, env))[1]
+    shown = {}
+    for exp in baseline["experiments"]:
+        data = exp["revs"][0]["data"]
+        lr = data["params"]["params.yaml"]["data"]["train"]["learning_rate"]
+        shown[lr] = data["metrics"]["models/eval/metrics.json"]["data"]["test"]["loss"]
+    assert set(shown) == {0.001, 0.004}
+
+    # Over seeds (the default), each learning rate is its own recipe of one run.
+    by_recipe = json.loads(tinyllm(repo, env, "runs", "--json"))
+    assert [(r["recipe"], r["runs"], r["values"]) for r in by_recipe] == sorted(
+        [({"train.learning_rate": str(lr)}, 1, ["1337"]) for lr in shown],
+        key=lambda r: shown[float(r[0]["train.learning_rate"])])
+    for recipe in by_recipe:
+        lr = float(recipe["recipe"]["train.learning_rate"])
+        assert recipe["test_loss_mean"] == pytest.approx(shown[lr], abs=1e-12)
+        assert recipe["test_loss_sd"] is None
+
+    # Over the learning rate, the two runs are repeats of one recipe: mean ± sd of both.
+    [pooled] = json.loads(tinyllm(repo, env, "runs", "--over", "train.learning_rate",
+                                  "--json"))
+    assert pooled["runs"] == 2
+    assert pooled["test_loss_mean"] == pytest.approx(statistics.fmean(shown.values()))
+    assert pooled["test_loss_sd"] == pytest.approx(statistics.stdev(shown.values()))
+    table = tinyllm(repo, env, "runs", "--over", "train.learning_rate")
+    assert (f"{pooled['test_loss_mean']:.4f} ± {pooled['test_loss_sd']:.4f}") in table

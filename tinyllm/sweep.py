@@ -1,0 +1,68 @@
+"""Several seeds, one answer: tracked runs grouped by recipe, mean ± sd of the test loss.
+
+A sweep such as `dvc exp run --queue -S 'train.learning_rate=1e-3,3e-3' -S 'train.seed=1,2,3'`
+leaves one MLflow run per experiment, each carrying every params.yaml key. Runs that agree on
+every key that shapes the model (data, tokenizer, model, train) except the swept-over one (the
+seed) are one recipe; the spread of their test losses is the noise a difference between
+recipes must beat.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+RECIPE_SECTIONS = ("data.", "tokenizer.", "model.", "train.")
+TEST_LOSS, TEST_BITS = "eval_test_loss", "eval_test_bits_per_char"
+
+
+@dataclass
+class Recipe:
+    params: dict[str, str]  # every recipe key, the swept-over one excluded
+    runs: dict[str, object] = field(default_factory=dict)  # swept value -> its latest run
+
+    def values(self, metric: str) -> list[float]:
+        return [run.data.metrics[metric] for run in self.runs.values()]
+
+    def summary(self, metric: str) -> tuple[float, float | None]:
+        """(mean, sample standard deviation; None for a single run)."""
+        values = self.values(metric)
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def group_runs(runs, over: str) -> list[Recipe]:
+    """Finished runs with a test loss, grouped by recipe, best mean test loss first. A value of
+    `over` run twice in one recipe counts once: its latest run."""
+    recipes: dict[tuple, Recipe] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        if run.info.status != "FINISHED" or TEST_LOSS not in run.data.metrics:
+            continue
+        params = {k: v for k, v in run.data.params.items()
+                  if k.startswith(RECIPE_SECTIONS) and k != over}
+        recipe = recipes.setdefault(tuple(sorted(params.items())), Recipe(params))
+        recipe.runs[run.data.params.get(over, "?")] = run
+    return sorted(recipes.values(), key=lambda r: r.summary(TEST_LOSS)[0])
+
+
+def varying_keys(recipes: list[Recipe]) -> list[str]:
+    """The recipe keys whose values differ between recipes: what the sweep changed."""
+    keys = sorted({k for r in recipes for k in r.params})
+    return [k for k in keys if len({r.params.get(k) for r in recipes}) > 1]
+
+
+def plus_minus(mean: float, sd: float | None) -> str:
+    return f"{mean:.4f} ± {sd:.4f}" if sd is not None else f"{mean:.4f}"
+
+
+def as_dicts(recipes: list[Recipe], over: str) -> list[dict]:
+    keys = varying_keys(recipes)
+    out = []
+    for recipe in recipes:
+        loss, loss_sd = recipe.summary(TEST_LOSS)
+        bits, bits_sd = recipe.summary(TEST_BITS)
+        out.append({"recipe": {k: recipe.params.get(k) for k in keys}, "over": over,
+                    "values": list(recipe.runs), "runs": len(recipe.runs),
+                    "run_ids": [r.info.run_id for r in recipe.runs.values()],
+                    "test_loss_mean": loss, "test_loss_sd": loss_sd,
+                    "test_bits_per_char_mean": bits, "test_bits_per_char_sd": bits_sd})
+    return out
