@@ -22,9 +22,10 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from tinyllm.config import SamplingConfig
 from tinyllm.errors import TinyLLMError, first_line, user_error_message
 from tinyllm.io import atomic_write_json, exclusive_lock
 from tinyllm.train import StepMetrics
@@ -253,17 +254,15 @@ def file_sha256(path: Path) -> str:
 
 
 def signature():
+    """Prompts in, continuations out; params: every sampling setting with its default."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec("string")]),  # prompts: a list of strings or one column
         outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([ParamSpec("max_tokens", "long", 200),
-                            ParamSpec("temperature", "double", 0.8),
-                            ParamSpec("top_k", "long", 0),
-                            ParamSpec("top_p", "double", 1.0),
-                            ParamSpec("seed", "long", 1337)]))
+        params=ParamSchema([ParamSpec(f.name, "long" if f.type == "int" else "double", f.default)
+                            for f in fields(SamplingConfig)]))
 
 
 @dataclass
@@ -443,11 +442,3 @@ def resolve_model_uri(uri: str, store: Store | None = None) -> ResolvedModel:
         return ResolvedModel(path=path, uri=uri, run_id=match["run"])
     raise TinyLLMError(f"unsupported model URI {uri!r}; use models:/NAME/VERSION, "
                        "models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH or a directory")
-
-
-def load_model_uri(uri: str, device: str = "cpu", store: Store | None = None):
-    """Resolve any model URI and load it through the safe package loader."""
-    from tinyllm.package import load_package
-
-    resolved = resolve_model_uri(uri, store)
-    return load_package(resolved.path, device=device), resolved

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from tiny_project import ROOT
 
+import tinyllm
 from tinyllm import tracking, workflow
 
 BIN = Path(sys.executable).parent
@@ -48,9 +49,9 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
     store = tracking.Store()
     assert store.uri == server
     assert str(store.client.get_model_version_by_alias("tiny", "champion").version) == "1"
-    loaded, resolved = tracking.load_model_uri("models:/tiny/1", store=store)
-    assert resolved.version == "1"
-    expected = loaded.generate("ROMEO:", max_new_tokens=10, temperature=0)
+    loaded = tinyllm.load_model("models:/tiny/1")
+    assert loaded.source.version == "1"
+    expected = loaded.generate("ROMEO:", max_tokens=10, temperature=0)
     assert not (tmp_path / "project/mlruns").exists()  # artifacts went through the server
 
     serving, url = serve_load.start_server("models:/tiny/1", 1, tmp_path / "serve.log")
