@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"  # name of the logged MLflow Model
 PACKAGE_ARTIFACT = "package"  # the model package inside the MLflow Model's artifacts
 PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
+PACKAGE_CODE = Path(__file__).parent  # tinyllm's source, logged with the model (code_paths)
 STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_sec", "grad_norm")
 
 
@@ -265,6 +266,15 @@ def signature():
                             for f in fields(SamplingConfig)]))
 
 
+def model_requirements() -> list[str]:
+    """What loading the logged model needs besides its bundled tinyllm code (and MLflow, which
+    MLflow adds itself), pinned to the versions it was logged with. Never the bare `tinyllm`:
+    that name on PyPI is an unrelated project."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "numpy", "pyyaml")]
+
+
 @dataclass
 class Registration:
     name: str
@@ -279,7 +289,6 @@ def register_package(store: Store, run_id: str, package_dir: Path, name: str, te
     """Log the package as a pyfunc MLflow Model and register it, unless these exact weights are
     registered already; move the alias when the test loss beats the current holder's."""
     import mlflow
-    import torch
 
     weights_hash = file_sha256(package_dir / "weights.pt")
     existing = [v for v in store.client.search_model_versions(f"name='{name}'")
@@ -295,8 +304,7 @@ def register_package(store: Store, run_id: str, package_dir: Path, name: str, te
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
                 artifacts={PACKAGE_ARTIFACT: str(package_dir)}, signature=signature(),
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy",
-                                  "tinyllm"])
+                code_paths=[str(PACKAGE_CODE)], pip_requirements=model_requirements())
         version = mlflow.register_model(info.model_uri, name, tags={
             "run_id": run_id, "weights_sha256": weights_hash,
             "data_fingerprint": data_fingerprint, "test_loss": f"{test_loss:.6f}",
