@@ -20,7 +20,13 @@ from pathlib import Path
 import click
 
 from tinyllm import __version__
-from tinyllm.config import DEVICES, SEED_MAX, SamplingConfig
+from tinyllm.config import (
+    DEVICES,
+    SEED_MAX,
+    SERVED_MAX_TOKENS,
+    SERVED_REQUEST_SECONDS,
+    SamplingConfig,
+)
 from tinyllm.discovery import load_model, open_store, pinned_uri, test_bits_per_char, title_of
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
 
@@ -210,6 +216,49 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
             click.echo()
     if as_json:
         click.echo(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+@cli.command(short_help="Serve a model over an OpenAI-compatible HTTP API (streaming too).")
+@click.option("--model-uri", metavar="URI",
+              help="As for chat: models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, "
+                   "runs:/RUN_ID/PATH or a directory. Default: the champion, else the latest "
+                   "version, else ./models/model. An alias is followed as it moves.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Where the model runs.")
+@click.option("--max-tokens-limit", type=click.IntRange(1, 100_000),
+              default=SERVED_MAX_TOKENS, show_default=True,
+              help="The largest max_tokens a request may ask for.")
+@click.option("--request-seconds", type=click.FloatRange(0, min_open=True),
+              default=SERVED_REQUEST_SECONDS, show_default=True,
+              help="Generation time per request; then it ends (finish_reason length).")
+@click.option("--max-prompt-chars", type=click.IntRange(1), default=100_000,
+              show_default=True, help="The longest prompt (or chat) a request may send.")
+@click.option("--refresh-seconds", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How often an alias (or /latest) is checked for a new version; 0 = never.")
+@click.pass_obj
+def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request_seconds,
+          max_prompt_chars, refresh_seconds) -> None:
+    """Serve a model: GET /v1/models, POST /v1/completions and /v1/chat/completions, with
+    `"stream": true` as server-sent events. Requests take the sampling settings under the
+    names `generate` uses (max_tokens, temperature, top_k, top_p, min_p, seed), plus stop and n.
+
+    \b
+        tinyllm serve --port 8000 &
+        curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
+          -d '{"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 50, "seed": 1}'
+    """
+    import torch
+
+    from tinyllm.serve import Limits
+    from tinyllm.serve import serve as run_server
+
+    torch.set_num_threads(1)  # one small matmul at a time: more threads only contend
+    limits = Limits(max_tokens=max_tokens_limit, request_seconds=request_seconds,
+                    max_prompt_chars=max_prompt_chars)
+    run_server(model_uri, host, port, obj.tracking_uri, device, limits, refresh_seconds,
+               notify)
 
 
 # --- train ------------------------------------------------------------------------------------

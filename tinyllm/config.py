@@ -88,6 +88,10 @@ class TrainConfig:
 
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+# Served requests (tinyllm serve's default caps, the MLflow model's fixed ones): no request may
+# hold a worker for minutes.
+SERVED_MAX_TOKENS = 2000
+SERVED_REQUEST_SECONDS = 30.0
 
 
 @dataclass(frozen=True)

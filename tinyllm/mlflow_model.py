@@ -16,11 +16,10 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
+from tinyllm.config import SERVED_MAX_TOKENS as MAX_TOKENS
+from tinyllm.config import SERVED_REQUEST_SECONDS as REQUEST_SECONDS
 from tinyllm.config import SamplingConfig
 from tinyllm.errors import TinyLLMError
-
-MAX_TOKENS = 2000  # characters per prompt
-REQUEST_SECONDS = 30.0
 
 
 def _prompts(model_input) -> list[str]:

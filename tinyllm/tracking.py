@@ -390,6 +390,15 @@ def _version_for(store: Store, uri: str, name: str, version: str | None, alias: 
     return match[0]
 
 
+def registered_version(uri: str, store: Store) -> str:
+    """The version a models:/ URI names now: an alias or /latest moves when models register."""
+    match = _MODELS_URI.match(uri)
+    if not match:
+        raise TinyLLMError(f"malformed model URI {uri!r}; expected models:/NAME/VERSION, "
+                           "models:/NAME@ALIAS or models:/NAME/latest")
+    return str(_version_for(store, uri, match["name"], match["version"], match["alias"]).version)
+
+
 def _package_in(directory: Path, uri: str) -> Path:
     """The model package in a downloaded artifact: itself, or inside a pyfunc's artifacts/."""
     candidates = [directory, *sorted((directory / "artifacts").glob("*"))]

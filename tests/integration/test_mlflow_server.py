@@ -64,12 +64,13 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
         with urllib.request.urlopen(request, timeout=60) as reply:
             predictions = json.loads(reply.read())["predictions"]
         load = subprocess.run([sys.executable, str(ROOT / "scripts/serve_load.py"), "--url", url,
-                               "--clients", "8", "--requests", "200", "--max-tokens", "5"],
+                               "--clients", "8", "--requests", "200", "--max-tokens", "5",
+                               "--server", "mlflow"],
                               capture_output=True, text=True, timeout=300)
     finally:
         serve_load.stop_server(serving)
     assert len(predictions) == 2
     assert predictions[0] == expected
     assert load.returncode == 0, load.stderr
-    report = json.loads(load.stdout)
-    assert (report["requests"], report["clients"], report["errors"]) == (200, 8, 0)
+    [run] = json.loads(load.stdout)["runs"]
+    assert (run["requests"], run["clients"], run["errors"]) == (200, 8, 0)
