@@ -17,6 +17,7 @@ from tinyllm.config import EvaluateConfig, SamplingConfig
 from tinyllm.errors import TinyLLMError
 from tinyllm.generate import filter_logits
 from tinyllm.package import LoadedModel
+from tinyllm.serve import ChatRequest, CompletionRequest
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplingConfig)}
 BAD = [({"top_p": 0}, "top_p must be > 0.0, got 0.0"),
@@ -44,6 +45,8 @@ def test_every_surface_exposes_exactly_the_settings_and_defaults():
     evaluate = EvaluateConfig()
     assert {k: v for k, v in dataclasses.asdict(evaluate.sampling()).items()} == {
         **DEFAULTS, "top_p": 0.95}  # evaluate's own default
+    for request in (CompletionRequest, ChatRequest):  # tinyllm serve's request fields
+        assert {name: request.model_fields[name].default for name in DEFAULTS} == DEFAULTS
     written = yaml.safe_load((ROOT / "params.yaml").read_text())["evaluate"]
     assert set(DEFAULTS) <= set(written)
 

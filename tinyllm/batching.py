@@ -107,6 +107,10 @@ class Decoder:
         self.thread = threading.Thread(target=self._run, name="tinyllm-decoder", daemon=True)
         self.thread.start()
 
+    @property
+    def in_flight(self) -> int:
+        return len(self.active) + self.incoming.qsize()
+
     def submit(self, sequence: Sequence) -> Sequence:
         if self.stopping:
             sequence.emit(SHUTDOWN)

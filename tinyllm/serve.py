@@ -293,8 +293,8 @@ class Job:
 
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0]
-    where = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(where).replace(".[", "[") or None
+    param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                    for p in first.get("loc", ()) if p != "body").lstrip(".") or None
     kind = first.get("type", "")
     if kind == "json_invalid":
         message = f"malformed JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
@@ -358,6 +358,12 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
             return JSONResponse(error_body(f"the request body is {size} bytes; this server "
                                            f"takes at most {limits.max_body_bytes}"), 413)
         return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        """For load balancers and tests: up, what it serves, sequences in flight."""
+        served = models.current
+        return {"status": "ok", "model": served.uri, "active": served.decoder.in_flight}
 
     @app.get("/v1/models")
     async def list_models():
