@@ -253,35 +253,45 @@ class Job:
         """(choice index, text) as generated; text '' marks the choice's end (see finish)."""
         decode = self.served.loaded.tokenizer.decode
         while not self.done:
-            try:
-                await asyncio.wait_for(self.ready.wait(), 1.0)
-            except asyncio.TimeoutError:
-                if request is not None and await request.is_disconnected():
-                    self.cancel()
-                    return
-                continue
+            if request is None:  # streaming: Starlette cancels us when the client goes
+                await self.ready.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self.ready.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        self.cancel()
+                        return
+                    continue
             self.ready.clear()
-            while self.events:
-                index, item = self.events.popleft()
-                if self.finish[index]:
-                    continue
-                pieces = self.filters[index]
-                if isinstance(item, str):  # the sequence ended
-                    if item == CANCELLED:
-                        continue
-                    rest = pieces.flush()
-                    if rest:
-                        yield index, rest
-                    self.finish[index] = "length"
-                    yield index, ""
-                    continue
-                piece = pieces.push(decode([item]))
-                if piece:
-                    yield index, piece
+            texts, ended = self._drain(decode)
+            for index, text in texts.items():  # all that came since the last wake, at once
+                if text:
+                    yield index, text
+            for index in ended:
+                yield index, ""
+
+    def _drain(self, decode) -> tuple[dict[int, str], list[int]]:
+        """The text each choice got from the decoder's events so far, and the choices that
+        ended (finish says why)."""
+        texts: dict[int, str] = collections.defaultdict(str)
+        ended = []
+        while self.events:
+            index, item = self.events.popleft()
+            if self.finish[index] or item == CANCELLED:
+                continue
+            pieces = self.filters[index]
+            if isinstance(item, str):  # the sequence ended: length, time or shutdown
+                texts[index] += pieces.flush()
+                self.finish[index] = "length"
+            else:
+                texts[index] += pieces.push(decode([item]))
                 if pieces.stopped:
                     self.sequences[index].cancel()
                     self.finish[index] = "stop"
-                    yield index, ""
+            if self.finish[index]:
+                ended.append(index)
+        return texts, ended
 
     def usage(self) -> dict:
         completion = sum(len(f.text) for f in self.filters)
