@@ -48,7 +48,7 @@ class Sequence:
     deadline: float = float("inf")  # time.monotonic() after which it ends with TIMEOUT
     cancelled: bool = False
     window: list[int] = field(default_factory=list)
-    cache: KVCache | None = None
+    cache: SlotCache | None = None
     generator: torch.Generator | None = None
     remaining: int = 0
 
@@ -64,25 +64,44 @@ def _rowwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.bmm(x, wt.expand(x.size(0), *wt.shape))
 
 
+class SlotCache(KVCache):
+    """One sequence's KV cache: its slot of the decoder's shared key/value buffers, so that
+    sequences at the same position attend in one call."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, slot: int):
+        self.keys, self.values = keys[:, slot:slot + 1], values[:, slot:slot + 1]
+        self.slot, self.length = slot, 0
+
+
 @torch.inference_mode()
-def decode_step(model: GPT, tokens: list[int], caches: list[KVCache]) -> torch.Tensor:
-    """Logits [B, vocab] for one new token per sequence, appended to its own cache; each row
-    equals model(tensor([[token]]), cache=cache) for that sequence alone."""
+def decode_step(model: GPT, tokens: list[int], caches: list[SlotCache], keys: torch.Tensor,
+                values: torch.Tensor) -> torch.Tensor:
+    """Logits [B, vocab] for one new token per sequence, appended to its cache in the shared
+    buffers keys/values; each row equals model(tensor([[token]]), cache=cache) for that
+    sequence alone. Sequences at the same position attend together (attention computes every
+    row of a batch as it would alone)."""
     device = model.tok_emb.weight.device
+    batch = len(tokens)
     idx = torch.tensor(tokens, device=device)[:, None]
-    positions = torch.tensor([c.length for c in caches], device=device)[:, None]
-    x = model.tok_emb(idx) + model.pos_emb(positions)
-    width = model.config.d_model
-    heads = model.config.n_head
+    lengths = [c.length for c in caches]
+    x = model.tok_emb(idx) + model.pos_emb(torch.tensor(lengths, device=device)[:, None])
+    width, heads = model.config.d_model, model.config.n_head
+    groups: dict[int, list[int]] = {}
+    for row, length in enumerate(lengths):
+        groups.setdefault(length, []).append(row)
+    groups_idx = [(length, torch.tensor(rows, device=device),
+                   torch.tensor([caches[r].slot for r in rows], device=device))
+                  for length, rows in groups.items()]
     for layer, block in enumerate(model.blocks):
         q, k, v = _rowwise(block.ln_1(x), block.attn.qkv.weight).split(width, dim=2)
-        q, k, v = (t.view(len(tokens), 1, heads, width // heads).transpose(1, 2)
-                   for t in (q, k, v))
-        rows = []
-        for i, cache in enumerate(caches):
-            keys, values = cache.append(layer, k[i:i + 1], v[i:i + 1])
-            rows.append(F.scaled_dot_product_attention(q[i:i + 1], keys, values))
-        y = torch.cat(rows).transpose(1, 2).contiguous().view(len(tokens), 1, width)
+        q, k, v = (t.view(batch, 1, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+        y = torch.empty_like(q)
+        for length, rows, slots in groups_idx:
+            keys[layer, slots, :, length] = k[rows, :, 0]
+            values[layer, slots, :, length] = v[rows, :, 0]
+            y[rows] = F.scaled_dot_product_attention(
+                q[rows], keys[layer, slots, :, :length + 1], values[layer, slots, :, :length + 1])
+        y = y.transpose(1, 2).contiguous().view(batch, 1, width)
         x = x + _rowwise(y, block.attn.proj.weight)
         hidden = F.gelu(_rowwise(block.ln_2(x), block.mlp.up.weight))
         x = x + _rowwise(hidden, block.mlp.proj.weight)
@@ -100,6 +119,10 @@ class Decoder:
         self.context = model.config.context_length
         self.device = model.tok_emb.weight.device
         self.incoming: queue.SimpleQueue[Sequence] = queue.SimpleQueue()
+        shared = model.new_cache(max_batch)  # one slot per sequence in flight
+        self.keys, self.values = shared.keys, shared.values
+        self.free = list(range(max_batch))
+        self.slots: dict[int, int] = {}  # id(sequence) -> its slot
         self.active: list[Sequence] = []
         self.stopping = False
         self.retired = False  # ends its thread once its sequences are done
@@ -141,6 +164,7 @@ class Decoder:
             sequence.window = sequence.prompt_ids[-self.context:] or [UNKNOWN_ID]
             sequence.generator = torch.Generator().manual_seed(sequence.settings.seed)
             sequence.remaining = sequence.settings.max_tokens
+            self.slots[id(sequence)] = self.free.pop()
             self.active.append(sequence)
 
     def _run(self) -> None:
@@ -171,9 +195,9 @@ class Decoder:
         live = []
         for sequence in self.active:
             if sequence.cancelled:
-                sequence.emit(CANCELLED)
+                self._end(sequence, CANCELLED)
             elif now > sequence.deadline:
-                sequence.emit(TIMEOUT)
+                self._end(sequence, TIMEOUT)
             else:
                 live.append(sequence)
         self.active = live
@@ -181,13 +205,13 @@ class Decoder:
         going = [s for s in live if s.cache is not None]
         logits = {}
         for sequence in fresh:  # the prompt (or a slid window), alone, as stream_tokens does
-            sequence.cache = self.model.new_cache(1)
+            sequence.cache = SlotCache(self.keys, self.values, self.slots[id(sequence)])
             out, _ = self.model(torch.tensor([sequence.window], device=self.device),
                                 cache=sequence.cache)
             logits[id(sequence)] = out[0, -1]
         if going:
             rows = decode_step(self.model, [s.window[-1] for s in going],
-                               [s.cache for s in going])
+                               [s.cache for s in going], self.keys, self.values)
             for i, sequence in enumerate(going):
                 logits[id(sequence)] = rows[i]
         keep = max(1, self.context // 2)
@@ -199,5 +223,9 @@ class Decoder:
             if len(sequence.window) > self.context:
                 sequence.window, sequence.cache = sequence.window[-keep:], None
             if sequence.remaining == 0:
-                sequence.emit(LENGTH)
+                self._end(sequence, LENGTH)
         self.active = [s for s in live if s.remaining > 0]
+
+    def _end(self, sequence: Sequence, reason: str) -> None:
+        self.free.append(self.slots.pop(id(sequence)))
+        sequence.emit(reason)
