@@ -209,7 +209,12 @@ class Decoder:
             out, _ = self.model(torch.tensor([sequence.window], device=self.device),
                                 cache=sequence.cache)
             logits[id(sequence)] = out[0, -1]
-        if going:
+        if len(going) == 1:  # alone: the model's own pass is the quickest
+            sequence = going[0]
+            out, _ = self.model(torch.tensor([[sequence.window[-1]]], device=self.device),
+                                cache=sequence.cache)
+            logits[id(sequence)] = out[0, -1]
+        elif going:
             rows = decode_step(self.model, [s.window[-1] for s in going],
                                [s.cache for s in going], self.keys, self.values)
             for i, sequence in enumerate(going):
