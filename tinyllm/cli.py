@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from tinyllm import __version__
-from tinyllm.config import DEVICES, SamplingConfig
+from tinyllm.config import DEVICES, RECIPES, SamplingConfig
 from tinyllm.discovery import load_model, open_store, pinned_uri, title_of
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
 
@@ -230,7 +230,8 @@ TRAIN_KEYS = {"max_steps": "train.max_steps", "batch_size": "train.batch_size",
               "learning_rate": "train.learning_rate", "context_length": "model.context_length",
               "layers": "model.n_layer", "heads": "model.n_head", "width": "model.d_model",
               "dropout": "model.dropout", "seed": "train.seed",
-              "time_budget": "train.time_budget_minutes", "device": "train.device",
+              "time_budget": "train.time_budget_minutes", "recipe": "train.recipe",
+              "device": "train.device",
               "val_fraction": "data.val_fraction"}  # test_fraction follows val_fraction
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -305,7 +306,8 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
     from tinyllm import tracking
 
     m, t, d = params.model, params.train, params.data
-    budget = f"{t.time_budget_minutes:g} min" if t.time_budget_minutes else "none"
+    steps = (f"steps planned for {t.time_budget_minutes:g} min (recipe {t.recipe})"
+             if t.time_budget_minutes else f"{t.max_steps} steps")
     where = (f"MLflow {tracking.tracking_uri()}, registered as '{name}'"
              if params.tracking.enabled else "off (--no-register: nothing is tracked)")
     return "\n".join([
@@ -313,8 +315,8 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
         f"  output:   {output}/",
         f"  model:    {m.n_layer} layers, {m.n_head} heads, width {m.d_model}, "
         f"context {m.context_length}, dropout {m.dropout:g}",
-        f"  training: {t.max_steps} steps, batch {t.batch_size}, learning rate "
-        f"{t.learning_rate:g}, seed {t.seed}, time budget {budget}, device {t.device}",
+        f"  training: {steps}, batch {t.batch_size}, learning rate {t.learning_rate:g}, "
+        f"seed {t.seed}, device {t.device}",
         f"  held out: {d.val_fraction:.0%} validation, {d.test_fraction:.0%} test",
         f"  tracking: {where}",
         f"  defaults: {source}"])
@@ -334,7 +336,12 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
               help="Share held out for validation, and the same again for test.")
 @click.option("--seed", type=int, help="Seed for weights and batches.")
 @click.option("--time-budget", type=float, metavar="MINUTES",
-              help="Stop after this many minutes (0 = no limit).")
+              help="Train for this many minutes: warm-up and decay are planned to end then, and "
+                   "under --recipe auto the model, batch and learning rate fit the budget "
+                   "(0 = train --max-steps).")
+@click.option("--recipe", type=click.Choice(RECIPES),
+              help="auto: with --time-budget, take the README's recipe for it; none: use the "
+                   "values given.")
 @click.option("--device", type=click.Choice(DEVICES),
               help="Where training runs.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),

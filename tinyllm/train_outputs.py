@@ -15,38 +15,23 @@ EVAL_COLUMNS = ("step", "val_loss")
 
 
 def summary_of(result: TrainResult, data_fingerprint: str) -> dict:
-    """The facts about a run that go into meta.json, the summary metrics and tracking.
-
-    A resume with nothing left to train (a lost output, a code change) reports the time and
-    speed of the training that made these weights, from the checkpoint's history, not zeros.
-    """
-    seconds, speed = result.elapsed_sec, result.tokens_per_sec
-    if result.steps == result.resumed_from and result.history:
-        seconds = history_seconds(result.history)
-        speed = result.tokens_seen / max(seconds, 1e-9)
+    """The facts about a run that go into meta.json, the summary metrics and tracking."""
     return {
         "steps": result.steps,
         "tokens_seen": result.tokens_seen,
         "best_val_loss": result.best_val_loss,
         "best_val_bits_per_char": result.best_val_loss / math.log(2),
         "best_step": result.best_step,
+        "planned_steps": result.plan.steps,  # the schedule's end: max_steps, or the budget's fit
+        "planned_warmup_steps": result.plan.warmup_steps,
         "stopped_by": result.stopped_by,
+        "time_budget_seconds": result.plan.budget_sec,
         "resumed_from_step": result.resumed_from,
-        "train_seconds": round(seconds, 2),
-        "tokens_per_sec": round(speed, 1),
+        "train_seconds": round(result.elapsed_sec, 2),
+        "tokens_per_sec": round(result.tokens_per_sec, 1),
         "parameters": result.model.num_parameters(),
         "data_fingerprint": data_fingerprint,
     }
-
-
-def history_seconds(history: list[dict]) -> float:
-    """Seconds the steps in a history took; each resumed call's elapsed_sec starts again at 0."""
-    total = last = 0.0
-    for entry in history:
-        if entry["elapsed_sec"] < last:
-            total += last
-        last = entry["elapsed_sec"]
-    return total + last
 
 
 def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:

@@ -158,7 +158,7 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
     check_batch_split(params.train.batch_size)  # before an MLflow run is started for nothing
     main = distributed.is_main()
     store = tracking.Store() if params.tracking.enabled and main else None
-    callbacks = [ProgressReporter(params.train.max_steps)] if main else []
+    callbacks = [ProgressReporter()] if main else []
     run_id = None
     if store:
         name = tracking.run_name(run_name_prefix or params.tracking.registry_name,
@@ -195,11 +195,12 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
             step_logger.replay(result.history[:result.resumed_from])
         store.client.log_batch(run_id, metrics=_metrics(
             {f"train.{k}": v for k, v in summary.items() if isinstance(v, (int, float))}))
+        store.client.set_tag(run_id, "tinyllm.stopped_by", summary["stopped_by"])
         tracking.write_handoff(layout.run_handoff, store, run_id, params.tracking.experiment)
         tracking.end_run(store, run_id)
-    log.info("train: %d steps, best val loss %.4f at step %d, %.0f tokens/s -> %s",
-             result.steps, result.best_val_loss, result.best_step, summary["tokens_per_sec"],
-             layout.model)
+    log.info("train: %d of %d planned steps (%s), best val loss %.4f at step %d, %.0f tokens/s "
+             "-> %s", result.steps, result.plan.steps, result.stopped_by, result.best_val_loss,
+             result.best_step, summary["tokens_per_sec"], layout.model)
     return result
 
 
