@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 run: $(VENV)/.installed
 	dvc repro
 	@echo
-	@echo "Done. Metrics: $(BIN)/dvc metrics show    Runs: $(BIN)/mlflow ui"
+	@echo "Done. Metrics: $(BIN)/dvc metrics show    Runs: $(BIN)/mlflow ui, then the address above"
 	@echo "Chat with the model: $(BIN)/tinyllm chat --model-uri models:/shakespeare/1"
 
 test: $(VENV)/.installed-dev

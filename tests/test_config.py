@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from tinyllm.config import Params, load_params, params_from_dict
 from tinyllm.errors import TinyLLMError
+from tinyllm.recipes import recipe_for
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -83,3 +85,32 @@ def test_flat_gives_dotted_keys():
     assert all(key.count(".") == 1 for key in flat)
     assert {key.split(".")[0] for key in flat} == {
         "data", "tokenizer", "model", "train", "evaluate", "tracking"}
+
+
+def test_built_in_defaults_are_the_shipped_params_yaml():
+    """`tinyllm train` where there is no params.yaml trains the documented default."""
+    assert load_params(REPO_PARAMS) == Params()
+
+
+def test_recipe_auto_fits_the_untouched_keys_to_the_budget():
+    params = params_from_dict({"train": {"time_budget_minutes": 2.5}})
+    row, values = recipe_for(2.5)
+    assert row == 2
+    assert params.flat() | values == params.flat()  # every recipe key took the row's value
+    assert params_from_dict({"train": {"time_budget_minutes": 0}}) == Params()  # no budget
+    as_given = params_from_dict({"train": {"time_budget_minutes": 2.5, "recipe": "none"},
+                                 "model": {"d_model": 256}})
+    assert as_given.model.d_model == 256 and as_given.train.max_steps == Params().train.max_steps
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"train": {"time_budget_minutes": 5, "batch_size": 7}},
+     "train.batch_size is 7, but train.recipe auto sets it to"),
+    ({"train": {"time_budget_minutes": 5, "max_steps": 50}},
+     "train.max_steps is 50, but train.recipe auto sets it to"),
+    ({"train": {"time_budget_minutes": -1}}, "train.time_budget_minutes must be >= 0.0, got -1"),
+    ({"train": {"recipe": "fast"}}, "train.recipe must be one of auto, none; got 'fast'"),
+])
+def test_recipe_contradictions_name_the_key(raw, message):
+    with pytest.raises(TinyLLMError, match="^" + re.escape(message)):
+        params_from_dict(raw)

@@ -14,27 +14,19 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from tiny_project import (
     ROOT,
-    apply_overrides,
     make_project,
     start_stage,
     train_stage,
     wait_for_checkpoint,
     write_corpus,
-    write_params,
 )
 
 from tinyllm import workflow
 
 ONE = [sys.executable]
 TWO = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-
-
-def set_params(layout: workflow.Layout, **overrides) -> None:
-    raw = yaml.safe_load((layout.root / "params.yaml").read_text())
-    write_params(layout.root / "params.yaml", apply_overrides(raw, overrides))
 
 
 def final_weights(layout: workflow.Layout) -> dict:
@@ -83,37 +75,40 @@ def test_two_processes_train_the_weights_of_one_and_only_rank_0_writes(tmp_path,
     assert summary["best_step"] == reference["best_step"]
     assert summary["best_val_loss"] == pytest.approx(reference["best_val_loss"], abs=1e-5)
     assert summary["tokens_seen"] == reference["tokens_seen"]
-    assert output.count("train: 30 steps") == 1  # rank 0's closing line, once
+    assert output.count("train: 30 of 30 planned steps") == 1  # rank 0's closing line, once
     assert [p.name for p in layout.checkpoints.iterdir()] == ["last.pt"]
     assert len(curves(layout)["train_loss"]) == 30  # one row a step, written once
     assert json.loads(layout.run_handoff.read_text()) == {"run_id": None}
 
 
-def test_two_process_run_stopped_early_resumes_in_one_process(tmp_path, corpus, one_process):
-    layout = make_project(tmp_path / "project", corpus, **{"train.time_budget_minutes": 1e-6,
-                                                          "tracking.enabled": True})
-    code, output = train_stage(layout, TWO)
-    assert code == 0, output
-    assert "train.time_budget_minutes (1e-06) reached at step 1 of 30" in output
-    assert torch.load(layout.checkpoints / "last.pt", weights_only=True)["step"] == 1
-    with sqlite3.connect(layout.root / "mlflow.db") as db:  # rank 0 alone tracked the run
-        assert db.execute("SELECT status FROM runs").fetchall() == [("FINISHED",)]
+def stop_after_first_checkpoint(layout: workflow.Layout, launcher: list[str]) -> str:
+    """Start the train stage, SIGTERM it once its first checkpoint is written; its stderr."""
+    process = start_stage(layout, launcher)
+    wait_for_checkpoint(process, layout.checkpoints / "last.pt")
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0, err
+    return err
 
-    set_params(layout, **{"train.time_budget_minutes": 0})
+
+def test_two_process_run_stopped_early_resumes_in_one_process(tmp_path, corpus):
+    long_run = {"train.max_steps": 600, "train.checkpoint_interval": 5}
+    reference = make_project(tmp_path / "reference", corpus, **long_run)
+    assert train_stage(reference, ONE)[0] == 0
+    layout = make_project(tmp_path / "project", corpus, **long_run, **{"tracking.enabled": True})
+    stop_after_first_checkpoint(layout, TWO)
+    with sqlite3.connect(layout.root / "mlflow.db") as db:  # rank 0 alone tracked the run
+        assert db.execute("SELECT status FROM runs").fetchall() == [("KILLED",)]
     code, output = train_stage(layout, ONE)
     assert code == 0, output
-    assert "resuming from" in output and "at step 1 of 30" in output
-    assert_close(final_weights(one_process), final_weights(layout))
+    assert "resuming from" in output and "of 600" in output
+    assert_close(final_weights(reference), final_weights(layout))
 
 
 def test_sigterm_stops_every_rank_at_one_step_with_rank_0_checkpoint(tmp_path, corpus):
     layout = make_project(tmp_path / "project", corpus, **{
         "train.max_steps": 3000, "train.checkpoint_interval": 5})
-    process = start_stage(layout, TWO)
-    wait_for_checkpoint(process, layout.checkpoints / "last.pt", timeout=60)
-    process.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
-    _, err = process.communicate(timeout=60)
-    assert process.returncode != 0
+    err = stop_after_first_checkpoint(layout, TWO)
     step = torch.load(layout.checkpoints / "last.pt", weights_only=True)["step"]
     # Each rank's error line (their output may interleave): both stopped at the saved step.
     assert err.count("error: training interrupted by signal 15 at step ") == 2, err
@@ -141,11 +136,10 @@ exit_on_error(lambda: workflow.train(load_params(f"{root}/params.yaml"), workflo
 
 
 def test_ranks_that_find_different_checkpoints_stop_with_one_error_line(tmp_path, corpus):
-    stopped = make_project(tmp_path / "stopped", corpus, **{"train.time_budget_minutes": 1e-6})
-    code, output = train_stage(stopped, ONE)
-    assert code == 0, output
-    set_params(stopped, **{"train.time_budget_minutes": 0})
-    fresh = make_project(tmp_path / "fresh", corpus)
+    long_run = {"train.max_steps": 3000, "train.checkpoint_interval": 5}
+    stopped = make_project(tmp_path / "stopped", corpus, **long_run)
+    stop_after_first_checkpoint(stopped, ONE)
+    fresh = make_project(tmp_path / "fresh", corpus, **long_run)
     script = tmp_path / "rank_own_project.py"
     script.write_text(RANK_OWN_PROJECT)
     done = subprocess.run([*TWO, str(script), str(stopped.root), str(fresh.root)],

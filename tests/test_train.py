@@ -8,6 +8,7 @@ import itertools
 import logging
 import math
 import random
+import time
 
 import pytest
 import torch
@@ -15,7 +16,14 @@ import torch
 from tinyllm.errors import TinyLLMError
 from tinyllm.model import GPTConfig
 from tinyllm.tokenizer import CharTokenizer
-from tinyllm.train import CHECKPOINT_FILE, check_split_lengths, lr_at, train
+from tinyllm.train import (
+    CHECKPOINT_FILE,
+    StepPlan,
+    check_split_lengths,
+    load_checkpoint,
+    lr_at,
+    train,
+)
 
 
 class Interrupt(Exception):
@@ -105,7 +113,7 @@ def test_checkpoint_under_other_speed_settings_is_resumed(tmp_path, gpt_config, 
                                                          splits):
     cfg = dataclasses.replace(train_config, max_steps=4, warmup_steps=1, checkpoint_interval=2)
     _train_interrupted(gpt_config, cfg, splits, tmp_path, at_step=3)  # checkpoint of step 2
-    faster = dataclasses.replace(cfg, checkpoint_interval=1, time_budget_minutes=60.0)
+    faster = dataclasses.replace(cfg, checkpoint_interval=1, threads=1)
     result = train(gpt_config, faster, *splits, checkpoint_dir=tmp_path)
     assert result.resumed_from == 2
     assert not list(tmp_path.glob("*set-aside*"))
@@ -120,6 +128,16 @@ def test_corrupted_checkpoint_is_set_aside(tmp_path, gpt_config, train_config, s
     [aside] = tmp_path.glob("*set-aside*")
     assert aside.read_bytes() == b"this is not a torch checkpoint"
     assert any("cannot be read" in r.getMessage() for r in caplog.records)
+
+
+def test_only_the_three_most_recently_set_aside_checkpoints_are_kept(tmp_path):
+    checkpoint = tmp_path / CHECKPOINT_FILE
+    for i in range(5):  # five fresh starts over unreadable checkpoints, within a second or two
+        checkpoint.write_text(f"checkpoint {i}")
+        assert load_checkpoint(checkpoint, "fingerprint") is None
+    kept = sorted(p.read_text() for p in tmp_path.glob("last.set-aside-*.pt"))
+    assert kept == ["checkpoint 2", "checkpoint 3", "checkpoint 4"]
+    assert not checkpoint.exists()
 
 
 def test_lr_warmup_and_cosine_endpoints(train_config):
@@ -149,3 +167,65 @@ def test_split_shorter_than_context_is_rejected(tokens):
 def test_train_rejects_a_short_val_split(gpt_config, train_config, tokens):
     with pytest.raises(TinyLLMError, match="val split"):
         train(gpt_config, train_config, tokens, tokens[:10])
+
+
+def test_a_budget_plan_lays_warmup_and_decay_over_its_steps(train_config):
+    cfg = dataclasses.replace(train_config, learning_rate=1e-2, warmup_steps=100, max_steps=10**6,
+                              min_lr_fraction=0.1, eval_interval=100, time_budget_minutes=1.0)
+    # 60 s budget, 10 s spent, 1 s an evaluation: 49 s for steps of 0.09 s + 0.01 s of evals.
+    plan = StepPlan.for_budget(cfg, spent_sec=10.0, step_sec=0.09, eval_sec=1.0)
+    assert plan.steps == 490 and plan.warmup_steps == 49  # warm-up: at most a tenth of the plan
+    assert plan.deadline_sec == 59.0  # the final evaluation fits before the budget ends
+    assert lr_at(48, cfg, plan) == pytest.approx(1e-2)
+    assert lr_at(490, cfg, plan) == pytest.approx(1e-3)  # the floor, at the deadline
+    assert lr_at(489, cfg, plan) > lr_at(490, cfg, plan)
+    capped = StepPlan.for_budget(dataclasses.replace(cfg, max_steps=300), 10.0, 0.09, 1.0)
+    assert capped.steps == 300  # max_steps still bounds a budget
+
+
+def test_a_budget_below_a_step_and_an_evaluation_is_refused(train_config):
+    cfg = dataclasses.replace(train_config, time_budget_minutes=0.02)  # 1.2 s
+    with pytest.raises(TinyLLMError, match=r"^train.time_budget_minutes \(0.02\) is too short"):
+        StepPlan.for_budget(cfg, spent_sec=0.5, step_sec=0.2, eval_sec=0.6)
+
+
+def test_a_budgeted_run_ends_with_an_evaluation_and_keeps_the_best_of_all(
+        tmp_path, gpt_config, train_config, splits):
+    cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=7, warmup_steps=2,
+                              time_budget_minutes=0.1)
+
+    def slower_than_calibrated(metrics):  # the machine slows down after the calibration
+        time.sleep(0.2)
+
+    result = train(gpt_config, cfg, *splits, checkpoint_dir=tmp_path,
+                   callbacks=[slower_than_calibrated])
+    assert result.plan.budget_sec == 6.0 and result.steps < result.plan.steps
+    assert result.stopped_by == "time_budget" and result.elapsed_sec <= 6.0 + 1.0
+    last = result.history[-1]
+    assert last["step"] == result.steps and last["val_loss"] is not None  # evaluated at the stop
+    evaluated = {h["step"]: h["val_loss"] for h in result.history if h["val_loss"] is not None}
+    assert len(evaluated) >= 2
+    assert result.best_val_loss == min(evaluated.values())
+    assert result.best_step == min(evaluated, key=evaluated.get)
+    saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    assert saved["step"] == result.steps  # the stop is checkpointed
+
+
+def test_a_budgeted_run_resumes_its_recorded_plan_with_the_uninterrupted_weights(
+        tmp_path, gpt_config, train_config, splits):
+    # max_steps caps the plan, so a slow moment cannot cut this run short at its deadline.
+    cfg = dataclasses.replace(train_config, max_steps=12, checkpoint_interval=4, eval_interval=5,
+                              warmup_steps=10, time_budget_minutes=30.0)
+    _train_interrupted(gpt_config, cfg, splits, tmp_path / "budget", at_step=9)
+    recorded = torch.load(tmp_path / "budget" / CHECKPOINT_FILE, weights_only=True)
+    assert recorded["plan"]["steps"] == 12 and recorded["plan"]["warmup_steps"] == 1
+    resumed = train(gpt_config, cfg, *splits, checkpoint_dir=tmp_path / "budget")
+    assert resumed.resumed_from == 8 and resumed.steps == 12
+    assert resumed.stopped_by == "planned_steps"
+    assert resumed.elapsed_sec > recorded["train_seconds"]  # the budget spent before counts
+    # The same schedule without a budget: calibration left no trace in the run.
+    fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, warmup_steps=1)
+    straight = train(gpt_config, fixed, *splits, checkpoint_dir=tmp_path / "fixed")
+    assert resumed.best_step == straight.best_step
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name

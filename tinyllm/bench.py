@@ -22,20 +22,23 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from tinyllm.config import DEVICES, SamplingConfig, load_params_or_defaults
+from tinyllm.config import DEVICES, SamplingConfig, TrainConfig, load_params_or_defaults
 from tinyllm.devices import autocast_for, compute_dtype, select_device
 from tinyllm.errors import TinyLLMError, exit_on_error
 from tinyllm.generate import compiled_for_generation, stream_tokens
 from tinyllm.model import GPT, GPTConfig, compiled
 from tinyllm.package import save_package
 from tinyllm.tokenizer import CharTokenizer
+from tinyllm.train import WindowSampler, make_optimizer, optimizer_step
 
 # Printable ASCII from space to "s": 84 characters + the unknown id = 85, about Shakespeare's.
 TOKENIZER = CharTokenizer([chr(c) for c in range(32, 116)])
 PROMPT = "ROMEO:"
 DEFAULT_STEPS = 50
+SHAPE = ("context_length", "n_layer", "n_head", "d_model", "batch_size")  # --context-length ...
 # The console script a user runs: beside this Python (its venv), else on PATH.
 _BESIDE = Path(sys.executable).with_name("tinyllm")
 TINYLLM = str(_BESIDE) if _BESIDE.exists() else shutil.which("tinyllm")
@@ -55,16 +58,19 @@ class Plan:
     tries: int
 
 
-def make_plan(quick: bool, steps: int | None, device: torch.device) -> Plan:
+def make_plan(quick: bool, steps: int | None, device: torch.device,
+              shape: dict | None = None) -> Plan:
+    """shape: model/batch keys to change (context_length, batch_size, ...), else params.yaml's."""
     params = load_params_or_defaults()
-    model = GPTConfig.from_params(params.model, TOKENIZER.vocab_size)
+    shape = dict(shape or {})
+    batch_size = shape.pop("batch_size", None) or params.train.batch_size
+    model = replace(GPTConfig.from_params(params.model, TOKENIZER.vocab_size), **shape)
     if quick:
         tiny = replace(model, context_length=16, n_layer=1, n_head=2, d_model=32)
         return Plan(tiny, 4, steps or 3, 1, 20, (8, 16), (64, 128), 1)
     # A GPU reaches its peak only on large products.
     sizes = (2048, 4096, 8192) if device.type == "cuda" else (512, 1024, 2048)
-    return Plan(model, params.train.batch_size, steps or DEFAULT_STEPS, 5, 500, (64, 256), sizes,
-                3)
+    return Plan(model, batch_size, steps or DEFAULT_STEPS, 5, 500, (64, 256), sizes, 3)
 
 
 def load_average() -> float | None:
@@ -95,25 +101,20 @@ def matmul_flops(device: torch.device, sizes: tuple[int, ...], repeats: int = 5)
 
 
 def training_speed(plan: Plan, device: torch.device, compile: bool, matmul: float) -> dict:
-    """Tokens/s of full optimizer steps (forward, backward, clip, AdamW) on random windows."""
+    """Tokens/s of the training loop's own optimizer step (sampling, forward, backward, clipping,
+    AdamW) on random tokens."""
     torch.manual_seed(0)
     config = plan.model
+    cfg = TrainConfig(batch_size=plan.batch_size, learning_rate=1e-3)
     model = GPT(config).to(device).train()
-    optimizer = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-3,
-                                  fused=device.type == "cuda" or None)
-    forward = compiled(model) if compile else model
+    optimizer = make_optimizer(model, cfg, device)
+    tokens = np.random.default_rng(0).integers(1, config.vocab_size, 200_000).astype(np.uint16)
+    sampler = WindowSampler(tokens, config.context_length, plan.batch_size, seed=0)
+    net = compiled(model) if compile else model
     autocast = autocast_for(device)
 
     def step():
-        windows = torch.randint(config.vocab_size, (plan.batch_size, config.context_length + 1),
-                                device=device)
-        with autocast():
-            _, loss = forward(windows[:, :-1], windows[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss.item()
+        optimizer_step(net, model, optimizer, sampler, cfg, cfg.learning_rate, device, autocast)
 
     warmup = sum(seconds(step, device) for _ in range(plan.warmup_steps))  # compiling, if any
     # The median step shrugs off bursts of other work on a shared machine.
@@ -275,12 +276,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="also time torch.compile training and generation")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here")
+    for name in SHAPE:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, metavar="N",
+                            help=f"training shape: {name} (default: params.yaml's)")
     args = parser.parse_args(argv)
-    if args.steps is not None and args.steps < 1:
-        parser.error("--steps must be at least 1")
+    for name, value in (("steps", args.steps), *((n, getattr(args, n)) for n in SHAPE)):
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     device = select_device(args.device, key="--device")
     started = time.perf_counter()
-    report = run(make_plan(args.quick, args.steps, device), device, args.compile)
+    shape = {name: getattr(args, name) for name in SHAPE if getattr(args, name) is not None}
+    report = run(make_plan(args.quick, args.steps, device, shape), device, args.compile)
     report["total_sec"] = time.perf_counter() - started
     print(table(report) + f"\ntotal        {report['total_sec']:.0f} s", file=sys.stderr)
     text = json.dumps(report, indent=2)

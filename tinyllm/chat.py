@@ -3,8 +3,8 @@
 On a terminal: a banner, readline editing and history, slash commands, and Ctrl-C stops a
 generation without leaving. With piped stdin: one continuation per input line on stdout and
 nothing else there (messages go to stderr), so `printf 'ROMEO:\\n' | tinyllm chat` is scriptable.
-Every prompt starts afresh from the current settings, seed included: the same prompt with the
-same settings gives the same text.
+Each prompt gets its own draw, yet a session is reproducible from its seed: the first prompt
+after the start, `/seed N` or `/reset` uses the seed, the next one seed + 1, and so on.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ commands:
   /tokens N     characters to generate per prompt (1..100000)
   /topk N       sample only among the N most likely characters (0 = off)
   /topp P       nucleus sampling: the smallest set holding mass P (0 < P <= 1, 1 = off)
-  /seed N       random seed; every generation starts from it
+  /seed N       random seed: the next prompt uses N, the one after N + 1, ...
   /settings     show the current settings
   /reset        back to the settings chat started with
   /help         this list
@@ -68,6 +68,7 @@ class Console:
                  stderr=None, history_file: Path = HISTORY_FILE):
         self.loaded, self.title, self.test_bits_per_char = loaded, title, test_bits_per_char
         self.start = self.settings = settings
+        self.turn = 0  # prompts since the start, /seed or /reset: this one uses seed + turn
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
@@ -141,7 +142,9 @@ class Console:
         try:
             for note in prompt_notes(self.loaded, prompt):
                 self.say(f"note: {note}")
-            pieces = self.loaded.stream(prompt, **asdict(self.settings))
+            seed = self.settings.seed + self.turn
+            self.turn += 1
+            pieces = self.loaded.stream(prompt, **{**asdict(self.settings), "seed": seed})
             for piece in pieces:
                 self.stdout.write(piece)
                 if self.interactive:
@@ -170,7 +173,7 @@ class Console:
         elif name == "/settings":
             self.say(describe_settings(self.settings))
         elif name == "/reset":
-            self.settings = self.start
+            self.settings, self.turn = self.start, 0
             self.say("settings reset: " + describe_settings(self.settings))
         elif name in KNOBS:
             self._set(name, arg)
@@ -195,6 +198,8 @@ class Console:
         except TinyLLMError as exc:
             self.say(f"{name}: {str(exc).removeprefix('sampling.')}")
             return
+        if key == "seed":
+            self.turn = 0
         self.say(describe_settings(self.settings))
 
     # --- readline history (a failure to read or write it is never an error) -----------------

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from tinyllm import __version__
-from tinyllm.config import DEVICES, SamplingConfig
+from tinyllm.config import DEVICES, RECIPES, SamplingConfig
 from tinyllm.discovery import load_model, open_store, pinned_uri, title_of
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
 
@@ -232,7 +232,8 @@ TRAIN_KEYS = {"max_steps": "train.max_steps", "batch_size": "train.batch_size",
               "learning_rate": "train.learning_rate", "context_length": "model.context_length",
               "layers": "model.n_layer", "heads": "model.n_head", "width": "model.d_model",
               "dropout": "model.dropout", "seed": "train.seed",
-              "time_budget": "train.time_budget_minutes", "device": "train.device",
+              "time_budget": "train.time_budget_minutes", "recipe": "train.recipe",
+              "device": "train.device",
               "val_fraction": "data.val_fraction"}  # test_fraction follows val_fraction
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -288,6 +289,7 @@ def train_params(data_path: str, name: str, register: bool, options: dict):
 
 def set_aside_checkpoint(checkpoints: Path, resume: bool) -> None:
     """--resume needs the checkpoint; a fresh start moves it aside (never deletes it)."""
+    from tinyllm.io import set_aside
     from tinyllm.train import CHECKPOINT_FILE
 
     checkpoint = checkpoints / CHECKPOINT_FILE
@@ -297,13 +299,7 @@ def set_aside_checkpoint(checkpoints: Path, resume: bool) -> None:
                                "afresh (or check --output-dir/--name)")
         return
     if checkpoint.exists():
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = checkpoint.with_name(f"{checkpoint.stem}.set-aside-{stamp}{checkpoint.suffix}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = aside.with_name(f"{checkpoint.stem}.set-aside-{stamp}-{n}{checkpoint.suffix}")
-        checkpoint.rename(aside)
+        aside = set_aside(checkpoint)
         click.echo(f"starting afresh; the previous checkpoint was moved to {aside} "
                    "(--resume continues from a checkpoint)", err=True)
 
@@ -312,7 +308,8 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
     from tinyllm import tracking
 
     m, t, d = params.model, params.train, params.data
-    budget = f"{t.time_budget_minutes:g} min" if t.time_budget_minutes else "none"
+    steps = (f"steps planned for {t.time_budget_minutes:g} min (recipe {t.recipe})"
+             if t.time_budget_minutes else f"{t.max_steps} steps")
     where = (f"MLflow {tracking.tracking_uri()}, registered as '{name}'"
              if params.tracking.enabled else "off (--no-register: nothing is tracked)")
     return "\n".join([
@@ -320,8 +317,8 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
         f"  output:   {output}/",
         f"  model:    {m.n_layer} layers, {m.n_head} heads, width {m.d_model}, "
         f"context {m.context_length}, dropout {m.dropout:g}",
-        f"  training: {t.max_steps} steps, batch {t.batch_size}, learning rate "
-        f"{t.learning_rate:g}, seed {t.seed}, time budget {budget}, device {t.device}",
+        f"  training: {steps}, batch {t.batch_size}, learning rate {t.learning_rate:g}, "
+        f"seed {t.seed}, device {t.device}",
         f"  held out: {d.val_fraction:.0%} validation, {d.test_fraction:.0%} test",
         f"  tracking: {where}",
         f"  defaults: {source}"])
@@ -341,7 +338,12 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
               help="Share held out for validation, and the same again for test.")
 @click.option("--seed", type=int, help="Seed for weights and batches.")
 @click.option("--time-budget", type=float, metavar="MINUTES",
-              help="Stop after this many minutes (0 = no limit).")
+              help="Train for this many minutes: warm-up and decay are planned to end then, and "
+                   "under --recipe auto the model, batch and learning rate fit the budget "
+                   "(0 = train --max-steps).")
+@click.option("--recipe", type=click.Choice(RECIPES),
+              help="auto: with --time-budget, take the README's recipe for it; none: use the "
+                   "values given.")
 @click.option("--device", type=click.Choice(DEVICES),
               help="Where training runs.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),

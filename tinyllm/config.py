@@ -18,8 +18,10 @@ from typing import Any
 import yaml
 
 from tinyllm.errors import TinyLLMError
+from tinyllm.recipes import apply_recipe
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # where torch runs; auto: CUDA, else MPS, else CPU
+RECIPES = ("auto", "none")  # auto: with a time budget, tinyllm.recipes fits the knobs to it
 
 
 def knob(default: Any, *, min: float | None = None, max: float | None = None,
@@ -67,7 +69,7 @@ class TrainConfig:
     """train: optimisation, schedule, evaluation cadence, checkpoints and the machine."""
 
     seed: int = knob(1337, min=0)
-    max_steps: int = knob(2000, min=1)
+    max_steps: int = knob(1000, min=1)
     batch_size: int = knob(32, min=1)
     grad_accum_steps: int = knob(1, min=1)
     learning_rate: float = knob(3e-3, min=0.0, max=1.0, min_exclusive=True)
@@ -81,6 +83,7 @@ class TrainConfig:
     eval_batches: int = knob(16, min=1)
     checkpoint_interval: int = knob(250, min=1)
     time_budget_minutes: float = knob(0.0, min=0.0)
+    recipe: str = knob("auto", choices=RECIPES)
     device: str = knob("auto", choices=DEVICES)
     threads: int = knob(0, min=0, max=1024)
     compile: bool = knob(False)
@@ -240,7 +243,7 @@ def params_from_dict(raw: Any, source: str = "params") -> Params:
                     lambda name: f"unknown params section '{name}' in {source}")
     built = {name: build_section(f.default_factory, name, raw.get(name))
              for name, f in sections.items()}
-    return Params(**built).check()
+    return apply_recipe(Params(**built)).check()
 
 
 def load_params_or_defaults(path: str | Path = "params.yaml") -> Params:

@@ -13,12 +13,36 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tinyllm.errors import TinyLLMError
 
 log = logging.getLogger(__name__)
+
+SET_ASIDE_KEPT = 3  # set-aside copies of a file kept beside it; older ones are deleted
+
+
+def set_aside(path: Path, keep: int = SET_ASIDE_KEPT) -> Path:
+    """Rename a file to `<stem>.set-aside-<time><suffix>` beside it and return the new path.
+
+    Fresh starts set the previous checkpoint aside rather than delete it; keeping the `keep`
+    most recently set aside (this one included) stops them piling up.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.stem}.set-aside-{stamp}{path.suffix}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.stem}.set-aside-{stamp}-{n}{path.suffix}")
+    path.rename(aside)
+    earlier = [p for p in path.parent.glob(f"{path.stem}.set-aside-*{path.suffix}") if p != aside]
+    earlier.sort(key=lambda p: (p.stat().st_ctime_ns, p.name))  # a rename sets the ctime
+    for old in earlier[:max(0, len(earlier) - (keep - 1))]:
+        old.unlink()
+        log.info("deleted %s (only the %d most recently set aside are kept)", old, keep)
+    return aside
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -35,6 +36,8 @@ MODEL_ARTIFACT = "model"  # name of the logged MLflow Model
 PACKAGE_ARTIFACT = "package"  # the model package inside the MLflow Model's artifacts
 PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
 TRAINING_SAMPLES = "training_samples.json"  # MLflow table of samples taken while training
+# The experiment tag MLflow 3's UI reads to open an experiment on its runs (model training).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_sec", "grad_norm")
 
 
@@ -118,33 +121,81 @@ class Store:
     def is_local_sqlite(self) -> bool:
         return self.uri.startswith("sqlite:///")
 
+    def check_artifacts_beside(self, artifact_uri: str, what: str) -> None:
+        """Refuse to write artifacts outside the directory of a local mlflow.db.
+
+        mlflow.db records absolute artifact paths, so a copied or moved project would otherwise
+        log its runs into the original's mlruns/.
+        """
+        if not (self.is_local_sqlite and artifact_uri.startswith("file:")):
+            return
+        from urllib.parse import unquote, urlparse
+
+        home = Path(self.uri.removeprefix("sqlite:///")).parent.resolve()
+        location = Path(unquote(urlparse(artifact_uri).path)).resolve()
+        if not location.is_relative_to(home):
+            raise TinyLLMError(
+                f"{what} in {self.uri} keeps its artifacts in {location}, outside {home}: "
+                f"this project was copied or moved; move {home / 'mlflow.db'} and "
+                f"{home / 'mlruns'} aside to start a new store here, or work in the original")
+
     def experiment_id(self, name: str) -> str:
-        """The experiment's id, creating it (artifacts beside mlflow.db) if it is new."""
+        """The experiment's id, creating it (artifacts beside mlflow.db) if it is new.
+
+        It is marked as model training (EXPERIMENT_KIND), so `mlflow ui` opens it on its runs,
+        not on MLflow 3's GenAI traces overview.
+        """
         from mlflow.exceptions import MlflowException
 
         found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        location = None
-        if self.is_local_sqlite:
-            location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
-        try:
-            return self.client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # created meanwhile by a parallel run
-            return self.client.get_experiment_by_name(name).experiment_id
+        if found is None:
+            location = None
+            if self.is_local_sqlite:
+                location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+            try:
+                return self.client.create_experiment(name, artifact_location=location,
+                                                     tags=dict([EXPERIMENT_KIND]))
+            except MlflowException:  # created meanwhile by a parallel run
+                found = self.client.get_experiment_by_name(name)
+        self.check_artifacts_beside(found.artifact_location, f"MLflow experiment '{name}'")
+        if EXPERIMENT_KIND[0] not in found.tags:  # made before we marked experiments
+            self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+        return found.experiment_id
 
 
 # --- one run per pipeline execution -------------------------------------------------------------
 
-def git_commit(root: Path) -> str | None:
-    if os.environ.get("DVC_EXP_BASELINE_REV"):
-        return os.environ["DVC_EXP_BASELINE_REV"]
+def _git(root: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                             timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
+    if out.returncode != 0:
+        return None
     return out.stdout.strip() or None
+
+
+def git_commit(root: Path) -> str | None:
+    return os.environ.get("DVC_EXP_BASELINE_REV") or _git(root, "rev-parse", "HEAD")
+
+
+def source_tags(root: Path) -> dict[str, str]:
+    """MLflow's standard tags that its UI's Source, Version and User columns show: the DVC stage
+    (`dvc.yaml:train`) or command (`tinyllm train`), the git commit, branch and remote."""
+    import getpass
+
+    stage = os.environ.get("DVC_STAGE")
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:2]]).strip()
+    tags = {"mlflow.source.type": "LOCAL",
+            "mlflow.source.name": f"dvc.yaml:{stage}" if stage else command or "python"}
+    with contextlib.suppress(Exception):  # no user name in some containers
+        tags["mlflow.user"] = getpass.getuser()
+    git = {"commit": git_commit(root),
+           "branch": _git(root, "symbolic-ref", "--short", "-q", "HEAD"),
+           "repoURL": _git(root, "config", "--get", "remote.origin.url")}
+    tags.update({f"mlflow.source.git.{key}": value for key, value in git.items() if value})
+    return tags
 
 
 def run_name(prefix: str, d_model: int, n_layer: int, flat_params: dict) -> str:
@@ -155,16 +206,17 @@ def run_name(prefix: str, d_model: int, n_layer: int, flat_params: dict) -> str:
     return f"{prefix}-d{d_model}-l{n_layer}-{digest.hexdigest()[:6]}"
 
 
-def start_run(store: Store, experiment: str, name: str, params: dict, facts: dict) -> str:
+def start_run(store: Store, experiment: str, name: str, params: dict, facts: dict,
+              parent: str | None = None) -> str:
     """Open a run and record every params.yaml key and the derived facts as MLflow params."""
     from mlflow.entities import Param
 
-    tags = {"mlflow.runName": name, "tinyllm.source": "pipeline"}
-    commit = git_commit(project_root())
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
+    tags = {"mlflow.runName": name, "tinyllm.source": "pipeline",
+            **source_tags(project_root())}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    if parent:
+        tags["mlflow.parentRunId"] = parent
     run = store.client.create_run(store.experiment_id(experiment), run_name=name, tags=tags)
     values = {**params, **{f"derived.{k}": v for k, v in facts.items()}}
     entries = [Param(k, str(v)[:6000]) for k, v in values.items()]
@@ -253,8 +305,18 @@ def write_handoff(path: Path, store: Store, run_id: str, experiment: str) -> Non
                              "experiment": experiment})
 
 
-def reopen_run(store: Store, handoff: Path, experiment: str, name: str, params: dict) -> str:
-    """The run train opened, or a fresh run if it is gone from the store (or tracking was off)."""
+EVAL_METRIC_PREFIX = "eval_"  # eval_test_loss, eval_val_bits_per_char, ...
+
+
+def evaluation_run(store: Store, handoff: Path, experiment: str, name: str,
+                   params: dict) -> str:
+    """The run evaluate logs into, so every run's params are the ones that made its artifacts.
+
+    Train's run (named in the handoff) when it holds no evaluation yet: train then evaluate in one
+    pipeline execution. When evaluate runs again alone (only evaluate.* changed), a new run
+    nested under train's, with the params of this evaluation. A fresh run when train's is gone
+    from the store or tracking was off during train.
+    """
     from mlflow.exceptions import MlflowException
 
     run_id = None
@@ -265,13 +327,30 @@ def reopen_run(store: Store, handoff: Path, experiment: str, name: str, params: 
             run_id = None
     if run_id:
         try:
-            store.client.get_run(run_id)
-            store.client.update_run(run_id, status="RUNNING")
-            return run_id
+            train_run = store.client.get_run(run_id)
         except MlflowException:
+            train_run = None
+        if train_run is None or train_run.info.lifecycle_stage == "deleted":
             log.warning("MLflow run %s from %s is not in %s; starting a fresh run",
                         run_id, handoff, store.uri)
+        else:
+            store.check_artifacts_beside(train_run.info.artifact_uri, f"MLflow run {run_id}")
+            if not any(key.startswith(EVAL_METRIC_PREFIX) for key in train_run.data.metrics):
+                store.client.update_run(run_id, status="RUNNING")
+                return run_id
+            log.info("MLflow run %s holds an earlier evaluation; this one is a new run nested "
+                     "under it", run_id)
+            return start_run(store, experiment, name, params, {}, parent=run_id)
     return start_run(store, experiment, name, params, {})
+
+
+def runs_page(store: Store, experiment: str) -> str:
+    """Where a browser shows the experiment's runs: MLflow 3 opens experiments on its GenAI
+    view unless the address (or the switch at the top left) asks for model training."""
+    page = f"#/experiments/{store.experiment_id(experiment)}?workflowType=machine_learning"
+    if store.uri.startswith(("http://", "https://")):
+        return f"{store.uri.rstrip('/')}/{page}"
+    return f"http://127.0.0.1:5000/{page} (after `mlflow ui` in the project root)"
 
 
 def log_artifacts(store: Store, run_id: str, files: Iterable[Path], folder: str | None = None):

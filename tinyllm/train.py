@@ -20,10 +20,11 @@ import json
 import logging
 import math
 import signal
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from tinyllm import distributed
 from tinyllm.config import TrainConfig
 from tinyllm.devices import autocast_for, select_device
 from tinyllm.errors import TinyLLMError, first_line
-from tinyllm.io import atomic_write
+from tinyllm.io import atomic_write, set_aside
 from tinyllm.model import GPT, GPTConfig, compiled
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "last.pt"
 # Keys that change how fast or where training runs, not what it computes: a checkpoint made
 # under other values of these is still resumed.
-RESUMABLE_ACROSS = ("time_budget_minutes", "device", "threads", "compile", "checkpoint_interval")
+RESUMABLE_ACROSS = ("device", "threads", "compile", "checkpoint_interval")
 
 
 @dataclass
@@ -52,7 +53,8 @@ class StepMetrics:
     grad_norm: float
     tokens_per_sec: float
     tokens_seen: int
-    elapsed_sec: float
+    elapsed_sec: float  # since the run began, sessions before a resume included
+    planned_steps: int
     val_loss: float | None = None
 
 
@@ -63,11 +65,16 @@ class TrainResult:
     tokens_seen: int
     best_val_loss: float
     best_step: int
-    elapsed_sec: float
-    stopped_by: str  # "max_steps" | "time_budget"
+    elapsed_sec: float  # the whole run's training seconds, sessions before a resume included
+    stopped_by: str  # "max_steps", "planned_steps" (what fit the budget), "time_budget" (deadline)
     resumed_from: int
-    tokens_per_sec: float  # over the steps trained in this call
+    plan: StepPlan
     history: list[dict] = field(default_factory=list)
+
+    @property
+    def tokens_per_sec(self) -> float:
+        """Over the whole run: evaluations, checkpoints and sessions before a resume included."""
+        return self.tokens_seen / max(self.elapsed_sec, 1e-9)
 
 
 class TrainingInterrupted(TinyLLMError):
@@ -78,11 +85,55 @@ class TrainingInterrupted(TinyLLMError):
         self.exit_code = 128 + signum
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to the peak, then cosine decay to min_lr_fraction of it at max_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+@dataclass(frozen=True)
+class StepPlan:
+    """The steps the schedule spans, fixed once per run and kept in its checkpoint.
+
+    Without a time budget it is train.max_steps. With one, a short calibration on throwaway
+    copies measures a step and an evaluation, and the steps that fit the budget (at most
+    max_steps) become the plan: warm-up and cosine decay are laid over them, so the learning rate
+    reaches its floor at the deadline. A resumed run keeps its plan, so it ends with the
+    uninterrupted run's weights; a run slower than its calibration stops at the deadline.
+    """
+
+    steps: int
+    warmup_steps: int
+    budget_sec: float = 0.0  # 0: no deadline
+    step_sec: float = 0.0  # measured by the calibration (budgeted runs only)
+    eval_sec: float = 0.0
+
+    @property
+    def deadline_sec(self) -> float:
+        """When training stops at the latest, leaving time for the evaluation it ends with."""
+        return self.budget_sec - self.eval_sec if self.budget_sec else math.inf
+
+    @classmethod
+    def fixed(cls, cfg: TrainConfig) -> StepPlan:
+        return cls(steps=cfg.max_steps, warmup_steps=cfg.warmup_steps)
+
+    @classmethod
+    def for_budget(cls, cfg: TrainConfig, spent_sec: float, step_sec: float,
+                   eval_sec: float) -> StepPlan:
+        """The steps that fit what is left of the budget, evaluations and the final one included."""
+        budget = cfg.time_budget_minutes * 60
+        left = budget - spent_sec - eval_sec
+        steps = min(cfg.max_steps, int(left / (step_sec + eval_sec / cfg.eval_interval)))
+        if steps < 1:
+            raise TinyLLMError(
+                f"train.time_budget_minutes ({cfg.time_budget_minutes:g}) is too short: one "
+                f"training step and one evaluation take {step_sec + eval_sec:.1f} s here, "
+                f"{spent_sec:.1f} s went on start-up; give at least "
+                f"{(spent_sec + 2 * (step_sec + eval_sec)) / 60:.2f} minutes")
+        return cls(steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10),
+                   budget_sec=budget, step_sec=step_sec, eval_sec=eval_sec)
+
+
+def lr_at(step: int, cfg: TrainConfig, plan: StepPlan | None = None) -> float:
+    """Linear warmup to the peak, then cosine decay to min_lr_fraction of it at the plan's end."""
+    plan = plan or StepPlan.fixed(cfg)
+    if step < plan.warmup_steps:
+        return cfg.learning_rate * (step + 1) / plan.warmup_steps
+    progress = (step - plan.warmup_steps) / max(1, plan.steps - plan.warmup_steps)
     floor = cfg.learning_rate * cfg.min_lr_fraction
     return floor + 0.5 * (cfg.learning_rate - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -160,8 +211,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
         return state
     if not distributed.is_main():  # rank 0 sets it aside; every rank starts from step 0
         return None
-    aside = path.with_name(f"{path.stem}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
-    path.rename(aside)
+    aside = set_aside(path)
     log.warning("not resuming from %s: %s; moved it to %s and starting from step 0",
                 path, reason, aside.name)
     return None
@@ -224,6 +274,63 @@ def train(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
                          data_fingerprint, callbacks)
 
 
+def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over all parameters at once: fused on CUDA, foreach (a few batched ops instead of
+    a loop over every tensor) elsewhere, which is what pays for small models on CPUs."""
+    cuda = device.type == "cuda"
+    return torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
+                             betas=(cfg.beta1, cfg.beta2), fused=cuda or None,
+                             foreach=None if cuda else True)
+
+
+def optimizer_step(net: torch.nn.Module, model: GPT, optimizer: torch.optim.Optimizer,
+                   sampler: WindowSampler, cfg: TrainConfig, lr: float, device: torch.device,
+                   autocast) -> tuple[float, torch.Tensor]:
+    """One step: accumulate cfg.grad_accum_steps micro-batches, clip, AdamW.
+
+    Returns this rank's mean micro-batch loss and the gradient norm before clipping."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    losses = []
+    for micro in range(cfg.grad_accum_steps):
+        inputs, targets = (t.to(device) for t in sampler.next())
+        with distributed.sync_gradients(net, micro == cfg.grad_accum_steps - 1):
+            with autocast():
+                _, loss = net(inputs, targets)
+            (loss / cfg.grad_accum_steps).backward()
+        losses.append(loss.detach())
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf, foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(torch.stack(losses).mean()), grad_norm
+
+
+def calibrate(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: slice,
+              device: torch.device, validate: Callable[[GPT], float]) -> tuple[float, float]:
+    """Seconds of one optimizer step and of one evaluation here, timed on a throwaway copy with
+    its own windows and random state, so the run itself is the same with or without it."""
+    probe = copy.deepcopy(model)
+    optimizer = make_optimizer(probe, cfg, device)
+    sampler = WindowSampler(train_tokens, probe.config.context_length, cfg.batch_size,
+                            cfg.seed + 1, rows)
+    autocast = autocast_for(device)
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        steps = [timed(lambda: optimizer_step(probe, probe, optimizer, sampler, cfg,
+                                              cfg.learning_rate, device, autocast))
+                 for _ in range(4)]
+        eval_sec = timed(lambda: validate(probe))
+    return statistics.median(steps[1:]), eval_sec  # the first step warms caches up
+
+
 def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
               train_tokens: np.ndarray, val_tokens: np.ndarray, checkpoint_dir: Path | None,
               data_fingerprint: str, callbacks: Iterable[Callable[[StepMetrics], None]]
@@ -236,15 +343,15 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
 
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(device)
-    optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
-                                  betas=(cfg.beta1, cfg.beta2),
-                                  fused=device.type == "cuda" or None)
+    optimizer = make_optimizer(model, cfg, device)
     sampler = WindowSampler(train_tokens, model_cfg.context_length, cfg.batch_size, cfg.seed,
                             rows)
     val_batches = tuple(t.to(device) for t in fixed_windows(
         val_tokens, model_cfg.context_length, cfg.eval_batches * cfg.batch_size, rows))
     step, tokens_seen, best_val, best_step, best_state = 0, 0, math.inf, 0, None
     history: list[dict] = []
+    plan, spent_before = None, 0.0
+    started = time.monotonic()  # the budget counts from here: calibration, steps, evaluations
 
     state = load_checkpoint(checkpoint_path, fingerprint) if checkpoint_path else None
     if state is not None:
@@ -254,15 +361,35 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
         torch.set_rng_state(state["torch_rng"])
         step, tokens_seen = state["step"], state["tokens_seen"]
         best_val, best_step, best_state = state["best_val"], state["best_step"], state["best"]
-        history = state["history"]
-        log.info("resuming from %s at step %d of %d", checkpoint_path, step, cfg.max_steps)
+        history, plan = state["history"], StepPlan(**state["plan"])
+        spent_before = state["train_seconds"]
+        log.info("resuming from %s at step %d of %d", checkpoint_path, step, plan.steps)
     if not distributed.agree(step):
         raise TinyLLMError(f"the training processes found different checkpoints in "
                            f"{checkpoint_dir}: every rank must see rank 0's checkpoint directory "
                            f"(use a shared filesystem)")
     if distributed.rank() > 0:  # its own dropout masks; rank 0's RNG state is the checkpoint's
         torch.manual_seed(cfg.seed + 7919 * distributed.rank() + step)
-    resumed_from, tokens_at_start = step, tokens_seen
+    resumed_from = step
+
+    def validate(net: GPT = model) -> float:
+        """Each rank scores its share of the fixed batches; all agree on the mean."""
+        return distributed.mean_over_ranks(
+            estimate_loss(net, val_batches, cfg.batch_size // world, autocast))
+
+    def elapsed() -> float:
+        """Seconds this run has trained, sessions before a resume included."""
+        return spent_before + time.monotonic() - started
+
+    if plan is None and not cfg.time_budget_minutes:
+        plan = StepPlan.fixed(cfg)
+    elif plan is None:
+        step_sec, eval_sec = calibrate(model, cfg, train_tokens, rows, device, validate)
+        plan = StepPlan.for_budget(cfg, elapsed(), step_sec, eval_sec)
+        # Every rank takes the shortest plan, so all stop at the same step.
+        plan = replace(plan, steps=-distributed.max_over_ranks(-plan.steps)[0])
+        log.info("train.time_budget_minutes %g: planned %d steps (%.3f s a step, %.2f s an "
+                 "evaluation)", cfg.time_budget_minutes, plan.steps, step_sec, eval_sec)
 
     def checkpoint():
         if checkpoint_path is None or not distributed.is_main():
@@ -272,12 +399,7 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "sampler_rng": sampler.generator.get_state(), "torch_rng": torch.get_rng_state(),
             "best_val": best_val, "best_step": best_step, "best": best_state,
-            "history": history})
-
-    def validate() -> float:
-        """Each rank scores its share of the fixed batches; all agree on the mean."""
-        return distributed.mean_over_ranks(
-            estimate_loss(model, val_batches, cfg.batch_size // world, autocast))
+            "history": history, "plan": asdict(plan), "train_seconds": elapsed()})
 
     net = distributed.data_parallel(model, device)  # the model itself in a plain run
     step_fn = compiled(net) if cfg.compile else net
@@ -286,37 +408,25 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
         if hasattr(callback, "on_start"):
             callback.on_start(history, model)
     tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * model_cfg.context_length
-    started = time.monotonic()
-    budget = cfg.time_budget_minutes * 60
-    stopped_by = "max_steps"
+    stopped_by = "planned_steps" if plan.budget_sec else "max_steps"
     model.train()
     with stop_requests() as stop:
-        while step < cfg.max_steps:
+        while step < plan.steps:
             tick = time.perf_counter()
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for micro in range(cfg.grad_accum_steps):
-                inputs, targets = (t.to(device) for t in sampler.next())
-                with distributed.sync_gradients(net, micro == cfg.grad_accum_steps - 1):
-                    with autocast():
-                        _, loss = step_fn(inputs, targets)
-                    (loss / cfg.grad_accum_steps).backward()
-                loss_sum += loss.item()
-            loss_sum = distributed.mean_over_ranks(loss_sum)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            lr = lr_at(step, cfg, plan)
+            loss, grad_norm = optimizer_step(step_fn, model, optimizer, sampler, cfg, lr,
+                                             device, autocast)
             step += 1
             tokens_seen += tokens_per_step
+            # A signal or the clock may reach the ranks at different steps: all stop together.
+            signum, out_of_time = distributed.max_over_ranks(stop[0] if stop else 0,
+                                                             elapsed() >= plan.deadline_sec)
             metrics = StepMetrics(
-                step=step, train_loss=loss_sum / cfg.grad_accum_steps, lr=lr,
+                step=step, train_loss=distributed.mean_over_ranks(loss), lr=lr,
                 grad_norm=float(grad_norm), tokens_per_sec=tokens_per_step / (
                     time.perf_counter() - tick), tokens_seen=tokens_seen,
-                elapsed_sec=time.monotonic() - started)
-            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                elapsed_sec=elapsed(), planned_steps=plan.steps)
+            if step % cfg.eval_interval == 0 or step == plan.steps or out_of_time:
                 metrics.val_loss = validate()
                 if metrics.val_loss < best_val:
                     best_val, best_step = metrics.val_loss, step
@@ -324,11 +434,8 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
             history.append(asdict(metrics))
             for callback in callbacks:
                 callback(metrics)
-            out_of_time = bool(budget) and time.monotonic() - started >= budget
-            # A signal or the clock may reach the ranks at different steps: all stop together.
-            signum, out_of_time = distributed.max_over_ranks(stop[0] if stop else 0, out_of_time)
             if signum or out_of_time or step % cfg.checkpoint_interval == 0 or (
-                    step == cfg.max_steps):
+                    step == plan.steps):
                 checkpoint()
             if signum:
                 # Once one rank exits, torchrun stops the rest: wait for rank 0's checkpoint.
@@ -338,17 +445,11 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
                                           f"{step}{where}", signum)
             if out_of_time:
                 stopped_by = "time_budget"
-                log.warning("train.time_budget_minutes (%s) reached at step %d of %d",
-                            cfg.time_budget_minutes, step, cfg.max_steps)
+                log.warning("train.time_budget_minutes (%g) reached at step %d of %d planned",
+                            cfg.time_budget_minutes, step, plan.steps)
                 break
-    if best_state is None:  # stopped before the first evaluation
-        best_val = validate()
-        best_step, best_state = step, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     model.eval()
-    elapsed = time.monotonic() - started
     return TrainResult(model=model, steps=step, tokens_seen=tokens_seen, best_val_loss=best_val,
-                       best_step=best_step, elapsed_sec=elapsed, stopped_by=stopped_by,
-                       resumed_from=resumed_from,
-                       tokens_per_sec=(tokens_seen - tokens_at_start) / max(elapsed, 1e-9),
-                       history=history)
+                       best_step=best_step, elapsed_sec=elapsed(), stopped_by=stopped_by,
+                       resumed_from=resumed_from, plan=plan, history=history)

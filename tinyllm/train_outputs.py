@@ -20,14 +20,21 @@ EVAL_COLUMNS = ("step", "val_loss")
 
 
 def summary_of(result: TrainResult, data_fingerprint: str) -> dict:
-    """The facts about a run that go into meta.json, the summary metrics and tracking."""
+    """The facts about a run that go into meta.json, the summary metrics and tracking.
+
+    Times cover the whole run (the checkpoint carries the seconds before a resume), so a resume
+    with nothing left to train (a lost output, a code change) reports the real ones, not zeros.
+    """
     return {
         "steps": result.steps,
         "tokens_seen": result.tokens_seen,
         "best_val_loss": result.best_val_loss,
         "best_val_bits_per_char": result.best_val_loss / math.log(2),
         "best_step": result.best_step,
+        "planned_steps": result.plan.steps,  # the schedule's end: max_steps, or the budget's fit
+        "planned_warmup_steps": result.plan.warmup_steps,
         "stopped_by": result.stopped_by,
+        "time_budget_seconds": result.plan.budget_sec,
         "resumed_from_step": result.resumed_from,
         "train_seconds": round(result.elapsed_sec, 2),
         "tokens_per_sec": round(result.tokens_per_sec, 1),

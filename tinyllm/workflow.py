@@ -29,6 +29,10 @@ class Layout:
         object.__setattr__(self, "root", Path(self.root))
 
     @property
+    def validated(self) -> Path:
+        return self.root / "data/validated.txt"
+
+    @property
     def prepared(self) -> Path:
         return self.root / "data/prepared"
 
@@ -65,6 +69,19 @@ def _require(path: Path, step: str) -> Path:
     if not path.exists():
         raise TinyLLMError(f"{path} not found; run the {step} step first (dvc repro)")
     return path
+
+
+def validate(params: Params, layout: Layout) -> None:
+    """Check params and corpus before any stage that removes outputs runs.
+
+    DVC deletes a stage's outputs just before running it, so a value refused inside that stage
+    would already have cost its outputs. This step comes first and every other step depends on
+    its stamp, so a bad params.yaml (validated as it was loaded) or corpus stops `dvc repro`
+    here. The stamp never changes, so passing validation re-runs nothing downstream.
+    """
+    load_corpus(params.data.corpus)
+    atomic_write_text(layout.validated, "params.yaml and data.corpus passed validation\n")
+    log.info("validate: params.yaml and the corpus %s are usable", params.data.corpus)
 
 
 def prepare(params: Params, layout: Layout) -> dict:
@@ -142,8 +159,7 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
     check_batch_split(params.train.batch_size)  # before an MLflow run is started for nothing
     main = distributed.is_main()
     store = tracking.Store() if params.tracking.enabled and main else None
-    callbacks = [ProgressReporter(params.train.max_steps), LiveCurves(layout.train_dir)
-                 ] if main else []
+    callbacks = [ProgressReporter(), LiveCurves(layout.train_dir)] if main else []
     run_id = None
     if store:
         name = tracking.run_name(run_name_prefix or params.tracking.registry_name,
@@ -191,11 +207,12 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
         store.client.log_batch(run_id, metrics=_metrics(
             {f"train.{k}": v for k, v in summary.items() if isinstance(v, (int, float))}))
         tracking.log_artifacts(store, run_id, [layout.train_dir / SAMPLES_FILE], "train")
+        store.client.set_tag(run_id, "tinyllm.stopped_by", summary["stopped_by"])
         tracking.write_handoff(layout.run_handoff, store, run_id, params.tracking.experiment)
         tracking.end_run(store, run_id)
-    log.info("train: %d steps, best val loss %.4f at step %d, %.0f tokens/s -> %s",
-             result.steps, result.best_val_loss, result.best_step, summary["tokens_per_sec"],
-             layout.model)
+    log.info("train: %d of %d planned steps (%s), best val loss %.4f at step %d, %.0f tokens/s "
+             "-> %s", result.steps, result.plan.steps, result.stopped_by, result.best_val_loss,
+             result.best_step, summary["tokens_per_sec"], layout.model)
     return result
 
 
@@ -228,11 +245,14 @@ def evaluate(params: Params, layout: Layout, registry_name: str | None = None) -
              test["loss"], test["bits_per_char"], test["perplexity"])
     if store:
         name = registry_name or params.tracking.registry_name
-        run_id = tracking.reopen_run(store, layout.run_handoff, params.tracking.experiment,
-                                     name, params.flat())
+        run_id = tracking.evaluation_run(
+            store, layout.run_handoff, params.tracking.experiment,
+            tracking.run_name(name, params.model.d_model, params.model.n_layer, params.flat()),
+            params.flat())
         try:
             store.client.log_batch(run_id, metrics=_metrics(
-                {f"eval_{split}_{key}": value for split, values in metrics.items()
+                {f"{tracking.EVAL_METRIC_PREFIX}{split}_{key}": value
+                 for split, values in metrics.items()
                  for key, value in values.items() if key != "characters"}))
             tracking.log_artifacts(store, run_id, files, "eval")
             registration = tracking.register_package(
@@ -245,6 +265,7 @@ def evaluate(params: Params, layout: Layout, registry_name: str | None = None) -
         verb = "registered" if registration.created else "already registered as"
         log.info("evaluate: %s models:/%s/%s%s", verb, name, registration.version,
                  f" (@{params.tracking.champion_alias})" if registration.champion else "")
+        log.info("evaluate: runs at %s", tracking.runs_page(store, params.tracking.experiment))
         metrics["registered"] = {"name": name, "version": registration.version}
     return metrics
 

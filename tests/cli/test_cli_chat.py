@@ -34,7 +34,7 @@ def test_piped_prompts_give_only_continuations_on_stdout(invoke, tiny_model):
     result = invoke("chat", "--model-uri", tiny_model.package, "--seed", "1", *SHORT,
                     input="ROMEO:\n\nJULIET:\n")
     assert result.exit_code == 0, result.stderr
-    expected = [continuation(tiny_model, p, seed=1) for p in ("ROMEO:", "JULIET:")]
+    expected = [continuation(tiny_model, p, seed=s) for p, s in (("ROMEO:", 1), ("JULIET:", 2))]
     assert result.stdout == "".join(text + "\n" for text in expected)
     assert "tinyllm chat:" in result.stderr  # the banner goes to stderr when piped
 
@@ -55,12 +55,14 @@ def test_slash_commands_change_settings_and_never_fail(invoke, tiny_model):
     assert "Traceback" not in result.stderr
 
 
-def test_every_generation_uses_the_current_seed(invoke, tiny_model):
-    result = invoke("chat", "--model-uri", tiny_model.package, *SHORT,
-                    input="ROMEO:\nROMEO:\n/seed 7\nROMEO:\n")
-    same, other = continuation(tiny_model, "ROMEO:"), continuation(tiny_model, "ROMEO:", seed=7)
-    assert result.stdout == f"{same}\n{same}\n{other}\n"
-    assert same != other
+def test_each_prompt_gets_its_own_draw_and_seed_restarts_the_sequence(invoke, tiny_model):
+    session = "ROMEO:\nROMEO:\n/seed 7\nROMEO:\nROMEO:\n"
+    result = invoke("chat", "--model-uri", tiny_model.package, *SHORT, input=session)
+    draws = [continuation(tiny_model, "ROMEO:", seed=s) for s in (1337, 1338, 7, 8)]
+    assert result.stdout == "".join(f"{text}\n" for text in draws)
+    assert len(set(draws)) == 4  # the same prompt twice no longer begins alike
+    again = invoke("chat", "--model-uri", tiny_model.package, *SHORT, input=session)
+    assert again.stdout == result.stdout  # a session is reproducible from its seed
 
 
 def test_unknown_characters_and_long_prompts_are_explained(invoke, tiny_model):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_project import wait_for_checkpoint
+from tiny_project import tiny_params, wait_for_checkpoint
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -98,3 +98,34 @@ def test_a_stop_signal_writes_a_checkpoint_and_exits_promptly_with_one_line(tmp_
     assert "checkpoint written to" in last
     state = torch.load(tmp_path / "models/checkpoints/last.pt", weights_only=True)
     assert f"at step {state['step']};" in last
+
+
+def test_a_resume_with_nothing_left_to_train_keeps_the_real_timings(tmp_path, corpus_dir,
+                                                                    monkeypatch):
+    """Outputs lost after training finished: the rerun restores the weights and its summary and
+    MLflow run report the time the training took, not zeros."""
+    import json
+
+    import mlflow
+
+    from tinyllm import workflow
+    from tinyllm.config import params_from_dict
+
+    monkeypatch.chdir(tmp_path)  # the MLflow store lands here
+    params = params_from_dict(tiny_params(str(corpus_dir)))
+    layout = workflow.Layout(tmp_path)
+    for step in (workflow.prepare, workflow.tokenize, workflow.train):
+        step(params, layout)
+    first = json.loads((layout.train_dir / "summary.json").read_text())
+    for lost in ("summary.json", "steps.csv", "eval.csv"):
+        (layout.train_dir / lost).unlink()
+    workflow.train(params, layout)
+    again = json.loads((layout.train_dir / "summary.json").read_text())
+    assert again["resumed_from_step"] == again["steps"] == first["steps"]
+    assert again["train_seconds"] == pytest.approx(first["train_seconds"], rel=0.5)
+    assert again["tokens_per_sec"] == pytest.approx(first["tokens_per_sec"], rel=0.5)
+    assert (layout.train_dir / "steps.csv").read_text().count("\n") == first["steps"] + 1
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = json.loads(layout.run_handoff.read_text())["run_id"]
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["train.tokens_per_sec"] == again["tokens_per_sec"] > 0

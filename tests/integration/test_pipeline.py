@@ -26,7 +26,7 @@ def ran_stages(output: str) -> set[str]:
 def test_repro_builds_everything_then_reruns_only_what_a_param_touches(project):
     repo, env = project
     first = run(["dvc", "repro"], repo, env)
-    assert ran_stages(first) == {"prepare", "tokenize", "train", "evaluate"}
+    assert ran_stages(first) == {"validate", "prepare", "tokenize", "train", "evaluate"}
     metrics = json.loads((repo / "models/eval/metrics.json").read_text())
     vocab = json.loads((repo / "models/model/config.json").read_text())["vocab_size"]
     for split in ("val", "test"):
@@ -46,15 +46,15 @@ def test_repro_builds_everything_then_reruns_only_what_a_param_touches(project):
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["train"]["learning_rate"] = 0.005
     write_params(repo / "params.yaml", raw)
-    assert set(json.loads(run(["dvc", "status", "--json"], repo, env))) == {"train"}
+    assert set(json.loads(run(["dvc", "status", "--json"], repo, env))) == {"validate", "train"}
     second = run(["dvc", "repro"], repo, env)
-    assert ran_stages(second) == {"train", "evaluate"}
+    assert ran_stages(second) == {"validate", "train", "evaluate"}
     assert "models:/tiny/2" in second
 
     raw["evaluate"]["temperature"] = 0.5
     write_params(repo / "params.yaml", raw)
     third = run(["dvc", "repro"], repo, env)
-    assert ran_stages(third) == {"evaluate"}
+    assert ran_stages(third) == {"validate", "evaluate"}
     assert "already registered as models:/tiny/2" in third
 
     assert ran_stages(run(["dvc", "repro"], repo, env)) == set()

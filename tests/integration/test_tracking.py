@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from tinyllm import tracking, workflow
@@ -33,6 +35,7 @@ def test_run_logs_params_step_metrics_artifacts_and_registers(tmp_path, make_par
     run = store.client.search_runs([store.experiment_id("tests")])[0]
     assert run.info.run_id in run_id
     assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.tags["mlflow.source.name"]
     assert run.data.params["train.learning_rate"] == "0.003"
     assert run.data.params["model.d_model"] == "32"
     assert int(run.data.params["derived.parameters"]) > 1000
@@ -53,6 +56,37 @@ def test_run_logs_params_step_metrics_artifacts_and_registers(tmp_path, make_par
     assert str(store.client.get_model_version_by_alias("tiny", "champion").version) == "1"
     # artifacts live beside mlflow.db, where `mlflow ui` in that directory finds them
     assert any((tmp_path / "mlruns").rglob("weights.pt"))
+
+
+def test_experiments_open_on_their_runs_in_mlflow_ui_also_those_made_before(store_uri):
+    """MLflow 3's UI opens an experiment without this tag on its GenAI traces overview."""
+    store = tracking.Store()
+    older = store.client.create_experiment("older")
+    for name in ("older", "new"):
+        experiment = store.client.get_experiment(store.experiment_id(name))
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert store.experiment_id("older") == older
+
+
+def test_a_copied_project_refuses_to_log_into_the_originals_store(tmp_path, make_params,
+                                                                  monkeypatch):
+    """mlflow.db holds absolute artifact paths: a copy would write into the original's mlruns/."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    monkeypatch.chdir(original)  # the store lands in the project: ./mlflow.db, ./mlruns
+    params = make_params()
+    build(params, original)
+    shutil.copytree(original, copy)
+    written = sorted((original / "mlruns").rglob("*"))
+    monkeypatch.chdir(copy)
+    message = (rf"MLflow (experiment 'tests'|run \w+) in sqlite:///{copy}/mlflow.db keeps its "
+               rf"artifacts in {original}/mlruns\S*, outside {copy}: this project was copied or "
+               rf"moved; move {copy}/mlflow.db and {copy}/mlruns aside")
+    for step in (workflow.train, workflow.evaluate):
+        with pytest.raises(TinyLLMError, match=message):
+            step(params, workflow.Layout(copy))
+    assert sorted((original / "mlruns").rglob("*")) == written
 
 
 def test_champion_moves_only_for_better_models_and_same_weights_do_not_duplicate(
