@@ -1,23 +1,31 @@
-"""Load-test `mlflow models serve`: N requests from C concurrent clients, every reply checked.
+"""Load-test a served model: N requests from C concurrent clients, every reply checked.
 
-    python scripts/serve_load.py                              # models:/shakespeare/1, 200 x 8
-    python scripts/serve_load.py --model-uri models:/shakespeare@champion --workers 2
-    python scripts/serve_load.py --url http://127.0.0.1:5001  # a server that is already up
+    python scripts/serve_load.py --random-model                 # tinyllm serve, default shape
+    python scripts/serve_load.py --model-uri models:/shakespeare@champion --clients 1 8 32
+    python scripts/serve_load.py --server mlflow --workers 2    # mlflow models serve instead
+    python scripts/serve_load.py --url http://127.0.0.1:8000    # a server that is already up
 
 Starts the server itself unless --url is given (in the project's MLflow store, or the one
-MLFLOW_TRACKING_URI names), waits for /ping, then posts one prompt per request with a different
-seed. A request counts as an error unless it answers HTTP 200 with one non-empty string. Prints a
-table and one JSON line; exits 1 on any error.
+MLFLOW_TRACKING_URI names; --random-model: a package of random weights of params.yaml's default
+shape, fine for throughput), measures the seconds from its start to its first answer, then for
+each client count posts one prompt per request with seed = request number % 16. `tinyllm serve`
+is asked to stream (`/v1/completions`, "stream": true), so time to first character is measured;
+a reply counts as an error unless it is HTTP 200, well-framed server-sent events ending in
+`data: [DONE]`, and (when the script knows the model) exactly the text `tinyllm generate` gives
+for that seed. `mlflow models serve` replies must be one non-empty string. Prints a table and
+one JSON line; exits 1 on any error.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import http.client
 import json
 import os
+import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,12 +36,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+SEEDS = 16  # request i asks for seed i % SEEDS, so its text can be checked against generate
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_tinyllm(model_uri: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`tinyllm serve` in its own session, on a free port."""
+    port = free_port()
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [str(BIN / "tinyllm"), "serve", "--model-uri", model_uri, "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return server, f"http://127.0.0.1:{port}"
 
 
 def start_server(model_uri: str, workers: int, log_path: Path) -> tuple[subprocess.Popen, str]:
@@ -83,8 +102,8 @@ def wait_until_up(probe_url: str, server: subprocess.Popen | None, log_path: Pat
     raise ServerNotUp(f"{probe_url} did not answer in {seconds:.0f} s")
 
 
-def one_request(url: str, prompt: str, max_tokens: int, seed: int) -> tuple[float, str | None]:
-    """(latency in seconds, None if the reply was good else what was wrong)."""
+def mlflow_request(url: str, prompt: str, max_tokens: int, seed: int, expected) -> tuple:
+    """(latency s, None, None if the reply was good else what was wrong) for /invocations."""
     body = json.dumps({"inputs": [prompt], "params": {"max_tokens": max_tokens,
                                                       "temperature": 0.8, "seed": seed}})
     request = urllib.request.Request(f"{url}/invocations", data=body.encode(),
@@ -96,71 +115,201 @@ def one_request(url: str, prompt: str, max_tokens: int, seed: int) -> tuple[floa
         problem = None
         if not (len(predictions) == 1 and isinstance(predictions[0], str) and predictions[0]):
             problem = f"unexpected predictions {predictions!r:.80}"
+        elif expected is not None and predictions[0] != expected(seed):
+            problem = f"seed {seed}: not the text tinyllm generate gives"
     except (OSError, ValueError, KeyError) as exc:
         problem = f"{type(exc).__name__}: {exc}"
-    return time.perf_counter() - started, problem
+    return time.perf_counter() - started, None, problem
 
 
-def fire(url: str, clients: int, requests: int, max_tokens: int, prompt: str) -> dict:
+def sse_texts(lines) -> tuple[str, bool]:
+    """The text of a streamed completion and whether it ended properly in `data: [DONE]`."""
+    text, done = "", False
+    for line in lines:
+        if not line.strip():
+            continue
+        if not line.startswith("data: ") or done:
+            raise ValueError(f"bad SSE line {line!r:.80}")
+        data = line[len("data: "):].strip()
+        if data == "[DONE]":
+            done = True
+            continue
+        for choice in json.loads(data)["choices"]:
+            text += choice.get("text") or ""
+    return text, done
+
+
+def tinyllm_request(url: str, prompt: str, max_tokens: int, seed: int, expected,
+                    model: str = "") -> tuple:
+    """(latency s, time to first character s, problem or None) for a streamed completion."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens,
+                       "seed": seed, "stream": True})
+    started = time.perf_counter()
+    first = None
+    connection = http.client.HTTPConnection(host, int(port), timeout=120)
+    try:
+        connection.request("POST", "/v1/completions", body,
+                           {"Content-Type": "application/json"})
+        reply = connection.getresponse()
+        if reply.status != 200:
+            problem = f"HTTP {reply.status}: {reply.read()!r:.120}"
+            return time.perf_counter() - started, None, problem
+        if not reply.getheader("Content-Type", "").startswith("text/event-stream"):
+            return time.perf_counter() - started, None, "not text/event-stream"
+        lines = []
+        for raw in reply:
+            line = raw.decode()
+            if first is None and '"text": "' in line and '"text": ""' not in line:
+                first = time.perf_counter() - started
+            lines.append(line)
+        text, done = sse_texts(lines)
+        problem = None
+        if not done:
+            problem = "the stream did not end with data: [DONE]"
+        elif len(text) != max_tokens:
+            problem = f"{len(text)} characters, asked for {max_tokens}"
+        elif expected is not None and text != expected(seed):
+            problem = f"seed {seed}: not the text tinyllm generate gives"
+    except (OSError, ValueError, KeyError, http.client.HTTPException) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    finally:
+        connection.close()
+    return time.perf_counter() - started, first, problem
+
+
+def percentile(values: list[float], q: float) -> float:
+    return round(1000 * sorted(values)[int(q * (len(values) - 1))], 1)
+
+
+def fire(send, url: str, clients: int, requests: int, max_tokens: int, prompt: str,
+         expected) -> dict:
     with ThreadPoolExecutor(clients) as pool:
         started = time.perf_counter()
-        results = list(pool.map(lambda i: one_request(url, prompt, max_tokens, seed=i),
+        results = list(pool.map(lambda i: send(url, prompt, max_tokens, i % SEEDS, expected),
                                 range(requests)))
         wall = time.perf_counter() - started
-    latencies = sorted(latency for latency, _ in results)
-    errors = [problem for _, problem in results if problem]
+    latencies = [latency for latency, _, _ in results]
+    firsts = [first for _, first, _ in results if first is not None]
+    errors = [problem for _, _, problem in results if problem]
     return {"requests": requests, "clients": clients, "max_tokens": max_tokens,
             "errors": len(errors), "first_error": errors[0] if errors else None,
             "wall_s": round(wall, 3), "requests_per_s": round(requests / wall, 2),
             "generated_chars_per_s": round(requests * max_tokens / wall, 1),
-            "latency_ms": {"p50": round(1000 * statistics.median(latencies), 1),
-                           "p95": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1),
-                           "max": round(1000 * latencies[-1], 1)}}
+            "latency_ms": {"p50": percentile(latencies, 0.5),
+                           "p95": percentile(latencies, 0.95),
+                           "max": percentile(latencies, 1.0)},
+            "first_char_ms": {"p50": percentile(firsts, 0.5),
+                              "p95": percentile(firsts, 0.95)} if firsts else None}
+
+
+def random_package(directory: Path) -> str:
+    """A model package of params.yaml's default shape with random weights."""
+    import torch
+
+    from tinyllm.config import ModelConfig
+    from tinyllm.model import GPT, GPTConfig
+    from tinyllm.package import save_package
+    from tinyllm.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer.fit("".join(map(chr, range(32, 127))) + "\n")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_params(ModelConfig(), tokenizer.vocab_size))
+    return str(save_package(directory, model, tokenizer, {"random_weights": True}))
+
+
+def expected_texts(model_uri: str, prompt: str, max_tokens: int):
+    """seed -> the text `tinyllm generate --seed` gives, for the seeds the requests use."""
+    import tinyllm
+
+    loaded = tinyllm.load_model(model_uri)
+    texts = {seed: loaded.generate(prompt, max_tokens=max_tokens, seed=seed)
+             for seed in range(SEEDS)}
+    return texts.__getitem__
+
+
+def model_id(url: str) -> str:
+    """The model a tinyllm server lists (what its requests name)."""
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as reply:
+        return json.loads(reply.read())["data"][0]["id"]
+
+
+def first_answer(url: str, server, log_path, started: float, send) -> float:
+    """Seconds from the server's start to its first good answer."""
+    while True:
+        if server is not None and server.poll() is not None:
+            raise ServerNotUp(f"the server exited with {server.returncode}; see {log_path}")
+        if time.monotonic() - started > 120:
+            raise ServerNotUp(f"{url} gave no answer in 120 s")
+        try:
+            if send(url, "ROMEO:", 1, 0, None)[2] is None:
+                return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.05)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", choices=("tinyllm", "mlflow"), default="tinyllm")
     parser.add_argument("--model-uri", default="models:/shakespeare/1")
+    parser.add_argument("--random-model", action="store_true",
+                        help="serve random weights of the default shape (tinyllm only)")
     parser.add_argument("--url", help="an already running server; no server is started")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=200, help="per client count")
     parser.add_argument("--max-tokens", type=int, default=50)
     parser.add_argument("--prompt", default="ROMEO:")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (mlflow)")
     args = parser.parse_args()
-    if min(args.clients, args.requests, args.max_tokens, args.workers) < 1:
+    if min(*args.clients, args.requests, args.max_tokens, args.workers) < 1:
         sys.exit("error: --clients, --requests, --max-tokens and --workers must be >= 1")
 
+    mlflow = args.server == "mlflow"
     server = log_path = None
     url = args.url
+    scratch = Path(tempfile.mkdtemp(prefix="serve_load."))
+    model_uri = random_package(scratch / "model") if args.random_model else args.model_uri
+    expected = None if args.url else expected_texts(model_uri, args.prompt, args.max_tokens)
+    started = time.monotonic()
     if url is None:
-        log_path = Path(tempfile.gettempdir()) / f"serve_load.{os.getpid()}.log"
-        server, url = start_server(args.model_uri, args.workers, log_path)
+        log_path = scratch / "server.log"
+        server, url = (start_server(model_uri, args.workers, log_path) if mlflow
+                       else start_tinyllm(model_uri, log_path))
     try:
-        startup = wait_until_up(f"{url}/ping", server, log_path)
-        report = {"model_uri": None if args.url else args.model_uri, "url": url,
-                  "workers": None if args.url else args.workers,
-                  "startup_s": None if args.url else round(startup, 2),
-                  **fire(url, args.clients, args.requests, args.max_tokens, args.prompt)}
+        if mlflow:
+            send = mlflow_request
+        else:
+            wait_until_up(f"{url}/v1/models", server, log_path)
+            send = functools.partial(tinyllm_request, model=model_id(url))
+        startup = None if args.url else round(first_answer(url, server, log_path, started,
+                                                           send), 2)
+        runs = [fire(send, url, clients, args.requests, args.max_tokens, args.prompt, expected)
+                for clients in args.clients]
     except ServerNotUp as exc:
         sys.exit(f"error: {exc}")
     finally:
         if server is not None:
             stop_server(server)
-    if log_path is not None:
-        log_path.unlink()  # kept only when the server failed, for the error message to name
-    latency = report["latency_ms"]
-    print(f"{report['requests']} requests from {report['clients']} clients, "
-          f"{report['max_tokens']} new characters each, against {url}\n"
-          f"  errors         {report['errors']}\n"
-          f"  wall           {report['wall_s']} s ({report['requests_per_s']} requests/s, "
-          f"{report['generated_chars_per_s']} generated chars/s)\n"
-          f"  latency        p50 {latency['p50']} ms, p95 {latency['p95']} ms, "
-          f"max {latency['max']} ms", file=sys.stderr)
+    shutil.rmtree(scratch, ignore_errors=True)
+    report = {"server": args.server, "model_uri": None if args.url else model_uri,
+              "random_model": args.random_model, "url": url, "startup_s": startup,
+              "load_average": os.getloadavg(), "runs": runs}
+    print(f"{args.server} server at {url}: {args.max_tokens} new characters per request, "
+          f"every reply checked; first answer {startup} s after start; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n"
+          f"| clients | requests | errors | requests/s | p50 ms | p95 ms | first char p50 ms |"
+          f"\n|---|---|---|---|---|---|---|", file=sys.stderr)
+    for run in runs:
+        first = run["first_char_ms"]["p50"] if run["first_char_ms"] else "-"
+        print(f"| {run['clients']} | {run['requests']} | {run['errors']} | "
+              f"{run['requests_per_s']} | {run['latency_ms']['p50']} | "
+              f"{run['latency_ms']['p95']} | {first} |", file=sys.stderr)
     print(json.dumps(report))
-    if report["errors"]:
-        sys.exit(f"error: {report['errors']} of {report['requests']} requests failed; "
-                 f"first: {report['first_error']}")
+    failed = [run for run in runs if run["errors"]]
+    if failed:
+        sys.exit(f"error: {failed[0]['errors']} of {failed[0]['requests']} requests failed; "
+                 f"first: {failed[0]['first_error']}")
 
 
 if __name__ == "__main__":

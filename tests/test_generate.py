@@ -29,8 +29,9 @@ def lively_model(model):
     return model
 
 
-def settings(max_new_tokens=40, temperature=1.0, top_k=0, top_p=1.0, seed=1):
-    return SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed)
+def settings(max_tokens=40, temperature=1.0, top_k=0, top_p=1.0, seed=1, min_p=0.0):
+    return SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                          top_p=top_p, min_p=min_p, seed=seed)
 
 
 def test_greedy_is_deterministic_and_equals_argmax(lively_model, tokenizer):

@@ -54,9 +54,9 @@ def test_saving_again_replaces_the_package(package, model, tokenizer):
 
 def test_public_load_model_generates_and_streams(package):
     loaded = tinyllm.load_model(package)
-    text = loaded.generate("ab", max_new_tokens=5, temperature=0)
+    text = loaded.generate("ab", max_tokens=5, temperature=0)
     assert isinstance(text, str) and len(text) == 5
-    pieces = list(loaded.stream("ab", max_new_tokens=5, temperature=0))
+    pieces = list(loaded.stream("ab", max_tokens=5, temperature=0))
     assert len(pieces) == 5 and "".join(pieces) == text
 
 

@@ -41,7 +41,7 @@ def tiny_params(corpus: str, **overrides) -> dict:
         "train.eval_interval": 10, "train.eval_batches": 2, "train.checkpoint_interval": 10,
         "train.learning_rate": 3e-3, "train.device": "cpu",  # the same run on any machine
         "evaluate.batch_size": 16, "evaluate.prompts": ["ROMEO:"],
-        "evaluate.max_new_tokens": 20, "tracking.experiment": "tests",
+        "evaluate.max_tokens": 20, "tracking.experiment": "tests",
         "tracking.registry_name": "tiny",
     }
     return apply_overrides(raw, {**tiny, **overrides})

@@ -10,11 +10,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+local"
 
 
-def load_model(path, device: str = "cpu"):
-    """Load a model package directory; returns a `tinyllm.package.LoadedModel` (generate/stream)."""
-    from tinyllm.package import load_package
+def load_model(uri=None, device: str = "cpu", tracking_uri: str | None = None):
+    """A `tinyllm.package.LoadedModel` (generate/stream) for any model the CLI takes:
+    models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH or a
+    package directory; None: the champion, else the latest version, else ./models/model."""
+    from tinyllm.discovery import load_model as load
 
-    return load_package(path, device=device)
+    return load(None if uri is None else str(uri), device=device, tracking_uri=tracking_uri)
 
 
 __all__ = ["TinyLLMError", "__version__", "load_model"]

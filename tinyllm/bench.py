@@ -142,7 +142,7 @@ def generation_speed(config: GPTConfig, device: torch.device, new_tokens: int, t
     weights; with compile also the compiled KV-cache path and its compiling time."""
     model = lively(GPT(config)).to(device)
     prompt = TOKENIZER.encode(PROMPT)
-    settings = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
+    settings = SamplingConfig(max_tokens=new_tokens, temperature=0.0)
 
     def best_rate(net: GPT, use_cache: bool) -> tuple[float, list[int]]:
         best = 0.0

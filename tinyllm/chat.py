@@ -11,37 +11,37 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from dataclasses import asdict
+from dataclasses import fields, replace
 from pathlib import Path
 
-from tinyllm.config import SamplingConfig, build_section
+from tinyllm.config import SEED_MAX, SamplingConfig
 from tinyllm.errors import TinyLLMError
 
 HISTORY_FILE = Path("~/.tinyllm_history")
 HISTORY_LENGTH = 1000
 
-HELP = """\
-commands:
-  /temp X       temperature: 0 = always the most likely character, up to 10
-  /tokens N     characters to generate per prompt (1..100000)
-  /topk N       sample only among the N most likely characters (0 = off)
-  /topp P       nucleus sampling: the smallest set holding mass P (0 < P <= 1, 1 = off)
-  /seed N       random seed: the next prompt uses N, the one after N + 1, ...
-  /settings     show the current settings
-  /reset        back to the settings chat started with
-  /help         this list
-  /quit, /exit  leave (so do Ctrl-D and Ctrl-C at the prompt)
-Ctrl-C while text is being generated stops it and returns to the prompt."""
+# slash command (/temp) -> the SamplingConfig field it sets (temperature)
+KNOBS = {f"/{f.metadata['command']}": f for f in fields(SamplingConfig)}
 
-# slash command -> (SamplingConfig field, type of its value)
-KNOBS = {"/temp": ("temperature", float), "/tokens": ("max_new_tokens", int),
-         "/topk": ("top_k", int), "/topp": ("top_p", float), "/seed": ("seed", int)}
+HELP = "\n".join([
+    "commands:",
+    *(f"  {name + (' N' if f.type == 'int' else ' X'):<14}{f.metadata['help']}"
+      for name, f in KNOBS.items()),
+    "  /settings     show the current settings",
+    "  /reset        back to the settings chat started with",
+    "  /help         this list",
+    "  /quit, /exit  leave (so do Ctrl-D and Ctrl-C at the prompt)",
+    "Ctrl-C while text is being generated stops it and returns to the prompt."])
 
 
 def describe_settings(s: SamplingConfig) -> str:
-    return (f"temperature {s.temperature:g}, top-k {s.top_k or 'off'}, "
-            f"top-p {s.top_p:g}{' (off)' if s.top_p == 1 else ''}, "
-            f"max tokens {s.max_new_tokens}, seed {s.seed}")
+    """e.g. `temperature 0.8, top-k off, top-p 0.9, min-p off, max-tokens 300, seed 1337`."""
+    parts = []
+    for f in fields(SamplingConfig):
+        value = getattr(s, f.name)
+        shown = "off" if "off" in f.metadata and value == f.metadata["off"] else f"{value:g}"
+        parts.append(f"{f.name.replace('_', '-')} {shown}")
+    return ", ".join(parts)
 
 
 def prompt_notes(loaded, prompt: str) -> list[str]:
@@ -142,9 +142,9 @@ class Console:
         try:
             for note in prompt_notes(self.loaded, prompt):
                 self.say(f"note: {note}")
-            seed = self.settings.seed + self.turn
+            seed = (self.settings.seed + self.turn) % (SEED_MAX + 1)
             self.turn += 1
-            pieces = self.loaded.stream(prompt, **{**asdict(self.settings), "seed": seed})
+            pieces = self.loaded.stream(prompt, settings=replace(self.settings, seed=seed))
             for piece in pieces:
                 self.stdout.write(piece)
                 if self.interactive:
@@ -182,7 +182,7 @@ class Console:
         return True
 
     def _set(self, name: str, arg: str) -> None:
-        key, kind = KNOBS[name]
+        key, kind = KNOBS[name].name, int if KNOBS[name].type == "int" else float
         if not arg:
             self.say(f"{name} needs a value, e.g. {name} {getattr(self.start, key)} "
                      f"(now {getattr(self.settings, key)})")
@@ -192,11 +192,10 @@ class Console:
         except ValueError:
             self.say(f"{name}: {arg!r} is not {'an integer' if kind is int else 'a number'}")
             return
-        try:  # the ranges declared in tinyllm.config, the same ones the options use
-            self.settings = build_section(SamplingConfig, "sampling",
-                                          {**asdict(self.settings), key: value})
+        try:  # the checks declared in tinyllm.config, the same ones every surface uses
+            self.settings = replace(self.settings, **{key: value})
         except TinyLLMError as exc:
-            self.say(f"{name}: {str(exc).removeprefix('sampling.')}")
+            self.say(f"{name}: {exc}")
             return
         if key == "seed":
             self.turn = 0

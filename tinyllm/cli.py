@@ -20,8 +20,15 @@ from pathlib import Path
 import click
 
 from tinyllm import __version__
-from tinyllm.config import DEVICES, RECIPES, SamplingConfig
-from tinyllm.discovery import load_model, open_store, pinned_uri, title_of
+from tinyllm.config import (
+    DEVICES,
+    RECIPES,
+    SEED_MAX,
+    SERVED_MAX_TOKENS,
+    SERVED_REQUEST_SECONDS,
+    SamplingConfig,
+)
+from tinyllm.discovery import load_model, open_store, pinned_uri, test_bits_per_char, title_of
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
 
 log = logging.getLogger("tinyllm.cli")
@@ -91,31 +98,17 @@ def main() -> None:
 
 # --- shared options ---------------------------------------------------------------------------
 
-def _sampling_range(name: str) -> click.ParamType:
-    """A knob's click type, from the range declared once in tinyllm.config.SamplingConfig."""
-    f = next(f for f in fields(SamplingConfig) if f.name == name)
-    kind = click.IntRange if f.type == "int" else click.FloatRange
-    return kind(f.metadata["min"], f.metadata["max"], min_open=f.metadata["min_exclusive"])
-
-
 def sampling_options(command):
-    d = SamplingConfig()
-    options = [
-        click.option("--temperature", type=_sampling_range("temperature"),
-                     default=d.temperature, show_default=True,
-                     help="Randomness; 0 always picks the most likely character."),
-        click.option("--top-k", type=_sampling_range("top_k"), default=d.top_k,
-                     show_default=True, help="Sample among the K most likely characters; 0 = off."),
-        click.option("--top-p", type=_sampling_range("top_p"), default=d.top_p,
-                     show_default=True, help="Nucleus sampling probability mass; 1 = off."),
-        click.option("--max-tokens", type=_sampling_range("max_new_tokens"),
-                     default=d.max_new_tokens, show_default=True,
-                     help="Characters to generate per prompt."),
-        click.option("--seed", type=_sampling_range("seed"), default=d.seed, show_default=True,
-                     help="Random seed: the same seed and settings give the same text."),
-    ]
-    for option in reversed(options):
-        command = option(command)
+    """One option per SamplingConfig field (--max-tokens, --top-p, ...), its default and help.
+
+    The values are checked when the command builds its SamplingConfig (settings_from), so a bad
+    one reads the same as from the Python API or the server: `error: top_p must be > 0.0, ...`.
+    """
+    for f in reversed(fields(SamplingConfig)):
+        command = click.option(f"--{f.name.replace('_', '-')}", f.name,
+                               type=click.INT if f.type == "int" else click.FLOAT,
+                               default=f.default, show_default=True,
+                               help=f.metadata["help"])(command)
     return command
 
 
@@ -140,9 +133,11 @@ def notify(message: str) -> None:
 
 
 def settings_from(sampling: dict) -> SamplingConfig:
-    return SamplingConfig(max_new_tokens=sampling["max_tokens"],
-                          temperature=sampling["temperature"], top_k=sampling["top_k"],
-                          top_p=sampling["top_p"], seed=sampling["seed"])
+    """The options' SamplingConfig; a bad value names its option, then the setting's check."""
+    try:
+        return SamplingConfig(**sampling)
+    except TinyLLMError as exc:
+        raise TinyLLMError(f"--{exc.key.replace('_', '-')}: {exc}") from None
 
 
 # --- chat and generate ------------------------------------------------------------------------
@@ -164,11 +159,12 @@ def chat(obj: Options, model_uri, device, compile_model, **sampling) -> None:
     """
     from tinyllm.chat import Console
 
-    loaded, resolved, bits = load_model(model_uri, device, obj.tracking_uri, notify,
-                                        compile_model)
+    settings = settings_from(sampling)
+    loaded = load_model(model_uri, device, obj.tracking_uri, notify, compile_model)
+    bits = test_bits_per_char(loaded, obj.tracking_uri)
     if hasattr(sys.stdin, "reconfigure"):  # undecodable input bytes: unknown characters
         sys.stdin.reconfigure(errors="replace")
-    console = Console(loaded, settings_from(sampling), title_of(resolved), bits)
+    console = Console(loaded, settings, title_of(loaded.source), bits)
     console.run(interactive=sys.stdin.isatty())
 
 
@@ -197,9 +193,11 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
         [prompt_file.read()] if prompt_file else [])]]
     if not prompts:
         raise click.UsageError("give --prompt TEXT (repeatable) or --prompt-file FILE")
-    loaded, resolved, _ = load_model(model_uri, device, obj.tracking_uri, notify,
-                                     compile_model)
     base = settings_from(sampling)
+    if base.seed + num_samples - 1 > SEED_MAX:
+        raise TinyLLMError(f"--seed {base.seed} with --num-samples {num_samples} passes the "
+                           f"largest seed, {SEED_MAX}")
+    loaded = load_model(model_uri, device, obj.tracking_uri, notify, compile_model)
     results = []
     for p, prompt in enumerate(prompts, 1):
         for note in prompt_notes(loaded, prompt):
@@ -207,22 +205,63 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
         for i in range(num_samples):
             settings = replace(base, seed=base.seed + i)
             if as_json:
-                text = loaded.generate(prompt, **asdict(settings))
-                results.append({"prompt": prompt, "text": text, "model_uri": pinned_uri(resolved),
-                                "settings": {"max_tokens": settings.max_new_tokens,
-                                             "temperature": settings.temperature,
-                                             "top_k": settings.top_k, "top_p": settings.top_p,
-                                             "seed": settings.seed}})
+                text = loaded.generate(prompt, settings=settings)
+                results.append({"prompt": prompt, "text": text,
+                                "model_uri": pinned_uri(loaded.source),
+                                "settings": asdict(settings)})
                 continue
             if len(prompts) * num_samples > 1:
                 click.echo(f"--- prompt {p}/{len(prompts)}, sample {i + 1}/{num_samples}, "
                            f"seed {settings.seed} ---")
             click.echo(prompt, nl=False)
-            for piece in loaded.stream(prompt, **asdict(settings)):
+            for piece in loaded.stream(prompt, settings=settings):
                 click.echo(piece, nl=False)
             click.echo()
     if as_json:
         click.echo(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+@cli.command(short_help="Serve a model over an OpenAI-compatible HTTP API (streaming too).")
+@click.option("--model-uri", metavar="URI",
+              help="As for chat: models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, "
+                   "runs:/RUN_ID/PATH or a directory. Default: the champion, else the latest "
+                   "version, else ./models/model. An alias is followed as it moves.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Where the model runs.")
+@click.option("--max-tokens-limit", type=click.IntRange(1, 100_000),
+              default=SERVED_MAX_TOKENS, show_default=True,
+              help="The largest max_tokens a request may ask for.")
+@click.option("--request-seconds", type=click.FloatRange(0, min_open=True),
+              default=SERVED_REQUEST_SECONDS, show_default=True,
+              help="Generation time per request; then it ends (finish_reason length).")
+@click.option("--max-prompt-chars", type=click.IntRange(1), default=100_000,
+              show_default=True, help="The longest prompt (or chat) a request may send.")
+@click.option("--refresh-seconds", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How often an alias (or /latest) is checked for a new version; 0 = never.")
+@click.pass_obj
+def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request_seconds,
+          max_prompt_chars, refresh_seconds) -> None:
+    """Serve a model: GET /v1/models, POST /v1/completions and /v1/chat/completions, with
+    `"stream": true` as server-sent events. Requests take the sampling settings under the
+    names `generate` uses (max_tokens, temperature, top_k, top_p, min_p, seed), plus stop and n.
+
+    \b
+        tinyllm serve --port 8000 &
+        curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
+          -d '{"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 50, "seed": 1}'
+    """
+    import torch
+
+    from tinyllm.serve import Limits
+    from tinyllm.serve import serve as run_server
+
+    torch.set_num_threads(1)  # one small matmul at a time: more threads only contend
+    limits = Limits(max_tokens=max_tokens_limit, request_seconds=request_seconds,
+                    max_prompt_chars=max_prompt_chars)
+    run_server(model_uri, host, port, obj.tracking_uri, device, limits, refresh_seconds,
+               notify)
 
 
 # --- train ------------------------------------------------------------------------------------

@@ -25,9 +25,10 @@ RECIPES = ("auto", "none")  # auto: with a time budget, tinyllm.recipes fits the
 
 
 def knob(default: Any, *, min: float | None = None, max: float | None = None,
-         choices: tuple | None = None, min_exclusive: bool = False) -> Any:
-    """A dataclass field whose allowed values travel with it."""
-    meta = {"min": min, "max": max, "choices": choices, "min_exclusive": min_exclusive}
+         choices: tuple | None = None, min_exclusive: bool = False, **about: Any) -> Any:
+    """A dataclass field whose allowed values travel with it; about: e.g. help, for surfaces
+    derived from the field (CLI options, chat commands)."""
+    meta = {"min": min, "max": max, "choices": choices, "min_exclusive": min_exclusive, **about}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -89,36 +90,78 @@ class TrainConfig:
     compile: bool = knob(False)
 
 
-@dataclass
-class SamplingConfig:
-    """How text is sampled; shared by evaluation samples, `tinyllm generate` and chat.
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+# Served requests (tinyllm serve's default caps, the MLflow model's fixed ones): no request may
+# hold a worker for minutes.
+SERVED_MAX_TOKENS = 2000
+SERVED_REQUEST_SECONDS = 30.0
 
-    The field names are LoadedModel.generate's keyword arguments: pass **asdict(settings).
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How text is sampled: the one definition of every sampling setting.
+
+    Each field is one setting under one name, its default and its allowed range, checked when a
+    SamplingConfig is built (a bad value raises TinyLLMError naming the field). Every surface
+    derives from these fields: params.yaml's evaluate section, the CLI options (--max-tokens),
+    chat's slash commands (`command`), LoadedModel.generate/stream keywords, the MLflow model's
+    params and the server's request fields. `off`: the value that switches a filter off.
     """
 
-    max_new_tokens: int = knob(300, min=1, max=100_000)
-    temperature: float = knob(0.8, min=0.0, max=10.0)
-    top_k: int = knob(0, min=0)
-    top_p: float = knob(1.0, min=0.0, max=1.0, min_exclusive=True)
-    seed: int = knob(1337, min=0)
+    temperature: float = knob(0.8, min=0.0, max=10.0, command="temp",
+                              help="Randomness; 0 always picks the most likely character.")
+    top_k: int = knob(0, min=0, off=0, command="topk",
+                      help="Sample among the K most likely characters; 0 = off.")
+    top_p: float = knob(1.0, min=0.0, max=1.0, min_exclusive=True, off=1.0, command="topp",
+                        help="Nucleus sampling: the smallest set of characters holding this "
+                             "probability mass; 1 = off.")
+    min_p: float = knob(0.0, min=0.0, max=1.0, off=0.0, command="minp",
+                        help="Drop characters less likely than this fraction of the most likely "
+                             "one's probability; 0 = off.")
+    max_tokens: int = knob(300, min=1, max=100_000, command="tokens",
+                           help="Characters to generate per prompt.")
+    seed: int = knob(1337, min=0, max=SEED_MAX, command="seed",
+                     help="Random seed: the same seed and settings give the same text.")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @classmethod
+    def from_values(cls, values: dict, base: SamplingConfig | None = None) -> SamplingConfig:
+        """base (or the defaults) with values on top; an unknown name is a TinyLLMError."""
+        try:
+            _reject_unknown(values, sampling_names(), lambda name: f"unknown sampling setting "
+                                                                   f"'{name}'")
+        except TinyLLMError as exc:
+            exc.key = next(name for name in values if name not in sampling_names())
+            raise
+        return dataclasses.replace(base or cls(), **values)
 
 
-@dataclass
-class EvaluateConfig:
-    """evaluate: full-split metrics and the fixed-seed samples written next to them."""
+def sampling_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(SamplingConfig)]
 
+
+def sampling_knob(name: str, default: Any) -> Any:
+    """SamplingConfig's field `name` with another default, for a section that embeds it."""
+    return field(default=default, metadata=SamplingConfig.__dataclass_fields__[name].metadata)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(SamplingConfig):
+    """evaluate: full-split metrics and the fixed-seed samples written next to them.
+
+    It holds SamplingConfig's settings (same names, ranges and checks) with evaluate's own
+    default top_p, plus what scoring needs.
+    """
+
+    top_p: float = sampling_knob("top_p", 0.95)
     batch_size: int = knob(32, min=1)
     prompts: list = knob(["ROMEO:", "First Citizen:\n", "To be, or not to be"])
-    max_new_tokens: int = knob(300, min=1, max=100_000)
-    temperature: float = knob(0.8, min=0.0, max=10.0)
-    top_k: int = knob(0, min=0)
-    top_p: float = knob(0.95, min=0.0, max=1.0, min_exclusive=True)
-    seed: int = knob(1337, min=0)
     device: str = knob("auto", choices=DEVICES)
 
     def sampling(self) -> SamplingConfig:
-        return SamplingConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p,
-                              self.seed)
+        return SamplingConfig(**{name: getattr(self, name) for name in sampling_names()})
 
 
 @dataclass
@@ -209,6 +252,17 @@ def _coerce(where: str, value: Any, f: dataclasses.Field) -> Any:
     if high is not None and value > high:
         raise TinyLLMError(f"{where} must be <= {high}, got {value!r}")
     return value
+
+
+def check_fields(instance: Any, prefix: str = "") -> None:
+    """Check (and type, e.g. 1 -> 1.0 for a float) every field of a built section."""
+    for f in dataclasses.fields(instance):
+        try:
+            value = _coerce(f"{prefix}{f.name}", getattr(instance, f.name), f)
+        except TinyLLMError as exc:
+            exc.key = f.name
+            raise
+        object.__setattr__(instance, f.name, value)  # works for frozen dataclasses too
 
 
 def _resolve_type(annotation: Any) -> type:

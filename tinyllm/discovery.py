@@ -64,12 +64,15 @@ def discover_model(store, store_uri: str) -> tuple[str, str]:
                        "(or `tinyllm train DATA`) to make one, or pass --model-uri")
 
 
-def load_model(uri: str | None, device: str, tracking_uri: str | None,
+def load_model(uri: str | None = None, device: str = "cpu", tracking_uri: str | None = None,
                notify: Callable[[str], None] = log.info, compile: bool = False):
-    """(LoadedModel, ResolvedModel, test bits/char or None); notify says which model was picked
-    and why when no URI was given. compile: torch.compile it for generation."""
+    """The one model loader: a LoadedModel for any form the CLI takes (models:/NAME/VERSION,
+    models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH, a package directory), or for
+    None the discovered one (notify says which and why). loaded.source says where it came from
+    (a tinyllm.tracking.ResolvedModel). compile: torch.compile it for generation."""
     from tinyllm import tracking
     from tinyllm.devices import select_device
+    from tinyllm.package import load_package
 
     store = None
     if uri is None or uri.startswith(("models:/", "runs:/")):
@@ -81,15 +84,19 @@ def load_model(uri: str | None, device: str, tracking_uri: str | None,
             raise TinyLLMError(f"cannot load {uri}: no MLflow store at {store_uri} yet; run "
                                "`dvc repro` to train and register a model")
     device = str(select_device(device, key="--device"))
-    loaded, resolved = tracking.load_model_uri(uri, device=device, store=store)
+    resolved = tracking.resolve_model_uri(str(uri), store)
+    loaded = load_package(resolved.path, device=device)
+    loaded.source = resolved
     if compile:
         loaded.compile()
-    return loaded, resolved, test_bits_per_char(store, resolved, loaded)
+    return loaded
 
 
-def test_bits_per_char(store, resolved, loaded) -> float | None:
+def test_bits_per_char(loaded, tracking_uri: str | None = None) -> float | None:
     """From the registered version's tag, the run's metric, the package or its eval/ folder."""
+    resolved = loaded.source
     try:
+        store = open_store(tracking_uri)[0] if resolved.name or resolved.run_id else None
         if store is not None and resolved.name and resolved.version:
             tags = store.client.get_model_version(resolved.name, resolved.version).tags
             if tags.get("test_bits_per_char"):

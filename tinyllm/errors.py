@@ -12,6 +12,7 @@ class TinyLLMError(Exception):
     """A problem with the user's input (params, corpus, model, URI) described in one line."""
 
     exit_code = 1
+    key: str | None = None  # the setting or field it is about, when it is about one
 
 
 def first_line(exc: BaseException) -> str:

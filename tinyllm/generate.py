@@ -1,4 +1,4 @@
-"""Sampling text from a GPT: greedy, temperature, top-k, top-p, seeds, stop strings, streaming.
+"""Sampling text from a GPT: greedy, temperature, top-k/p, min-p, seeds, stop strings, streaming.
 
 Long conversations slide: when the window would outgrow the context, generation continues from
 the last half-context of tokens. The KV-cache path and the full-recompute path slide at the same
@@ -16,9 +16,15 @@ from tinyllm.model import GPT, compiled
 from tinyllm.tokenizer import UNKNOWN_ID, CharTokenizer
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set to -inf every logit outside the top-k and outside the top-p probability mass."""
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
+                  min_p: float = 0.0) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k, outside the top-p probability mass, and below
+    min_p times the most likely token's probability."""
     logits = logits.clone()
+    if min_p > 0.0:
+        probs = torch.softmax(logits, dim=-1)
+        below = probs < min_p * probs.max(dim=-1, keepdim=True).values
+        logits[below] = float("-inf")  # never the most likely token itself
     if 0 < top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1, None]
         logits[logits < kth] = float("-inf")
@@ -38,7 +44,8 @@ def sample_next(logits: torch.Tensor, settings: SamplingConfig,
     logits[UNKNOWN_ID] = float("-inf")  # never emit the unknown-character placeholder
     if settings.temperature == 0:
         return int(torch.argmax(logits))
-    logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
+    logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p,
+                           settings.min_p)
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
 
@@ -54,7 +61,7 @@ def stream_tokens(model: GPT, prompt_ids: Sequence[int], settings: SamplingConfi
     window = [int(i) for i in prompt_ids][-context:] or [UNKNOWN_ID]
     generator = torch.Generator().manual_seed(settings.seed)
     cache = None
-    for _ in range(settings.max_new_tokens):
+    for _ in range(settings.max_tokens):
         if not use_cache:
             logits, _ = model(torch.tensor([window], device=device))
         elif cache is None:
@@ -86,28 +93,61 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return longest
 
 
+def prompt_ids(tokenizer: CharTokenizer, prompt: str) -> list[int]:
+    """The ids generation starts from; an empty prompt starts from a newline."""
+    return [int(i) for i in tokenizer.encode(prompt or "\n")]
+
+
+class StopFilter:
+    """Turns generated characters into the pieces to show, ending before any stop string.
+
+    Characters that could still start a stop string are held back until they cannot.
+    """
+
+    def __init__(self, stop: Sequence[str] = ()):
+        self.stops = [s for s in stop if s]
+        self.generated = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        """The piece that is safe to show after text was generated ('' if none); sets stopped
+        when a stop string appeared."""
+        self.generated += text
+        start = self.emitted
+        hits = [self.generated.find(s, max(0, start - len(s))) for s in self.stops]
+        hits = [h for h in hits if h >= 0]
+        if hits:
+            self.stopped = True
+            self.emitted = max(start, min(hits))
+            self.generated = self.generated[:self.emitted]
+            return self.generated[start:]
+        self.emitted = max(start, len(self.generated) - _held_back(self.generated, self.stops))
+        return self.generated[start:self.emitted]
+
+    def flush(self) -> str:
+        """What is left once generation ended without a stop string."""
+        start, self.emitted = self.emitted, len(self.generated)
+        return self.generated[start:]
+
+    @property
+    def text(self) -> str:
+        return self.generated[:self.emitted]
+
+
 def stream_text(model: GPT, tokenizer: CharTokenizer, prompt: str, settings: SamplingConfig,
                 stop: Sequence[str] = (), use_cache: bool = True) -> Iterator[str]:
     """Yield the continuation of prompt piece by piece, ending before any stop string."""
-    stops = [s for s in stop if s]
-    prompt_ids = tokenizer.encode(prompt) if prompt else tokenizer.encode("\n")
-    generated = ""
-    emitted = 0
-    for token in stream_tokens(model, prompt_ids, settings, use_cache):
-        generated += tokenizer.decode([token])
-        hits = [generated.find(s, max(0, emitted - len(s))) for s in stops]
-        hits = [h for h in hits if h >= 0]
-        if hits:
-            end = min(hits)
-            if end > emitted:
-                yield generated[emitted:end]
+    pieces = StopFilter(stop)
+    for token in stream_tokens(model, prompt_ids(tokenizer, prompt), settings, use_cache):
+        piece = pieces.push(tokenizer.decode([token]))
+        if piece:
+            yield piece
+        if pieces.stopped:
             return
-        safe = len(generated) - _held_back(generated, stops)
-        if safe > emitted:
-            yield generated[emitted:safe]
-            emitted = safe
-    if len(generated) > emitted:
-        yield generated[emitted:]
+    rest = pieces.flush()
+    if rest:
+        yield rest
 
 
 def generate_text(model: GPT, tokenizer: CharTokenizer, prompt: str, settings: SamplingConfig,

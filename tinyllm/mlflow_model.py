@@ -1,15 +1,48 @@
 """The pyfunc MLflow Model, logged the models-from-code way: MLflow stores this file, not a pickle.
 
-Serving loads the model package through tinyllm's safe loader. Input: prompts (a list of strings
-or a one-column frame); output: their continuations; params: max_tokens, temperature, top_k,
-top_p, seed.
+The logged model carries tinyllm's own code (tracking.register_package logs it as code_paths),
+so it loads wherever torch and numpy are installed. Serving loads the model package through
+tinyllm's safe loader. Input: prompts (a list of strings or a one-column frame); output: their
+continuations, or with predict_stream the pieces of text as they are sampled. Params: the fields
+of tinyllm.config.SamplingConfig (max_tokens, temperature, top_k, top_p, min_p, seed), with its
+defaults and checks. A served request is bounded: at most MAX_TOKENS characters per prompt and
+REQUEST_SECONDS of generation, so no request holds a worker for minutes. Loaded inside a server
+that handles SIGTERM (`mlflow models serve`), generation in flight stops at the signal, so the
+server's graceful shutdown does not wait for it.
 """
+
+import signal
+import threading
+import time
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
-DEFAULTS = {"max_tokens": 200, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": 1337}
+from tinyllm.config import SERVED_MAX_TOKENS as MAX_TOKENS
+from tinyllm.config import SERVED_REQUEST_SECONDS as REQUEST_SECONDS
+from tinyllm.config import SamplingConfig
+from tinyllm.errors import TinyLLMError
+
+_shutting_down = threading.Event()
+
+
+def _stop_generating_on_sigterm() -> None:
+    """Chain a flag before the SIGTERM handler a server installed (uvicorn's); a process without
+    one keeps the default, which ends it at once anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous) or getattr(previous, "tinyllm", False):
+        return
+
+    def handler(signum, frame):
+        _shutting_down.set()
+        previous(signum, frame)
+
+    handler.tinyllm = True
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _prompts(model_input) -> list[str]:
@@ -20,19 +53,49 @@ def _prompts(model_input) -> list[str]:
     return [str(p) for p in model_input]
 
 
+def settings_for(params: dict | None) -> SamplingConfig:
+    """The request's sampling settings; a bad value is MLflow's 400 naming the param."""
+    try:
+        settings = SamplingConfig.from_values(dict(params or {}))
+    except TinyLLMError as exc:
+        raise MlflowException.invalid_parameter_value(str(exc)) from None
+    if settings.max_tokens > MAX_TOKENS:
+        raise MlflowException.invalid_parameter_value(
+            f"max_tokens must be <= {MAX_TOKENS} when served, got {settings.max_tokens}")
+    return settings
+
+
 class TinyLLMModel(PythonModel):
     def load_context(self, context):
-        from tinyllm.package import load_package
+        import tinyllm
 
-        self.loaded = load_package(context.artifacts["package"])
+        self.loaded = tinyllm.load_model(context.artifacts["package"])
+        _stop_generating_on_sigterm()
 
     # A DataFrame hint keeps the explicit signature (with its params) that tracking.py logs.
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
-        p = {**DEFAULTS, **(params or {})}
-        return [self.loaded.generate(prompt, max_new_tokens=int(p["max_tokens"]),
-                                     temperature=float(p["temperature"]), top_k=int(p["top_k"]),
-                                     top_p=float(p["top_p"]), seed=int(p["seed"]))
-                for prompt in _prompts(model_input)]
+        pieces: dict[int, list[str]] = {}
+        for index, piece in self._pieces(model_input, params):
+            pieces.setdefault(index, []).append(piece)
+        return ["".join(pieces.get(i, [])) for i in range(len(_prompts(model_input)))]
+
+    def predict_stream(self, context, model_input: pd.DataFrame, params: dict | None = None):
+        """The continuations' pieces as they are sampled, prompt after prompt."""
+        for _, piece in self._pieces(model_input, params):
+            yield piece
+
+    def _pieces(self, model_input, params):
+        settings = settings_for(params)
+        deadline = time.monotonic() + REQUEST_SECONDS
+        for index, prompt in enumerate(_prompts(model_input)):
+            for piece in self.loaded.stream(prompt, settings=settings):
+                if _shutting_down.is_set():
+                    raise MlflowException("the server is shutting down")
+                if time.monotonic() > deadline:
+                    raise MlflowException.invalid_parameter_value(
+                        f"the request ran past {REQUEST_SECONDS:g} s; ask for fewer prompts or "
+                        "a smaller max_tokens")
+                yield index, piece
 
 
 mlflow.models.set_model(TinyLLMModel())

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -152,6 +153,7 @@ class LoadedModel:
     tokenizer: CharTokenizer
     meta: dict
     path: Path
+    source: Any = None  # where tinyllm.load_model found it: a tinyllm.tracking.ResolvedModel
 
     @property
     def config(self) -> GPTConfig:
@@ -160,14 +162,17 @@ class LoadedModel:
     def encode_prompt(self, prompt: str) -> Encoded:
         return self.tokenizer.encode_report(prompt)
 
-    def stream(self, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8,
-               top_k: int = 0, top_p: float = 1.0, seed: int = 1337,
-               stop: Sequence[str] = ()) -> Iterator[str]:
-        settings = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed)
+    def stream(self, prompt: str, stop: Sequence[str] = (),
+               settings: SamplingConfig | None = None, **sampling) -> Iterator[str]:
+        """The continuation piece by piece. sampling: SamplingConfig's fields by name (e.g.
+        max_tokens=50, top_p=0.9) on top of settings or the defaults; a bad value raises
+        TinyLLMError naming it before anything runs."""
+        settings = SamplingConfig.from_values(sampling, settings)
         return stream_text(self.model, self.tokenizer, prompt, settings, stop)
 
-    def generate(self, prompt: str, **sampling) -> str:
-        return "".join(self.stream(prompt, **sampling))
+    def generate(self, prompt: str, stop: Sequence[str] = (),
+                 settings: SamplingConfig | None = None, **sampling) -> str:
+        return "".join(self.stream(prompt, stop, settings, **sampling))
 
     def compile(self) -> None:
         self.model = compiled_for_generation(self.model)

@@ -23,9 +23,10 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from tinyllm.config import SamplingConfig
 from tinyllm.errors import TinyLLMError, first_line, user_error_message
 from tinyllm.io import atomic_write_json, exclusive_lock
 from tinyllm.train import StepMetrics
@@ -35,9 +36,10 @@ log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"  # name of the logged MLflow Model
 PACKAGE_ARTIFACT = "package"  # the model package inside the MLflow Model's artifacts
 PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
-TRAINING_SAMPLES = "training_samples.json"  # MLflow table of samples taken while training
 # The experiment tag MLflow 3's UI reads to open an experiment on its runs (model training).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+TRAINING_SAMPLES = "training_samples.json"  # MLflow table of samples taken while training
+PACKAGE_CODE = Path(__file__).parent  # tinyllm's source, logged with the model (code_paths)
 STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_sec", "grad_norm")
 
 
@@ -370,17 +372,24 @@ def file_sha256(path: Path) -> str:
 
 
 def signature():
+    """Prompts in, continuations out; params: every sampling setting with its default."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec("string")]),  # prompts: a list of strings or one column
         outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([ParamSpec("max_tokens", "long", 200),
-                            ParamSpec("temperature", "double", 0.8),
-                            ParamSpec("top_k", "long", 0),
-                            ParamSpec("top_p", "double", 1.0),
-                            ParamSpec("seed", "long", 1337)]))
+        params=ParamSchema([ParamSpec(f.name, "long" if f.type == "int" else "double", f.default)
+                            for f in fields(SamplingConfig)]))
+
+
+def model_requirements() -> list[str]:
+    """What loading the logged model needs besides its bundled tinyllm code (and MLflow, which
+    MLflow adds itself), pinned to the versions it was logged with. Never the bare `tinyllm`:
+    that name on PyPI is an unrelated project."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "numpy", "pyyaml")]
 
 
 @dataclass
@@ -397,7 +406,6 @@ def register_package(store: Store, run_id: str, package_dir: Path, name: str, te
     """Log the package as a pyfunc MLflow Model and register it, unless these exact weights are
     registered already; move the alias when the test loss beats the current holder's."""
     import mlflow
-    import torch
 
     weights_hash = file_sha256(package_dir / "weights.pt")
     existing = [v for v in store.client.search_model_versions(f"name='{name}'")
@@ -413,8 +421,7 @@ def register_package(store: Store, run_id: str, package_dir: Path, name: str, te
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
                 artifacts={PACKAGE_ARTIFACT: str(package_dir)}, signature=signature(),
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy",
-                                  "tinyllm"])
+                code_paths=[str(PACKAGE_CODE)], pip_requirements=model_requirements())
         version = mlflow.register_model(info.model_uri, name, tags={
             "run_id": run_id, "weights_sha256": weights_hash,
             "data_fingerprint": data_fingerprint, "test_loss": f"{test_loss:.6f}",
@@ -500,6 +507,15 @@ def _version_for(store: Store, uri: str, name: str, version: str | None, alias: 
     return match[0]
 
 
+def registered_version(uri: str, store: Store) -> str:
+    """The version a models:/ URI names now: an alias or /latest moves when models register."""
+    match = _MODELS_URI.match(uri)
+    if not match:
+        raise TinyLLMError(f"malformed model URI {uri!r}; expected models:/NAME/VERSION, "
+                           "models:/NAME@ALIAS or models:/NAME/latest")
+    return str(_version_for(store, uri, match["name"], match["version"], match["alias"]).version)
+
+
 def _package_in(directory: Path, uri: str) -> Path:
     """The model package in a downloaded artifact: itself, or inside a pyfunc's artifacts/."""
     candidates = [directory, *sorted((directory / "artifacts").glob("*"))]
@@ -560,11 +576,3 @@ def resolve_model_uri(uri: str, store: Store | None = None) -> ResolvedModel:
         return ResolvedModel(path=path, uri=uri, run_id=match["run"])
     raise TinyLLMError(f"unsupported model URI {uri!r}; use models:/NAME/VERSION, "
                        "models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH or a directory")
-
-
-def load_model_uri(uri: str, device: str = "cpu", store: Store | None = None):
-    """Resolve any model URI and load it through the safe package loader."""
-    from tinyllm.package import load_package
-
-    resolved = resolve_model_uri(uri, store)
-    return load_package(resolved.path, device=device), resolved

@@ -23,7 +23,7 @@ from tinyllm.train import StepMetrics
 log = logging.getLogger(__name__)
 
 SAMPLES_FILE = "samples.md"
-SETTINGS = replace(SamplingConfig(), max_new_tokens=100)  # short: read at a glance, cheap
+SETTINGS = replace(SamplingConfig(), max_tokens=100)  # short: read at a glance, cheap
 HEADER = ("# Samples while training\n\nAt each evaluation, the evaluate prompts continued with "
           + ", ".join(f"{k}={v}" for k, v in asdict(SETTINGS).items()) + ".\n")
 
@@ -69,7 +69,7 @@ class TrainingSamples:
                    for p in self.prompts}
         self.model.train()  # generation switched it to eval mode
         log.info("step %d: sampled %d prompt(s), %d characters each, in %.2f s", m.step,
-                 len(samples), SETTINGS.max_new_tokens, time.perf_counter() - started)
+                 len(samples), SETTINGS.max_tokens, time.perf_counter() - started)
         entry = self.history[-1]
         entry["samples"] = samples  # the checkpoint keeps them for a resume
         rows = rows_of(entry)

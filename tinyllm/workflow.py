@@ -206,8 +206,8 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
             step_logger.replay(result.history[:result.resumed_from])
         store.client.log_batch(run_id, metrics=_metrics(
             {f"train.{k}": v for k, v in summary.items() if isinstance(v, (int, float))}))
-        tracking.log_artifacts(store, run_id, [layout.train_dir / SAMPLES_FILE], "train")
         store.client.set_tag(run_id, "tinyllm.stopped_by", summary["stopped_by"])
+        tracking.log_artifacts(store, run_id, [layout.train_dir / SAMPLES_FILE], "train")
         tracking.write_handoff(layout.run_handoff, store, run_id, params.tracking.experiment)
         tracking.end_run(store, run_id)
     log.info("train: %d of %d planned steps (%s), best val loss %.4f at step %d, %.0f tokens/s "

@@ -36,20 +36,21 @@ def test_help_imports_nothing_heavy():
     assert "HEAVY []" in out
 
 
-@pytest.mark.parametrize("args, mentions", [
-    (["chat", "--temperature", "11"], "--temperature"),
-    (["chat", "--top-p", "0"], "--top-p"),
-    (["chat", "--top-k", "-1"], "--top-k"),
-    (["generate", "--max-tokens", "0", "--prompt", "x"], "--max-tokens"),
-    (["chat", "--seed", "-3"], "--seed"),
-    (["chat", "--device", "tpu"], "--device"),
-    (["chat", "--nope"], "--nope"),
-    (["fly"], "fly"),
-    (["generate"], "--prompt"),
+@pytest.mark.parametrize("args, mentions, code", [
+    (["chat", "--temperature", "11"], "--temperature", 1),  # sampling values: exit 1 as
+    (["chat", "--top-p", "0"], "--top-p", 1),  # any bad value (see tests/test_sampling.py)
+    (["chat", "--top-k", "-1"], "--top-k", 1),
+    (["generate", "--max-tokens", "0", "--prompt", "x"], "--max-tokens", 1),
+    (["chat", "--seed", "-3"], "--seed", 1),
+    (["generate", "--seed", str(2**64), "--prompt", "x"], "--seed", 1),
+    (["chat", "--device", "tpu"], "--device", 2),
+    (["chat", "--nope"], "--nope", 2),
+    (["fly"], "fly", 2),
+    (["generate"], "--prompt", 2),
 ])
-def test_bad_options_are_one_error_line(invoke, error_line, args, mentions):
+def test_bad_options_are_one_error_line(invoke, error_line, args, mentions, code):
     result = invoke(*args)
-    assert result.exit_code == 2
+    assert result.exit_code == code
     line = error_line(result)
     assert mentions in line
     assert len(result.stderr.strip().splitlines()) == 1

@@ -18,7 +18,7 @@ SHORT = ["--max-tokens", "12"]
 
 
 def continuation(tiny_model, prompt: str, **settings) -> str:
-    sampling = {"max_new_tokens": 12, "temperature": 0.8, "top_k": 0, "top_p": 1.0,
+    sampling = {"max_tokens": 12, "temperature": 0.8, "top_k": 0, "top_p": 1.0,
                 "seed": 1337, **settings}
     return load_package(tiny_model.package).generate(prompt, **sampling)
 
@@ -49,7 +49,7 @@ def test_slash_commands_change_settings_and_never_fail(invoke, tiny_model):
     assert result.stdout == f"{greedy}\n{continuation(tiny_model, 'ROMEO:')}\n"  # no JULIET
     for message in ("temperature 0,", "/temp: temperature must be <= 10.0, got 11.0",
                     "/topk: 'x' is not an integer", "/tokens needs a value",
-                    "unknown command /bogus", "top-p 0.9, max tokens 12, seed 5",
+                    "unknown command /bogus", "top-p 0.9, min-p off, max-tokens 12, seed 5",
                     "settings reset: temperature 0.8", "/quit, /exit"):
         assert message in result.stderr
     assert "Traceback" not in result.stderr

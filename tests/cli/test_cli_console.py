@@ -26,7 +26,7 @@ def session(tiny_model, monkeypatch, lines, end: type[BaseException], history_fi
 
     out = io.StringIO()
     monkeypatch.setattr(builtins, "input", scripted_input)
-    console = Console(load_package(tiny_model.package), SamplingConfig(max_new_tokens=8),
+    console = Console(load_package(tiny_model.package), SamplingConfig(max_tokens=8),
                       "tiny", 2.5, stdout=out, stderr=out, history_file=history_file)
     console.run(interactive=True)
     return out.getvalue()
@@ -40,7 +40,7 @@ def test_ctrl_d_and_ctrl_c_at_the_prompt_leave_cleanly(tiny_model, monkeypatch, 
     assert "test 2.500 bits/char" in text
     assert "/help lists commands" in text
     assert text.count("> ") == 4  # the empty line just prompts again
-    assert "max tokens 8, seed 1337" in text
+    assert "max-tokens 8, seed 1337" in text
 
 
 def test_an_unwritable_history_file_is_ignored(tiny_model, monkeypatch, tmp_path):

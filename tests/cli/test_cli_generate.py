@@ -9,7 +9,7 @@ from tinyllm.package import load_package
 
 
 def sample(tiny_model, prompt: str, seed: int = 1337, tokens: int = 15) -> str:
-    return load_package(tiny_model.package).generate(prompt, max_new_tokens=tokens,
+    return load_package(tiny_model.package).generate(prompt, max_tokens=tokens,
                                                       temperature=0.8, top_k=0, top_p=1.0,
                                                       seed=seed)
 
@@ -32,10 +32,10 @@ def test_json_has_every_prompt_and_sample(invoke, tiny_model):
         ("ROMEO:", 5), ("ROMEO:", 6), ("JULIET:", 5), ("JULIET:", 6)]
     assert all(i["model_uri"] == "models:/tiny/1" for i in items)  # pinned to the version
     assert items[0]["settings"] == {"max_tokens": 15, "temperature": 0.8, "top_k": 3,
-                                    "top_p": 1.0, "seed": 5}
+                                    "top_p": 1.0, "min_p": 0.0, "seed": 5}
     assert items[0]["text"] != items[1]["text"]
     loaded = load_package(tiny_model.package)
-    assert items[3]["text"] == loaded.generate("JULIET:", max_new_tokens=15, temperature=0.8,
+    assert items[3]["text"] == loaded.generate("JULIET:", max_tokens=15, temperature=0.8,
                                                top_k=3, top_p=1.0, seed=6)
 
 

@@ -96,7 +96,7 @@ def test_enormous_prompt_keeps_the_last_context(tmp_path, model, tokenizer):
     save_package(tmp_path / "m", model, tokenizer)
     loaded = load_package(tmp_path / "m")
     huge = "ROMEO: " * 150_000  # ~1 MB
-    assert len(loaded.generate(huge, max_new_tokens=8, temperature=0)) == 8
+    assert len(loaded.generate(huge, max_tokens=8, temperature=0)) == 8
     encoded = loaded.encode_prompt(huge + "\u00e9")
     assert encoded.unknown == {"\u00e9": 1}
 

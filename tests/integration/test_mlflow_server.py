@@ -6,12 +6,16 @@ import importlib.util
 import json
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 from tiny_project import ROOT
 
+import tinyllm
 from tinyllm import tracking, workflow
 
 BIN = Path(sys.executable).parent
@@ -39,6 +43,20 @@ def server(tmp_path, monkeypatch):
         serve_load.stop_server(process)
 
 
+def invocation(url: str, prompts: list[str], params: dict) -> tuple[int, str]:
+    """(HTTP status, the error message or the first prediction) of an /invocations request."""
+    body = json.dumps({"inputs": prompts, "params": params}).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return reply.status, json.loads(reply.read())["predictions"][0]
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())["message"].splitlines()[-1]
+    except OSError as exc:  # the server went away
+        return 0, str(exc)
+
+
 def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make_params,
                                                                   server):
     params = make_params()
@@ -48,9 +66,9 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
     store = tracking.Store()
     assert store.uri == server
     assert str(store.client.get_model_version_by_alias("tiny", "champion").version) == "1"
-    loaded, resolved = tracking.load_model_uri("models:/tiny/1", store=store)
-    assert resolved.version == "1"
-    expected = loaded.generate("ROMEO:", max_new_tokens=10, temperature=0)
+    loaded = tinyllm.load_model("models:/tiny/1")
+    assert loaded.source.version == "1"
+    expected = loaded.generate("ROMEO:", max_tokens=10, temperature=0)
     assert not (tmp_path / "project/mlruns").exists()  # artifacts went through the server
 
     serving, url = serve_load.start_server("models:/tiny/1", 1, tmp_path / "serve.log")
@@ -63,12 +81,26 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
         with urllib.request.urlopen(request, timeout=60) as reply:
             predictions = json.loads(reply.read())["predictions"]
         load = subprocess.run([sys.executable, str(ROOT / "scripts/serve_load.py"), "--url", url,
-                               "--clients", "8", "--requests", "200", "--max-tokens", "5"],
+                               "--clients", "8", "--requests", "200", "--max-tokens", "5",
+                               "--server", "mlflow"],
                               capture_output=True, text=True, timeout=300)
+        too_many = invocation(url, ["ROMEO:"], {"max_tokens": 100000})  # the CLI's maximum
+        # SIGTERM with generation in flight: the pyfunc stops it, the server exits at once.
+        busy = threading.Thread(target=invocation, args=(url, ["ROMEO:"] * 20,
+                                                          {"max_tokens": 2000}))
+        busy.start()
+        time.sleep(1)
+        started = time.monotonic()
+        serve_load.stop_server(serving)
+        stopped_after = time.monotonic() - started
+        busy.join()
     finally:
         serve_load.stop_server(serving)
+    assert too_many[0] == 400
+    assert too_many[1].endswith("max_tokens must be <= 2000 when served, got 100000")
+    assert stopped_after < 5
     assert len(predictions) == 2
     assert predictions[0] == expected
     assert load.returncode == 0, load.stderr
-    report = json.loads(load.stdout)
-    assert (report["requests"], report["clients"], report["errors"]) == (200, 8, 0)
+    [run] = json.loads(load.stdout)["runs"]
+    assert (run["requests"], run["clients"], run["errors"]) == (200, 8, 0)

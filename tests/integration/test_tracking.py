@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+import tinyllm
 from tinyllm import tracking, workflow
 from tinyllm.errors import TinyLLMError
 
@@ -110,8 +111,8 @@ def test_every_uri_form_resolves_and_unknown_ones_list_what_exists(
     texts = set()
     for uri in ("models:/tiny/1", "models:/tiny@champion", "models:/tiny/latest",
                 f"runs:/{run_id}/model", str(tmp_path / "a/models/model")):
-        loaded, _ = tracking.load_model_uri(uri, store=store)
-        texts.add(loaded.generate("ROMEO:", max_new_tokens=12, temperature=0))
+        loaded = tinyllm.load_model(uri, tracking_uri=store.uri)
+        texts.add(loaded.generate("ROMEO:", max_tokens=12, temperature=0))
     assert len(texts) == 1  # the same weights behind every form
     with pytest.raises(TinyLLMError, match=r"no registered model named 'nope'.*tiny"):
         tracking.resolve_model_uri("models:/nope/1", store)

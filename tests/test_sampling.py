@@ -1,0 +1,98 @@
+"""One sampling definition: every surface exposes SamplingConfig's fields, defaults and checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from tiny_project import ROOT
+
+from tinyllm import chat, tracking
+from tinyllm.cli import cli
+from tinyllm.config import EvaluateConfig, SamplingConfig
+from tinyllm.errors import TinyLLMError
+from tinyllm.generate import filter_logits
+from tinyllm.package import LoadedModel
+from tinyllm.serve import ChatRequest, CompletionRequest
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplingConfig)}
+BAD = [({"top_p": 0}, "top_p must be > 0.0, got 0.0"),
+       ({"temperature": -1}, "temperature must be >= 0.0, got -1.0"),
+       ({"max_tokens": 0}, "max_tokens must be >= 1, got 0"),
+       ({"max_tokens": -5}, "max_tokens must be >= 1, got -5"),
+       ({"top_k": -3}, "top_k must be >= 0, got -3"),
+       ({"top_p": 1.5}, "top_p must be <= 1.0, got 1.5"),
+       ({"min_p": 2}, "min_p must be <= 1.0, got 2.0"),
+       ({"seed": 2**64}, f"seed must be <= {2**63 - 1}, got {2**64}"),
+       ({"seed": -1}, "seed must be >= 0, got -1")]
+
+
+def option_defaults(command: str) -> dict:
+    params = cli.commands[command].params
+    return {p.name: p.default for p in params if p.name in DEFAULTS}
+
+
+def test_every_surface_exposes_exactly_the_settings_and_defaults():
+    assert option_defaults("generate") == DEFAULTS
+    assert option_defaults("chat") == DEFAULTS
+    assert {f.name for f in chat.KNOBS.values()} == set(DEFAULTS)
+    params = tracking.signature().params
+    assert {p.name: p.default for p in params} == DEFAULTS
+    evaluate = EvaluateConfig()
+    assert {k: v for k, v in dataclasses.asdict(evaluate.sampling()).items()} == {
+        **DEFAULTS, "top_p": 0.95}  # evaluate's own default
+    for request in (CompletionRequest, ChatRequest):  # tinyllm serve's request fields
+        assert {name: request.model_fields[name].default for name in DEFAULTS} == DEFAULTS
+    written = yaml.safe_load((ROOT / "params.yaml").read_text())["evaluate"]
+    assert set(DEFAULTS) <= set(written)
+
+
+def test_the_python_api_checks_values_before_generating(model, tokenizer):
+    loaded = LoadedModel(model, tokenizer, {}, ROOT)
+    for values, message in BAD:
+        with pytest.raises(TinyLLMError, match=f"^{re.escape(message)}$"):
+            loaded.generate("ROMEO:", **values)
+    with pytest.raises(TinyLLMError, match=r"unknown sampling setting 'top_pp'.*'top_p'"):
+        loaded.generate("ROMEO:", top_pp=0.5)
+    assert len(loaded.generate("ROMEO:", max_tokens=7, temperature=0)) == 7
+
+
+@pytest.mark.parametrize("values, message", BAD)
+def test_the_cli_gives_the_same_message_in_one_line_and_exit_1(values, message, tmp_path):
+    [(name, value)] = values.items()
+    option = f"--{name.replace('_', '-')}"
+    result = CliRunner().invoke(cli, ["generate", "--prompt", "x", "--model-uri",
+                                      str(tmp_path), option, str(value)])
+    assert result.exit_code == 1
+    assert result.stderr == f"error: {option}: {message}\n"
+
+
+def test_chat_slash_commands_give_the_same_message():
+    console = chat.Console(None, SamplingConfig(), "t", stdout=_Lines(), stderr=_Lines())
+    console.handle("/seed 99999999999999999999999")
+    console.handle("/minp 0.1")
+    assert f"/seed: seed must be <= {2**63 - 1}, got 99999999999999999999999" in (
+        console.stderr.text)
+    assert console.settings.min_p == 0.1
+
+
+class _Lines:
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_min_p_keeps_the_characters_at_least_that_fraction_as_likely_as_the_top_one():
+    probs = torch.tensor([0.5, 0.3, 0.12, 0.08])
+    kept = filter_logits(probs.log(), min_p=0.2) > float("-inf")
+    assert kept.tolist() == [True, True, True, False]  # 0.08 < 0.2 x 0.5
+    assert torch.equal(filter_logits(probs.log(), min_p=0.0), probs.log())

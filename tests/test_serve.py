@@ -1,0 +1,265 @@
+"""`tinyllm serve` as clients see it: the official openai client, raw HTTP and SSE, bad requests,
+caps, disconnects and SIGTERM, against a real server process serving a tiny model package."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+from click.testing import CliRunner
+from tiny_project import tiny_work
+
+from tinyllm.batching import Decoder, Sequence
+from tinyllm.cli import cli
+from tinyllm.config import SamplingConfig
+from tinyllm.generate import stream_tokens
+from tinyllm.model import GPT, GPTConfig
+from tinyllm.package import save_package
+from tinyllm.tokenizer import CharTokenizer
+
+TINYLLM = str(Path(sys.executable).with_name("tinyllm"))
+BAD = [  # (body changes, status, param, part of the message)
+    ({"top_p": 0}, 400, "top_p", "top_p must be > 0.0, got 0.0"),
+    ({"temperature": -1}, 400, "temperature", "temperature must be >= 0.0, got -1.0"),
+    ({"max_tokens": 0}, 400, "max_tokens", "max_tokens must be >= 1, got 0"),
+    ({"max_tokens": 10**8}, 400, "max_tokens", "max_tokens must be <= 100000"),
+    ({"seed": 2**64}, 400, "seed", "seed must be <="),
+    ({"top_k": "many"}, 400, "top_k", "top_k"),
+    ({"bogus": 1}, 400, "bogus", "unknown field 'bogus'"),
+    ({"model": None}, 400, "model", "missing field 'model'"),
+    ({"model": "gpt-4"}, 404, "model", "model 'gpt-4' is not served here"),
+    ({"prompt": "x" * 5_000_000}, 400, "prompt", "this server takes at most"),
+    ({"n": 0}, 400, "n", "n must be between"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(package: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen([TINYLLM, "serve", "--model-uri", str(package), "--port",
+                                str(port), *options], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "the server did not come up"
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1).close()
+            return process, url
+        except OSError:
+            time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    text = "".join(tiny_work(i, lines=20) for i in range(2))
+    tokenizer = CharTokenizer.fit(text)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=16, n_layer=1,
+                          n_head=2, d_model=32))
+    return save_package(tmp_path_factory.mktemp("serve") / "tiny", model, tokenizer, {})
+
+
+@pytest.fixture(scope="module")
+def server(package):
+    process, url = start(package, "--max-tokens-limit", "100000")
+    yield url
+    stop(process)
+
+
+@pytest.fixture
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+
+
+def generate(package: Path, *args: str) -> list[str]:
+    """What `tinyllm generate --json` prints for the same request: its texts."""
+    result = CliRunner().invoke(cli, ["generate", "--model-uri", str(package), "--json", *args])
+    assert result.exit_code == 0, result.output
+    return [item["text"] for item in json.loads(result.stdout)]
+
+
+def post(url: str, path: str, body: bytes | dict) -> tuple[int, dict | str, str]:
+    """(status, parsed JSON or raw text, content type) for a raw HTTP POST."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    connection.request("POST", path, data, {"Content-Type": "application/json"})
+    reply = connection.getresponse()
+    raw = reply.read().decode()
+    kind = reply.getheader("Content-Type", "")
+    connection.close()
+    return reply.status, (json.loads(raw) if kind.startswith("application/json") else raw), kind
+
+
+def test_a_seeded_completion_is_generates_text_byte_for_byte_streamed_or_not(client, package):
+    expected = generate(package, "--prompt", "ROMEO:", "--seed", "7", "--max-tokens", "40",
+                        "--top-k", "5", "--min-p", "0.05", "--num-samples", "2")
+    options = {"model": "tiny", "prompt": "ROMEO:", "seed": 7, "max_tokens": 40,
+               "extra_body": {"top_k": 5, "min_p": 0.05}}
+    whole = client.completions.create(**options, n=2)
+    assert [c.text for c in whole.choices] == expected  # choice i uses seed + i
+    assert whole.model == str(package)  # names what it served
+    assert whole.usage.completion_tokens == 80 and whole.usage.prompt_tokens == 12
+    deltas = [c.text for chunk in client.completions.create(**options, stream=True)
+              for c in chunk.choices]
+    assert "".join(deltas) == expected[0] and len([d for d in deltas if d]) > 1
+
+
+def test_chat_messages_become_a_documented_prompt(client, package):
+    messages = [{"role": "system", "content": "A play."},
+                {"role": "user", "name": "ROMEO", "content": "But soft"}]
+    prompt = "SYSTEM:\nA play.\n\nROMEO:\nBut soft\n\nASSISTANT:\n"
+    [expected] = generate(package, "--prompt", prompt, "--seed", "3", "--max-tokens", "30")
+    reply = client.chat.completions.create(model="tiny", messages=messages, seed=3,
+                                           max_tokens=30)
+    assert reply.choices[0].message.content == expected
+    stream = client.chat.completions.create(model="tiny", messages=messages, seed=3,
+                                            max_tokens=30, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert chunks[-1].usage.completion_tokens == 30
+
+
+def test_sse_content_type_and_framing(server):
+    status, text, kind = post(server, "/v1/completions", {
+        "model": "tiny", "prompt": "ROMEO:", "max_tokens": 5, "stream": True, "stop": "\n"})
+    assert status == 200 and kind.startswith("text/event-stream")
+    events = text.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    for event in events[:-2]:
+        assert event.startswith("data: {") and "\n" not in event
+        assert json.loads(event[len("data: "):])["object"] == "text_completion"
+
+
+def test_stop_strings_end_the_text_before_them(client, package):
+    [full] = generate(package, "--prompt", "ROMEO:", "--seed", "1", "--max-tokens", "60")
+    stop = full[10:12]
+    reply = client.completions.create(model="tiny", prompt="ROMEO:", seed=1, max_tokens=60,
+                                      stop=[stop])
+    assert reply.choices[0].text == full[:full.index(stop)]
+    assert reply.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("change, status, param, message", BAD)
+def test_bad_requests_get_a_4xx_in_openais_shape_naming_the_field(server, change, status,
+                                                                   param, message):
+    body = {"model": "tiny", "prompt": "ROMEO:", **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    got, reply, _ = post(server, "/v1/completions", body)
+    assert got == status
+    assert set(reply["error"]) == {"message", "type", "param", "code"}
+    assert reply["error"]["param"] == param and message in reply["error"]["message"]
+
+
+def test_malformed_json_and_bad_chat_messages(server, client):
+    status, reply, _ = post(server, "/v1/chat/completions", b'{"model": "tiny", "messages": [')
+    assert status == 400 and reply["error"]["message"].startswith("malformed JSON")
+    status, reply, _ = post(server, "/v1/chat/completions", {
+        "model": "tiny", "messages": [{"role": "robot", "content": "hi"}]})
+    assert status == 400 and reply["error"]["param"] == "messages[0].role"
+    with pytest.raises(openai.BadRequestError, match=r"top_p must be > 0\.0"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                       top_p=0)
+    assert [m.id for m in client.models.list()] == ["tiny"]  # still serving
+
+
+def active(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
+        return json.loads(reply.read())["active"]
+
+
+def test_a_client_that_disconnects_mid_stream_stops_its_generation(server):
+    host, port = server.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("POST", "/v1/completions", json.dumps({
+        "model": "tiny", "prompt": "ROMEO:", "max_tokens": 100000, "stream": True}),
+        {"Content-Type": "application/json"})
+    reply = connection.getresponse()
+    assert reply.readline().startswith(b"data: ")
+    assert active(server) == 1
+    connection.close()  # minutes of generation left
+    deadline = time.monotonic() + 10
+    while active(server):
+        assert time.monotonic() < deadline, "the generation kept running"
+        time.sleep(0.1)
+
+
+def test_request_time_is_capped_and_sigterm_ends_the_server_at_once(package):
+    process, url = start(package, "--max-tokens-limit", "100000", "--request-seconds", "1")
+    try:
+        started = time.monotonic()
+        status, reply, _ = post(url, "/v1/completions", {"model": "tiny", "prompt": "R",
+                                                         "max_tokens": 100000})
+        assert status == 200 and time.monotonic() - started < 10
+        assert reply["choices"][0]["finish_reason"] == "length"
+        assert 0 < len(reply["choices"][0]["text"]) < 100000
+
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("POST", "/v1/completions", json.dumps({
+            "model": "tiny", "prompt": "R", "max_tokens": 100000, "stream": True}),
+            {"Content-Type": "application/json"})
+        assert connection.getresponse().readline().startswith(b"data: ")
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        assert time.monotonic() - started < 5
+        connection.close()
+    finally:
+        stop(process)
+
+
+def test_batched_decoding_gives_each_sequence_exactly_its_text_alone():
+    """Sequences of different lengths, settings and start times (some in lockstep, attending
+    together) share the decoder's steps, and each gets what stream_tokens gives it alone (the
+    window slides past the context too)."""
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=40, context_length=16, n_layer=2, n_head=2, d_model=32))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.4)
+    jobs = [([1 + i % 7] * (3 if i < 5 else i % 5), SamplingConfig(max_tokens=20 + 7 * i, seed=i,
+                                                   temperature=(0.0, 0.7, 1.2)[i % 3],
+                                                   top_k=(0, 5)[i % 2], min_p=(0.0, 0.1)[i % 2]))
+            for i in range(10)]
+    expected = [list(stream_tokens(model, ids, settings)) for ids, settings in jobs]
+    decoder = Decoder(model, max_batch=6)
+    got: list[list[int]] = [[] for _ in jobs]
+    for i, (ids, settings) in enumerate(jobs):
+        decoder.submit(Sequence(ids, settings, lambda t, i=i: got[i].append(t)))
+        time.sleep(0.003 * (i % 3) if i >= 5 else 0)  # the first five run in lockstep
+    deadline = time.monotonic() + 60
+    while not all(out and isinstance(out[-1], str) for out in got):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    decoder.stop()
+    assert [out[:-1] for out in got] == expected
+    assert {out[-1] for out in got} == {"length"}
+

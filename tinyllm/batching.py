@@ -1,0 +1,236 @@
+"""Many generations sharing one model: each decoding step is one forward pass over all of them.
+
+A server answering several clients at once would otherwise run one forward pass per client per
+character. Here every active sequence advances by one character per step, in one pass, each with
+its own KV cache, sampling settings and random generator, so a request gives exactly the text
+`stream_tokens` gives alone (the same seed, the same text, byte for byte, whatever else runs):
+
+- a new sequence's prompt is run alone, by the same call `stream_tokens` makes;
+- in the shared step the matrix products are batched matrix products, one small product per
+  sequence, which compute each row exactly as the single-sequence pass does (a plain batched
+  matmul of B rows may round differently from one row at a time, so its text could differ);
+- attention runs per sequence over its own cache, as alone, with no padding or masks.
+
+The Decoder runs in its own thread; callers submit a sequence and receive its tokens through a
+callback, and may cancel it at any moment (a client that went away).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from tinyllm.config import SamplingConfig
+from tinyllm.generate import sample_next
+from tinyllm.model import GPT, KVCache
+from tinyllm.tokenizer import UNKNOWN_ID
+
+log = logging.getLogger(__name__)
+
+# What a sequence's callback receives once it has ended, instead of a token id.
+LENGTH, TIMEOUT, CANCELLED, SHUTDOWN = "length", "timeout", "cancelled", "shutdown"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One generation in progress. emit(token id or an end reason) runs in the decoder thread."""
+
+    prompt_ids: list[int]
+    settings: SamplingConfig
+    emit: Callable[[int | str], None]
+    deadline: float = float("inf")  # time.monotonic() after which it ends with TIMEOUT
+    cancelled: bool = False
+    window: list[int] = field(default_factory=list)
+    cache: SlotCache | None = None
+    generator: torch.Generator | None = None
+    remaining: int = 0
+
+    def cancel(self) -> None:
+        """Stop generating for it (e.g. its client disconnected); safe from any thread."""
+        self.cancelled = True
+
+
+def _rowwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [B, 1, in] times weight.T, row by row: bmm gives each row exactly F.linear's result
+    for that row alone."""
+    wt = weight.t()
+    return torch.bmm(x, wt.expand(x.size(0), *wt.shape))
+
+
+class SlotCache(KVCache):
+    """One sequence's KV cache: its slot of the decoder's shared key/value buffers, so that
+    sequences at the same position attend in one call."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, slot: int):
+        self.keys, self.values = keys[:, slot:slot + 1], values[:, slot:slot + 1]
+        self.slot, self.length = slot, 0
+
+
+@torch.inference_mode()
+def decode_step(model: GPT, tokens: list[int], caches: list[SlotCache], keys: torch.Tensor,
+                values: torch.Tensor) -> torch.Tensor:
+    """Logits [B, vocab] for one new token per sequence, appended to its cache in the shared
+    buffers keys/values; each row equals model(tensor([[token]]), cache=cache) for that
+    sequence alone. Sequences at the same position attend together (attention computes every
+    row of a batch as it would alone)."""
+    device = model.tok_emb.weight.device
+    batch = len(tokens)
+    idx = torch.tensor(tokens, device=device)[:, None]
+    lengths = [c.length for c in caches]
+    x = model.tok_emb(idx) + model.pos_emb(torch.tensor(lengths, device=device)[:, None])
+    width, heads = model.config.d_model, model.config.n_head
+    groups: dict[int, list[int]] = {}
+    for row, length in enumerate(lengths):
+        groups.setdefault(length, []).append(row)
+    groups_idx = [(length, torch.tensor(rows, device=device),
+                   torch.tensor([caches[r].slot for r in rows], device=device))
+                  for length, rows in groups.items()]
+    for layer, block in enumerate(model.blocks):
+        q, k, v = _rowwise(block.ln_1(x), block.attn.qkv.weight).split(width, dim=2)
+        q, k, v = (t.view(batch, 1, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+        y = torch.empty_like(q)
+        for length, rows, slots in groups_idx:
+            keys[layer, slots, :, length] = k[rows, :, 0]
+            values[layer, slots, :, length] = v[rows, :, 0]
+            y[rows] = F.scaled_dot_product_attention(
+                q[rows], keys[layer, slots, :, :length + 1], values[layer, slots, :, :length + 1])
+        y = y.transpose(1, 2).contiguous().view(batch, 1, width)
+        x = x + _rowwise(y, block.attn.proj.weight)
+        hidden = F.gelu(_rowwise(block.ln_2(x), block.mlp.up.weight))
+        x = x + _rowwise(hidden, block.mlp.proj.weight)
+    for cache in caches:
+        cache.length += 1
+    return _rowwise(model.ln_f(x), model.lm_head.weight)[:, -1]
+
+
+class Decoder:
+    """A thread that advances every submitted sequence one token per step, up to max_batch."""
+
+    def __init__(self, model: GPT, max_batch: int = 64):
+        self.model = model.eval()
+        self.max_batch = max_batch
+        self.context = model.config.context_length
+        self.device = model.tok_emb.weight.device
+        self.incoming: queue.SimpleQueue[Sequence] = queue.SimpleQueue()
+        shared = model.new_cache(max_batch)  # one slot per sequence in flight
+        self.keys, self.values = shared.keys, shared.values
+        self.free = list(range(max_batch))
+        self.slots: dict[int, int] = {}  # id(sequence) -> its slot
+        self.active: list[Sequence] = []
+        self.stopping = False
+        self.retired = False  # ends its thread once its sequences are done
+        self.after_step: Callable[[], None] = lambda: None
+        self.thread = threading.Thread(target=self._run, name="tinyllm-decoder", daemon=True)
+        self.thread.start()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.active) + self.incoming.qsize()
+
+    def submit(self, sequence: Sequence) -> Sequence:
+        if self.stopping:
+            sequence.emit(SHUTDOWN)
+            return sequence
+        self.incoming.put(sequence)
+        return sequence
+
+    def stop(self) -> None:
+        """End every sequence now (SHUTDOWN) and the thread with them."""
+        self.stopping = True
+        self.incoming.put(None)
+
+    def retire(self) -> None:
+        """Finish what was submitted, then end the thread (a newer model took over)."""
+        self.retired = True
+        self.incoming.put(None)
+
+    def _admit(self) -> None:
+        block = not self.active
+        while len(self.active) < self.max_batch:
+            try:
+                sequence = self.incoming.get(block=block, timeout=0.5 if block else None)
+            except queue.Empty:
+                return
+            block = False
+            if sequence is None:
+                continue
+            sequence.window = sequence.prompt_ids[-self.context:] or [UNKNOWN_ID]
+            sequence.generator = torch.Generator().manual_seed(sequence.settings.seed)
+            sequence.remaining = sequence.settings.max_tokens
+            self.slots[id(sequence)] = self.free.pop()
+            self.active.append(sequence)
+
+    def _run(self) -> None:
+        try:
+            while not self.stopping and not (self.retired and not self.active
+                                              and self.incoming.empty()):
+                self._admit()
+                if self.active:
+                    self._step()
+                    self.after_step()
+        except Exception:  # a bug: end every sequence rather than leave clients waiting
+            log.exception("decoder failed")
+        finally:
+            self.stopping = True
+            for sequence in self.active:
+                sequence.emit(SHUTDOWN)
+            self.active = []
+            while not self.incoming.empty():
+                sequence = self.incoming.get()
+                if sequence is not None:
+                    sequence.emit(SHUTDOWN)
+            self.after_step()
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        """One token for every active sequence, exactly as stream_tokens would sample it."""
+        now = time.monotonic()
+        live = []
+        for sequence in self.active:
+            if sequence.cancelled:
+                self._end(sequence, CANCELLED)
+            elif now > sequence.deadline:
+                self._end(sequence, TIMEOUT)
+            else:
+                live.append(sequence)
+        self.active = live
+        fresh = [s for s in live if s.cache is None]
+        going = [s for s in live if s.cache is not None]
+        logits = {}
+        for sequence in fresh:  # the prompt (or a slid window), alone, as stream_tokens does
+            sequence.cache = SlotCache(self.keys, self.values, self.slots[id(sequence)])
+            out, _ = self.model(torch.tensor([sequence.window], device=self.device),
+                                cache=sequence.cache)
+            logits[id(sequence)] = out[0, -1]
+        if len(going) == 1:  # alone: the model's own pass is the quickest
+            sequence = going[0]
+            out, _ = self.model(torch.tensor([[sequence.window[-1]]], device=self.device),
+                                cache=sequence.cache)
+            logits[id(sequence)] = out[0, -1]
+        elif going:
+            rows = decode_step(self.model, [s.window[-1] for s in going],
+                               [s.cache for s in going], self.keys, self.values)
+            for i, sequence in enumerate(going):
+                logits[id(sequence)] = rows[i]
+        keep = max(1, self.context // 2)
+        for sequence in live:
+            token = sample_next(logits[id(sequence)], sequence.settings, sequence.generator)
+            sequence.emit(token)
+            sequence.remaining -= 1
+            sequence.window.append(token)
+            if len(sequence.window) > self.context:
+                sequence.window, sequence.cache = sequence.window[-keep:], None
+            if sequence.remaining == 0:
+                self._end(sequence, LENGTH)
+        self.active = [s for s in live if s.remaining > 0]
+
+    def _end(self, sequence: Sequence, reason: str) -> None:
+        self.free.append(self.slots.pop(id(sequence)))
+        sequence.emit(reason)
