@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from tinyllm.config import DEVICES, SamplingConfig, TrainConfig, load_params_or_defaults
-from tinyllm.devices import autocast_for, compute_dtype, select_device
+from tinyllm.devices import autocast_for, compute_dtype, seconds, select_device
 from tinyllm.errors import TinyLLMError, exit_on_error
 from tinyllm.generate import compiled_for_generation, stream_tokens
 from tinyllm.model import GPT, GPTConfig, compiled
@@ -76,15 +75,6 @@ def make_plan(quick: bool, steps: int | None, device: torch.device,
 def load_average() -> float | None:
     """The 1-minute load average (None where the OS has none): other work slows every figure."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-
-
-def seconds(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall time of fn, waiting for the GPU's queued work to finish."""
-    start = time.perf_counter()
-    fn()
-    if device.type != "cpu":
-        getattr(torch, device.type).synchronize()  # torch.cuda or torch.mps
-    return time.perf_counter() - start
 
 
 def matmul_flops(device: torch.device, sizes: tuple[int, ...], repeats: int = 5) -> dict:

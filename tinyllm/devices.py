@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 
 import torch
@@ -34,3 +35,12 @@ def autocast_for(device: torch.device) -> Callable:
     if device.type == "cuda":
         return lambda: torch.autocast("cuda", dtype=compute_dtype(device))
     return contextlib.nullcontext
+
+
+def seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of fn, waiting for the work it queued on an accelerator to finish."""
+    start = time.perf_counter()
+    fn()
+    if device.type != "cpu":
+        getattr(torch, device.type).synchronize()  # torch.cuda or torch.mps
+    return time.perf_counter() - start

@@ -32,7 +32,7 @@ import torch
 
 from tinyllm import distributed
 from tinyllm.config import TrainConfig
-from tinyllm.devices import autocast_for, select_device
+from tinyllm.devices import autocast_for, seconds, select_device
 from tinyllm.errors import TinyLLMError, first_line
 from tinyllm.io import atomic_write, set_aside
 from tinyllm.model import GPT, GPTConfig, compiled
@@ -315,19 +315,11 @@ def calibrate(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: slic
     sampler = WindowSampler(train_tokens, probe.config.context_length, cfg.batch_size,
                             cfg.seed + 1, rows)
     autocast = autocast_for(device)
-
-    def timed(fn) -> float:
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        steps = [timed(lambda: optimizer_step(probe, probe, optimizer, sampler, cfg,
-                                              cfg.learning_rate, device, autocast))
+        steps = [seconds(lambda: optimizer_step(probe, probe, optimizer, sampler, cfg,
+                                                cfg.learning_rate, device, autocast), device)
                  for _ in range(4)]
-        eval_sec = timed(lambda: validate(probe))
+        eval_sec = seconds(lambda: validate(probe), device)
     return statistics.median(steps[1:]), eval_sec  # the first step warms caches up
 
 
