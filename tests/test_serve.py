@@ -57,7 +57,7 @@ def start(package: Path, *options: str) -> tuple[subprocess.Popen, str]:
                                 str(port), *options], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a loaded machine imports torch slowly
     while True:
         assert process.poll() is None, process.stdout.read()
         assert time.monotonic() < deadline, "the server did not come up"
