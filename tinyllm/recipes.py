@@ -1,7 +1,7 @@
 """Recipes fitted to a training budget: what `train.recipe: auto` sets for N minutes of training.
 
-Each row is the best recipe of scripts/budget_sweep.py for that budget on a 2-core CPU (the
-README's "Training for a time budget" table holds its test losses). A budget between rows takes
+Each row is the best recipe scripts/budget_sweep.py found for that budget on a 2-core CPU (the
+README's "Training for a time budget" table holds the test losses and what was tried). A budget between rows takes
 the row of the largest budget it covers (the first row below 1 minute). Keys a row does not name
 keep their params.yaml values.
 
@@ -16,13 +16,17 @@ import dataclasses
 
 from tinyllm.errors import TinyLLMError
 
-# minutes of training -> params keys (max_steps: the budget decides); every row sets RECIPE_KEYS.
+# The default model with the budget deciding the steps; each row changes what its sweep found.
+_BASE = {"model.context_length": 128, "model.n_layer": 4, "model.n_head": 4, "model.d_model": 128,
+         "train.max_steps": 1_000_000, "train.batch_size": 32, "train.learning_rate": 3e-3,
+         "train.warmup_steps": 100, "train.eval_interval": 300, "train.eval_batches": 16}
+# minutes of training -> params keys; every row sets RECIPE_KEYS.
 BY_BUDGET: dict[float, dict[str, int | float]] = {
-    minutes: {"model.context_length": 128, "model.n_layer": 4, "model.n_head": 4,
-              "model.d_model": 128, "train.max_steps": 1_000_000, "train.batch_size": 32,
-              "train.learning_rate": 3e-3, "train.warmup_steps": 100, "train.eval_interval": 300,
-              "train.eval_batches": 16}
-    for minutes in (1, 2, 5, 10)}
+    1: {**_BASE, "model.context_length": 64, "train.batch_size": 16},  # 4x the steps
+    2: _BASE,
+    5: _BASE,
+    10: _BASE,
+}
 RECIPE_KEYS = tuple(BY_BUDGET[min(BY_BUDGET)])
 
 
