@@ -531,7 +531,7 @@ def compare(obj: Options, model_a: str, model_b: str, text_file: Path | None, se
         hint = "" if text_file else " (run `dvc repro` to prepare it, or pass --text FILE)"
         raise TinyLLMError(f"text file not found: {source}{hint}")
     text = source.read_text(encoding="utf-8", errors="replace")
-    a, b = (load_model(uri, device, obj.tracking_uri, notify)[0] for uri in (model_a, model_b))
+    a, b = (load_model(uri, device, obj.tracking_uri, notify) for uri in (model_a, model_b))
     result = comparing.compare(a, b, text, str(source), seed=seed, block_length=block_length)
     if as_json:
         click.echo(json.dumps({"a": model_a, "b": model_b, "text": str(source),
