@@ -38,6 +38,8 @@ WRITER = textwrap.dedent("""
         tokenizers[v].save(out / "tokenizer.json")
         save_checkpoint(out / "last.pt", {"version": v, "data": torch.full((200_000,), v)})
         save_package(out / "model", models[v], tokenizers[v], meta={"version": v})
+        if i == 1:
+            (out / "started").touch()  # every artifact exists in both versions by now
 """)
 
 
@@ -63,8 +65,13 @@ def test_readers_see_the_old_or_the_new_file_after_kills_at_random_points(tmp_pa
     rng = random.Random(7)
     seen: dict[str, set] = {}
     for _ in range(12):
+        (tmp_path / "started").unlink(missing_ok=True)
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
-        time.sleep(rng.uniform(1.0, 3.0))  # the writer needs ~1 s to import torch
+        deadline = time.monotonic() + 120  # importing torch takes long on a busy machine
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            assert writer.poll() is None, "the writer died"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.5))
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=30)
         for name, version in read_versions(tmp_path).items():
