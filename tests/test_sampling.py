@@ -11,13 +11,14 @@ import yaml
 from click.testing import CliRunner
 from tiny_project import ROOT
 
-from tinyllm import chat, tracking
+from tinyllm import chat
 from tinyllm.cli import cli
 from tinyllm.config import EvaluateConfig, SamplingConfig
 from tinyllm.errors import TinyLLMError
 from tinyllm.generate import filter_logits
 from tinyllm.package import LoadedModel
 from tinyllm.serve import ChatRequest, CompletionRequest
+from tinyllm.tracked_run import signature
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplingConfig)}
 BAD = [({"top_p": 0}, "top_p must be > 0.0, got 0.0"),
@@ -40,7 +41,7 @@ def test_every_surface_exposes_exactly_the_settings_and_defaults():
     assert option_defaults("generate") == DEFAULTS
     assert option_defaults("chat") == DEFAULTS
     assert {f.name for f in chat.KNOBS.values()} == set(DEFAULTS)
-    params = tracking.signature().params
+    params = signature().params
     assert {p.name: p.default for p in params} == DEFAULTS
     evaluate = EvaluateConfig()
     assert {k: v for k, v in dataclasses.asdict(evaluate.sampling()).items()} == {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shlex
 import sys
@@ -343,13 +342,14 @@ def set_aside_checkpoint(checkpoints: Path, resume: bool) -> None:
                    "(--resume continues from a checkpoint)", err=True)
 
 
-def describe_training(params, name: str, output: Path, source: str, resume: bool) -> str:
+def describe_training(params, name: str, output: Path, source: str, resume: bool,
+                      tracking_uri: str | None) -> str:
     from tinyllm import tracking
 
     m, t, d = params.model, params.train, params.data
     steps = (f"steps planned for {t.time_budget_minutes:g} min (recipe {t.recipe})"
              if t.time_budget_minutes else f"{t.max_steps} steps")
-    where = (f"MLflow {tracking.tracking_uri()}, registered as '{name}'"
+    where = (f"MLflow {tracking.tracking_uri(tracking_uri)}, registered as '{name}'"
              if params.tracking.enabled else "off (--no-register: nothing is tracked)")
     return "\n".join([
         f"training '{name}' on {d.corpus} ({'resuming' if resume else 'from scratch'})",
@@ -408,8 +408,6 @@ def train(obj: Options, data_path: str, output_dir: Path | None, name: str | Non
         raise click.BadParameter("use letters, digits, '.', '_' and '-'", param_hint="--name")
     name = name or model_name_for(data_path)
     output = output_dir or Path("runs") / name
-    if obj.tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = obj.tracking_uri  # where the pipeline steps look
     params = train_params(data_path, name, not no_register, options)
     source = "./params.yaml" if Path("params.yaml").is_file() else "built-in (no ./params.yaml)"
 
@@ -418,15 +416,15 @@ def train(obj: Options, data_path: str, output_dir: Path | None, name: str | Non
 
     layout = workflow.Layout(output)
     set_aside_checkpoint(layout.checkpoints, resume)
-    click.echo(describe_training(params, name, output, source, resume))
+    click.echo(describe_training(params, name, output, source, resume, obj.tracking_uri))
     workflow.prepare(params, layout)
     workflow.tokenize(params, layout)
     try:
-        workflow.train(params, layout, run_name_prefix=name)
+        workflow.train(params, layout, obj.tracking_uri)
     except TrainingInterrupted as exc:
         raise TrainingInterrupted(f"{exc}; run the same command with --resume to continue",
                                   exc.exit_code - 128) from None
-    metrics = workflow.evaluate(params, layout, registry_name=name)
+    metrics = workflow.evaluate(params, layout, obj.tracking_uri)
     test = metrics["test"]
     uri = (f"models:/{metrics['registered']['name']}/{metrics['registered']['version']}"
            if "registered" in metrics else str(layout.model))
@@ -560,10 +558,10 @@ def models(obj: Options, name: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tinyllm.tracking import _registry_versions
+    from tinyllm.tracking import registry_versions
 
     if name:
-        versions, _ = _registry_versions(store, name)  # unknown: one line listing what exists
+        versions, _ = registry_versions(store, name)  # unknown: one line listing what exists
         registered = [store.client.get_registered_model(name)]
     else:
         versions = store.client.search_model_versions()

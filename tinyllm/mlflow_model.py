@@ -1,6 +1,6 @@
 """The pyfunc MLflow Model, logged the models-from-code way: MLflow stores this file, not a pickle.
 
-The logged model carries tinyllm's own code (tracking.register_package logs it as code_paths),
+The logged model carries tinyllm's own code (TrackedRun.register logs it as code_paths),
 so it loads wherever torch and numpy are installed. Serving loads the model package through
 tinyllm's safe loader. Input: prompts (a list of strings or a one-column frame); output: their
 continuations, or with predict_stream the pieces of text as they are sampled. Params: the fields
@@ -72,7 +72,7 @@ class TinyLLMModel(PythonModel):
         self.loaded = tinyllm.load_model(context.artifacts["package"])
         _stop_generating_on_sigterm()
 
-    # A DataFrame hint keeps the explicit signature (with its params) that tracking.py logs.
+    # A DataFrame hint keeps the explicit signature (with its params) that tracked_run.py logs.
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         pieces: dict[int, list[str]] = {}
         for index, piece in self._pieces(model_input, params):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-from tinyllm.train import StepMetrics
+if TYPE_CHECKING:  # the trainer (and torch) only for type hints
+    from tinyllm.train import StepMetrics
 
 log = logging.getLogger("tinyllm.train")
 

@@ -11,9 +11,12 @@ import io
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tinyllm.io import atomic_write_json, atomic_write_text
-from tinyllm.train import StepMetrics, TrainResult
+
+if TYPE_CHECKING:  # the trainer (and torch) only for type hints
+    from tinyllm.train import StepMetrics, TrainResult
 
 STEP_COLUMNS = ("step", "train_loss", "lr", "grad_norm", "tokens_per_sec")
 EVAL_COLUMNS = ("step", "val_loss")

@@ -132,19 +132,20 @@ def tokenize(params: Params, layout: Layout) -> dict:
     return stats
 
 
-def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
+def train(params: Params, layout: Layout, tracking_uri: str | None = None):
     """Train (resuming this run's checkpoint if there is one) and write the model package.
 
     With tracking on, the MLflow store is checked before any work, and the run id is handed to
     evaluate through layout.run_handoff. Under torchrun every rank trains; rank 0 alone tracks
     and writes.
     """
-    from tinyllm import distributed, tracking
+    from tinyllm import distributed
     from tinyllm.devices import select_device
     from tinyllm.model import GPTConfig
-    from tinyllm.package import save_package
+    from tinyllm.package import runtime_versions, save_package
     from tinyllm.progress import ProgressReporter
     from tinyllm.tokenizer import CharTokenizer, load_tokens
+    from tinyllm.tracked_run import run_name, training_run
     from tinyllm.train import check_batch_split
     from tinyllm.train import train as run_training
     from tinyllm.train_outputs import LiveCurves, summary_of, write_history
@@ -158,131 +159,84 @@ def train(params: Params, layout: Layout, run_name_prefix: str | None = None):
     model_cfg = GPTConfig.from_params(params.model, tokenizer.vocab_size)
     check_batch_split(params.train.batch_size)  # before an MLflow run is started for nothing
     main = distributed.is_main()
-    store = tracking.Store() if params.tracking.enabled and main else None
-    callbacks = [ProgressReporter(), LiveCurves(layout.train_dir)] if main else []
-    run_id = None
-    if store:
-        name = tracking.run_name(run_name_prefix or params.tracking.registry_name,
-                                 params.model.d_model, params.model.n_layer, params.flat())
-        facts = {"vocab_size": tokenizer.vocab_size, "data_fingerprint": fingerprint,
-                 "parameters": model_cfg.num_parameters(),
-                 "device": str(select_device(params.train.device, key="train.device")),
-                 **{f"version.{k}": v for k, v in _versions().items()}}
-        run_id = tracking.start_run(store, params.tracking.experiment, name, params.flat(), facts)
-        step_logger = tracking.StepLogger(store, run_id)
-        callbacks.append(step_logger)
-        tracking.log_artifacts(store, run_id, [layout.tokenizer], "data")
-        tracking.log_artifacts(store, run_id, [layout.prepared / "stats.json"], "data/prepare")
-        tracking.log_artifacts(store, run_id, [layout.tokens / "stats.json"], "data/tokenize")
-        tracking.log_datasets(store, run_id, {"train": layout.prepared / "train.txt",
-                                              "validation": layout.prepared / "val.txt"},
-                              Path(params.data.corpus).stem)
-        log.info("MLflow run %s (%s) in %s", name, run_id, store.uri)
-    if main:
-        callbacks.append(TrainingSamples(layout.train_dir, tokenizer, params.evaluate.prompts,
-                                         tracking.sample_logger(store, run_id) if store else None))
-    monitor = tracking.system_metrics(store, run_id) if store else None
-    try:
-        result = run_training(model_cfg, params.train, train_tokens, val_tokens,
-                              checkpoint_dir=layout.checkpoints, data_fingerprint=fingerprint,
-                              callbacks=callbacks)
-    except BaseException:
-        if store:
-            step_logger.flush()
-            tracking.end_run(store, run_id, "KILLED")
-        raise
-    finally:
-        if monitor:
-            monitor.finish()
-    if not main:
-        return result
-    summary = summary_of(result, fingerprint)
-    write_history(layout.train_dir, result.history, summary)
-    save_package(layout.model, result.model, tokenizer, meta=summary)
-    if not store:
-        atomic_write_json(layout.run_handoff, {"run_id": None})
-    else:
-        if result.resumed_from:
-            step_logger.replay(result.history[:result.resumed_from])
-        store.client.log_batch(run_id, metrics=_metrics(
-            {f"train.{k}": v for k, v in summary.items() if isinstance(v, (int, float))}))
-        store.client.set_tag(run_id, "tinyllm.stopped_by", summary["stopped_by"])
-        tracking.log_artifacts(store, run_id, [layout.train_dir / SAMPLES_FILE], "train")
-        tracking.write_handoff(layout.run_handoff, store, run_id, params.tracking.experiment)
-        tracking.end_run(store, run_id)
+    facts = {"vocab_size": tokenizer.vocab_size, "data_fingerprint": fingerprint,
+             "parameters": model_cfg.num_parameters(),
+             "device": str(select_device(params.train.device, key="train.device")),
+             **{f"version.{k}": v for k, v in runtime_versions().items()}}
+    name = run_name(params.tracking.registry_name, params)
+    with training_run(params, name, facts, tracking_uri, enabled=main) as run:
+        run.log_artifacts([layout.tokenizer], "data")
+        run.log_artifacts([layout.prepared / "stats.json"], "data/prepare")
+        run.log_artifacts([layout.tokens / "stats.json"], "data/tokenize")
+        run.log_datasets({"train": layout.prepared / "train.txt",
+                          "validation": layout.prepared / "val.txt"},
+                         Path(params.data.corpus).stem)
+        callbacks = [ProgressReporter(), LiveCurves(layout.train_dir), *run.callbacks,
+                     TrainingSamples(layout.train_dir, tokenizer, params.evaluate.prompts,
+                                     run.log_samples)] if main else []
+        with run.system_metrics():
+            result = run_training(model_cfg, params.train, train_tokens, val_tokens,
+                                  checkpoint_dir=layout.checkpoints,
+                                  data_fingerprint=fingerprint, callbacks=callbacks)
+        if not main:
+            return result
+        summary = summary_of(result, fingerprint)
+        write_history(layout.train_dir, result.history, summary)
+        save_package(layout.model, result.model, tokenizer, meta=summary)
+        run.log_metrics({f"train.{k}": v for k, v in summary.items()
+                         if isinstance(v, (int, float))})
+        run.set_tag("tinyllm.stopped_by", summary["stopped_by"])
+        run.log_artifacts([layout.train_dir / SAMPLES_FILE], "train")
+        run.write_handoff(layout.run_handoff)
     log.info("train: %d of %d planned steps (%s), best val loss %.4f at step %d, %.0f tokens/s "
              "-> %s", result.steps, result.plan.steps, result.stopped_by, result.best_val_loss,
              result.best_step, summary["tokens_per_sec"], layout.model)
     return result
 
 
-def evaluate(params: Params, layout: Layout, registry_name: str | None = None) -> dict:
+def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) -> dict:
     """Whole-split metrics, samples and the loss curve; with tracking, log and register."""
-    from tinyllm import tracking
     from tinyllm.devices import select_device
     from tinyllm.evaluate import split_metrics
     from tinyllm.package import load_package
     from tinyllm.report import loss_curve_png, samples_markdown
     from tinyllm.tokenizer import load_tokens
+    from tinyllm.tracked_run import EVAL_METRIC_PREFIX, evaluation_run, run_name
 
-    cfg = params.evaluate
+    cfg, tracked = params.evaluate, params.tracking
     device = select_device(cfg.device, key="evaluate.device")
-    store = tracking.Store() if params.tracking.enabled else None
-    # A package swap killed halfway leaves the whole old package aside: evaluate reads it.
-    loaded = load_package(_require(current_directory(layout.model), "train"), str(device))
-    metrics = {split: split_metrics(loaded.model, load_tokens(
-        _require(layout.tokens / f"{split}.bin", "tokenize"), loaded.tokenizer), cfg.batch_size)
-        for split in ("val", "test")}
-    settings = cfg.sampling()
-    samples = {prompt: loaded.generate(prompt, **asdict(settings)) for prompt in cfg.prompts}
-    files = [layout.eval_dir / "samples.md", layout.eval_dir / "loss_curve.png",
-             layout.eval_dir / "metrics.json"]
-    atomic_write_text(files[0], samples_markdown(samples, settings))
-    loss_curve_png(layout.train_dir, files[1])
-    atomic_write_json(files[2], metrics)
-    test = metrics["test"]
-    log.info("evaluate: test loss %.4f nats/char, %.4f bits/char, perplexity %.3f",
-             test["loss"], test["bits_per_char"], test["perplexity"])
-    if store:
-        name = registry_name or params.tracking.registry_name
-        run_id = tracking.evaluation_run(
-            store, layout.run_handoff, params.tracking.experiment,
-            tracking.run_name(name, params.model.d_model, params.model.n_layer, params.flat()),
-            params.flat())
-        try:
-            store.client.log_batch(run_id, metrics=_metrics(
-                {f"{tracking.EVAL_METRIC_PREFIX}{split}_{key}": value
-                 for split, values in metrics.items()
-                 for key, value in values.items() if key != "characters"}))
-            tracking.log_artifacts(store, run_id, files, "eval")
-            registration = tracking.register_package(
-                store, run_id, layout.model, name, test["loss"], test["bits_per_char"],
-                loaded.meta.get("data_fingerprint", ""), params.tracking.champion_alias)
-        except BaseException:
-            tracking.end_run(store, run_id, "FAILED")
-            raise
-        tracking.end_run(store, run_id)
+    name = run_name(tracked.registry_name, params)
+    with evaluation_run(params, layout.run_handoff, name, tracking_uri) as run:
+        # A package swap killed halfway leaves the whole old package aside: evaluate reads it.
+        loaded = load_package(_require(current_directory(layout.model), "train"), str(device))
+        metrics = {split: split_metrics(loaded.model, load_tokens(
+            _require(layout.tokens / f"{split}.bin", "tokenize"), loaded.tokenizer),
+            cfg.batch_size) for split in ("val", "test")}
+        settings = cfg.sampling()
+        samples = {prompt: loaded.generate(prompt, **asdict(settings))
+                   for prompt in cfg.prompts}
+        files = [layout.eval_dir / "samples.md", layout.eval_dir / "loss_curve.png",
+                 layout.eval_dir / "metrics.json"]
+        atomic_write_text(files[0], samples_markdown(samples, settings))
+        loss_curve_png(layout.train_dir, files[1])
+        atomic_write_json(files[2], metrics)
+        test = metrics["test"]
+        log.info("evaluate: test loss %.4f nats/char, %.4f bits/char, perplexity %.3f",
+                 test["loss"], test["bits_per_char"], test["perplexity"])
+        run.log_metrics({f"{EVAL_METRIC_PREFIX}{split}_{key}": value
+                         for split, values in metrics.items()
+                         for key, value in values.items() if key != "characters"})
+        run.log_artifacts(files, "eval")
+        registration = run.register(layout.model, tracked.registry_name, test["loss"],
+                                    test["bits_per_char"], loaded.meta.get("data_fingerprint", ""),
+                                    tracked.champion_alias)
+    if registration:
         verb = "registered" if registration.created else "already registered as"
-        log.info("evaluate: %s models:/%s/%s%s", verb, name, registration.version,
-                 f" (@{params.tracking.champion_alias})" if registration.champion else "")
-        log.info("evaluate: runs at %s", tracking.runs_page(store, params.tracking.experiment))
-        metrics["registered"] = {"name": name, "version": registration.version}
+        log.info("evaluate: %s models:/%s/%s%s", verb, registration.name, registration.version,
+                 f" (@{tracked.champion_alias})" if registration.champion else "")
+        log.info("evaluate: runs at %s", run.runs_page())
+        metrics["registered"] = {"name": registration.name, "version": registration.version}
     return metrics
-
-
-def _versions() -> dict:
-    from tinyllm.package import runtime_versions
-
-    return runtime_versions()
-
-
-def _metrics(values: dict) -> list:
-    import time
-
-    from mlflow.entities import Metric
-
-    stamp = int(time.time() * 1000)
-    return [Metric(key, float(value), stamp, 0) for key, value in values.items()]
 
 
 def run_stage(step) -> None:

@@ -14,12 +14,12 @@ from test_serve import free_port
 
 from tinyllm import tracking
 from tinyllm.package import load_package, save_package
+from tinyllm.tracked_run import TrackedRun
 
 
 def register(store: tracking.Store, package: Path, test_loss: float) -> str:
-    run = store.client.create_run(store.experiment_id("serve-tests"))
-    return tracking.register_package(store, run.info.run_id, package, "served", test_loss,
-                                     test_loss, "data").version
+    with TrackedRun.start(store, "serve-tests", "served", {}, {}) as run:
+        return run.register(package, "served", test_loss, test_loss, "data").version
 
 
 def complete(url: str, seed: int) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 
 from tinyllm import tracking, workflow
+from tinyllm.tracked_run import TRAINING_SAMPLES
 
 
 def test_a_training_run_records_system_metrics_and_its_datasets(tmp_path, make_params,
@@ -41,7 +42,7 @@ def test_a_training_run_records_system_metrics_and_its_datasets(tmp_path, make_p
         assert json.loads(found[context].profile) == {"characters": len(text)}
 
     local = mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path=tracking.TRAINING_SAMPLES,
+        run_id=run.info.run_id, artifact_path=TRAINING_SAMPLES,
         dst_path=str(tmp_path / "download"), tracking_uri=store.uri)
     table = json.loads(Path(local).read_text())
     assert table["columns"] == ["step", "prompt", "text"]
