@@ -92,6 +92,18 @@ def test_built_in_defaults_are_the_shipped_params_yaml():
     assert load_params(REPO_PARAMS) == Params()
 
 
+def test_the_model_assumes_no_shape_default_of_its_own():
+    """GPTConfig's only default (no dropout) is params.yaml's; the shape comes from params."""
+    import dataclasses
+
+    from tinyllm.config import ModelConfig
+    from tinyllm.model import GPTConfig
+
+    own = {f.name: f.default for f in dataclasses.fields(GPTConfig)
+           if f.default is not dataclasses.MISSING}
+    assert own == {"dropout": ModelConfig().dropout}
+
+
 def test_recipe_auto_fits_the_untouched_keys_to_the_budget():
     params = params_from_dict({"train": {"time_budget_minutes": 2.5}})
     row, values = recipe_for(2.5)

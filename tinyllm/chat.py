@@ -44,22 +44,6 @@ def describe_settings(s: SamplingConfig) -> str:
     return ", ".join(parts)
 
 
-def prompt_notes(loaded, prompt: str) -> list[str]:
-    """What the user should know before a prompt is continued: characters the vocabulary lacks,
-    and a prompt longer than the context (only its end is seen)."""
-    from tinyllm.tokenizer import describe_unknown
-
-    encoded = loaded.encode_prompt(prompt)
-    notes = []
-    if encoded.unknown:
-        notes.append(describe_unknown(encoded.unknown, loaded.tokenizer.unknown))
-    context = loaded.config.context_length
-    if len(encoded.ids) > context:
-        notes.append(f"the prompt is {len(encoded.ids)} characters long; the model sees only "
-                     f"its last {context}")
-    return notes
-
-
 class Console:
     """One chat session with a loaded model (a tinyllm.package.LoadedModel)."""
 
@@ -140,7 +124,7 @@ class Console:
         """Stream the continuation; Ctrl-C stops it (in a session) and keeps the console."""
         pieces = None
         try:
-            for note in prompt_notes(self.loaded, prompt):
+            for note in self.loaded.prompt_notes(prompt):
                 self.say(f"note: {note}")
             seed = (self.settings.seed + self.turn) % (SEED_MAX + 1)
             self.turn += 1

@@ -185,7 +185,6 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
 
     Without --json each sample is printed as prompt + continuation.
     """
-    from tinyllm.chat import prompt_notes
     from tinyllm.tokenizer import replace_undecodable
 
     prompts = [replace_undecodable(p) for p in [*prompts, *(
@@ -199,7 +198,7 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
     loaded = load_model(model_uri, device, obj.tracking_uri, notify, compile_model)
     results = []
     for p, prompt in enumerate(prompts, 1):
-        for note in prompt_notes(loaded, prompt):
+        for note in loaded.prompt_notes(prompt):
             click.echo(f"note: {note}", err=True)
         for i in range(num_samples):
             settings = replace(base, seed=base.seed + i)

@@ -10,22 +10,27 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyllm.config import ModelConfig
+if TYPE_CHECKING:  # params.yaml's schema, for a type hint only: this file needs only torch
+    from tinyllm.config import ModelConfig
 
 
 @dataclass
 class GPTConfig:
+    """A model's shape. The shape's defaults live in params.yaml's schema (config.ModelConfig),
+    which from_params reads; only "no dropout" is assumed here."""
+
     vocab_size: int
-    context_length: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
-    dropout: float = 0.0
+    context_length: int
+    n_layer: int
+    n_head: int
+    d_model: int
+    dropout: float = 0.0  # as ModelConfig.dropout's default (tests/test_config.py checks)
 
     @classmethod
     def from_params(cls, model: ModelConfig, vocab_size: int) -> GPTConfig:

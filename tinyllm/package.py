@@ -31,7 +31,7 @@ from tinyllm.io import (
     staging_directory,
 )
 from tinyllm.model import GPT, GPTConfig
-from tinyllm.tokenizer import CharTokenizer, Encoded
+from tinyllm.tokenizer import CharTokenizer, Encoded, describe_unknown
 
 FORMAT = "tinyllm.model-package"
 FORMAT_VERSION = 1
@@ -161,6 +161,18 @@ class LoadedModel:
 
     def encode_prompt(self, prompt: str) -> Encoded:
         return self.tokenizer.encode_report(prompt)
+
+    def prompt_notes(self, prompt: str) -> list[str]:
+        """What the user should know before a prompt is continued: characters the vocabulary
+        lacks, and a prompt longer than the context (only its end is seen)."""
+        encoded = self.encode_prompt(prompt)
+        notes = []
+        if encoded.unknown:
+            notes.append(describe_unknown(encoded.unknown, self.tokenizer.unknown))
+        if len(encoded.ids) > self.config.context_length:
+            notes.append(f"the prompt is {len(encoded.ids)} characters long; the model sees "
+                         f"only its last {self.config.context_length}")
+        return notes
 
     def stream(self, prompt: str, stop: Sequence[str] = (),
                settings: SamplingConfig | None = None, **sampling) -> Iterator[str]:
