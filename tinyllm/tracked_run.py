@@ -257,10 +257,10 @@ class TrackedRun:
             log.info("weights already registered as %s version %s; not registering again",
                      name, version.version)
         else:
-            model_id = self._log_model(package_dir)
+            model_id, source = self._log_model(package_dir)
             _ensure_registered_model(client, name)
             version = client.create_model_version(
-                name, source=f"models:/{model_id}", run_id=self.id, model_id=model_id, tags={
+                name, source=source, run_id=self.id, model_id=model_id, tags={
                     "run_id": self.id, "weights_sha256": weights_hash,
                     "data_fingerprint": data_fingerprint, "test_loss": f"{test_loss:.6f}",
                     "test_bits_per_char": f"{test_bits_per_char:.6f}"})
@@ -268,9 +268,10 @@ class TrackedRun:
         champion = move_alias_if_better(self.store, name, alias, version.version, test_loss)
         return Registration(name, str(version.version), created, champion)
 
-    def _log_model(self, package_dir: Path) -> str:
+    def _log_model(self, package_dir: Path) -> tuple[str, str]:
         """The package as this run's logged pyfunc model (MLflow 3's LoggedModel), carrying
-        tinyllm's code; its model id."""
+        tinyllm's code: its id and artifact location (the registry's source: a models:/ID source
+        would be looked up in MLflow's default store, not necessarily this one)."""
         import mlflow
         from mlflow.entities import LoggedModelOutput
         from mlflow.models import Model
@@ -291,7 +292,7 @@ class TrackedRun:
                 code_paths=[str(PACKAGE_CODE)], pip_requirements=model_requirements())
             client.log_model_artifacts(model.model_id, str(local))
         client.finalize_logged_model(model.model_id, "READY")
-        return model.model_id
+        return model.model_id, model.artifact_location
 
 
 class NullRun:

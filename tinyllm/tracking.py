@@ -258,7 +258,8 @@ def resolve_model_uri(uri: str, store: Store | None = None) -> ResolvedModel:
                                "models:/NAME@ALIAS or models:/NAME/latest")
         store = store or Store()
         mv = _version_for(store, uri, match["name"], match["version"], match["alias"])
-        path = _download(f"models:/{match['name']}/{mv.version}", uri, store)
+        source = store.client.get_model_version_download_uri(match["name"], mv.version)
+        path = _download(source, uri, store)
         return ResolvedModel(path=path, uri=uri, name=match["name"], version=str(mv.version),
                              run_id=mv.run_id)
     if uri.startswith("runs:/"):
