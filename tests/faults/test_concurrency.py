@@ -1,57 +1,12 @@
-"""Two `dvc queue` workers train at once and both land in the project's one sqlite store."""
+"""Processes racing to create the project's sqlite store all get it. (Two `dvc queue` workers
+training into one store at once: tests/integration/test_sweep.py.)"""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import sys
 import time
-
-from tiny_project import make_dvc_project, run
-
-
-def wait_for_queue(repo, env, seconds: float = 240) -> str:
-    """Poll `dvc queue status` until nothing is queued or running; its last output."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], repo, env)
-        if not any(word in status for word in ("Queued", "Running")):
-            return status
-        time.sleep(2)
-    raise AssertionError(f"the queue did not drain in {seconds} s:\n{status}")
-
-
-def test_two_queue_workers_land_their_runs_and_versions_in_one_sqlite_store(tmp_path):
-    repo = tmp_path / "project"
-    env = make_dvc_project(repo)
-    # The stages both experiments share are built once first, as the README advises: two
-    # workers writing the same new outputs into DVC's cache at once can collide inside DVC.
-    run(["dvc", "repro", "tokenize"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "data"], repo, env)
-    assert not (repo / "mlflow.db").exists()  # the workers still create the store together
-    for name, rate in (("fast", "0.005"), ("slow", "0.002")):
-        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.learning_rate={rate}"],
-            repo, env)
-    run(["dvc", "queue", "start", "-j", "2"], repo, env)
-    status = wait_for_queue(repo, env)
-    logs = "\n".join(run(["dvc", "queue", "logs", name], repo, env) for name in ("fast", "slow"))
-    assert status.count("Success") == 2, f"{status}\n{logs}"
-    assert "database is locked" not in logs
-
-    with sqlite3.connect(repo / "mlflow.db") as db:
-        runs = dict(db.execute("SELECT name, status FROM runs"))
-        versions = sorted(v for (v,) in db.execute(
-            "SELECT version FROM model_versions WHERE name = 'tiny'"))
-        champion = db.execute("SELECT version FROM registered_model_aliases "
-                              "WHERE name = 'tiny' AND alias = 'champion'").fetchall()
-    assert runs == {"fast": "FINISHED", "slow": "FINISHED"}
-    assert versions == [1, 2]
-    assert len(champion) == 1
-    exps = json.loads(run(["dvc", "exp", "show", "--json"], repo, env))
-    assert exps  # both experiments are known to DVC too
-
 
 OPEN_STORE = """
 import sys, time
