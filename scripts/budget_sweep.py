@@ -24,8 +24,8 @@ from pathlib import Path
 
 from tinyllm import workflow
 from tinyllm.config import load_params, params_from_dict
-from tinyllm.evaluate import split_metrics
 from tinyllm.package import load_package
+from tinyllm.scoring import split_metrics
 from tinyllm.tokenizer import load_tokens
 from tinyllm.train import StepPlan
 

@@ -3,7 +3,7 @@
     git worktree add /tmp/baseline 9030ad5
     python scripts/train_speed_ab.py --baseline /tmp/baseline --context-length 64 --batch-size 12
 
-Each probe is a fresh process that runs the real training loop (`tinyllm.train.train`, sampling,
+Each probe is a fresh process that runs the real training loop (`tinyllm.train.fit`, sampling,
 clipping and AdamW included) for --steps steps on random tokens and reports its median step
 tokens/s; the two source trees take turns (A B A B ...), so drift in the machine's speed hits
 both. Prints each pair's ratio and the median ratio (this checkout / baseline), with the load.
@@ -24,7 +24,7 @@ import json, statistics, sys
 import numpy as np
 from tinyllm.config import TrainConfig
 from tinyllm.model import GPTConfig
-from tinyllm.train import train
+from tinyllm import train as loop
 
 context, batch, steps, layers, heads, width = map(int, sys.argv[1:7])
 tokens = np.random.default_rng(0).integers(1, 85, 500_000).astype(np.uint16)
@@ -33,7 +33,8 @@ cfg = TrainConfig(max_steps=steps, batch_size=batch, warmup_steps=5, eval_interv
 model = GPTConfig(vocab_size=85, context_length=context, n_layer=layers, n_head=heads,
                   d_model=width)
 rates = []
-train(model, cfg, tokens, tokens, callbacks=[lambda m: rates.append(m.tokens_per_sec)])
+fit = getattr(loop, 'fit', None) or loop.train  # named train before 2026-11-27
+fit(model, cfg, tokens, tokens, callbacks=[lambda m: rates.append(m.tokens_per_sec)])
 print(json.dumps(statistics.median(rates[steps // 5:])))
 """
 

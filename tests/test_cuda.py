@@ -15,7 +15,7 @@ import torch
 from tiny_project import make_project, train_stage, write_corpus
 from torch import nn
 
-from tinyllm.train import train
+from tinyllm.train import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -61,7 +61,7 @@ def linear_output_dtypes():
 def test_cuda_training_uses_bf16_autocast_and_fused_adamw(gpt_config, cuda_config, tokens,
                                                          adamw_defaults):
     with linear_output_dtypes() as dtypes:
-        result = train(gpt_config, cuda_config, tokens, tokens)
+        result = fit(gpt_config, cuda_config, tokens, tokens)
     assert dtypes == {torch.bfloat16}
     assert [d["fused"] for d in adamw_defaults] == [True]  # torch's default (None) is not fused
     losses = [h["train_loss"] for h in result.history]
@@ -83,7 +83,7 @@ def test_kv_cache_matches_full_forward_on_cuda(model, gpt_config, dtype, atol):
 
 
 def test_compiled_training_runs_on_cuda(gpt_config, cuda_config, tokens):
-    result = train(gpt_config, dataclasses.replace(cuda_config, compile=True, max_steps=5),
+    result = fit(gpt_config, dataclasses.replace(cuda_config, compile=True, max_steps=5),
                    tokens, tokens)
     assert result.steps == 5
     assert all(math.isfinite(h["train_loss"]) for h in result.history)

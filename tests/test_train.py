@@ -20,9 +20,9 @@ from tinyllm.train import (
     CHECKPOINT_FILE,
     StepPlan,
     check_split_lengths,
+    fit,
     load_checkpoint,
     lr_at,
-    train,
 )
 
 
@@ -58,7 +58,7 @@ def test_loss_falls_well_below_unigram_entropy(train_config):
     config = GPTConfig(tok.vocab_size, context_length=16, n_layer=2, n_head=2, d_model=32)
     cfg = dataclasses.replace(train_config, max_steps=50, batch_size=64, learning_rate=2e-2,
                               warmup_steps=10, eval_interval=25)
-    result = train(config, cfg, ids[:cut], ids[cut:])
+    result = fit(config, cfg, ids[:cut], ids[cut:])
     entropy = unigram_entropy_nats(text)  # 2.9 nats; runs under seeds 0-5 end at 0.23-0.27 x it
     assert result.best_val_loss < 0.5 * entropy
     assert result.steps == 50 and result.stopped_by == "max_steps"
@@ -71,7 +71,7 @@ def _train_interrupted(gpt_config, cfg, splits, checkpoint_dir, at_step):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(gpt_config, cfg, *splits, checkpoint_dir=checkpoint_dir, callbacks=[interrupt])
+        fit(gpt_config, cfg, *splits, checkpoint_dir=checkpoint_dir, callbacks=[interrupt])
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
@@ -79,12 +79,12 @@ def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, gpt_config, tr
                                                        splits, dropout):
     gpt_config = dataclasses.replace(gpt_config, dropout=dropout)
     cfg = dataclasses.replace(train_config, max_steps=12, checkpoint_interval=4, eval_interval=4)
-    straight = train(gpt_config, cfg, *splits, checkpoint_dir=tmp_path / "a")
+    straight = fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path / "a")
 
     # Interrupt at step 9, after the checkpoint of step 8 was written; step 9 is redone.
     _train_interrupted(gpt_config, cfg, splits, tmp_path / "b", at_step=9)
     assert torch.load(tmp_path / "b" / CHECKPOINT_FILE, weights_only=True)["step"] == 8
-    resumed = train(gpt_config, cfg, *splits, checkpoint_dir=tmp_path / "b")
+    resumed = fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path / "b")
 
     assert resumed.resumed_from == 8 and resumed.steps == 12
     assert resumed.best_val_loss == straight.best_val_loss
@@ -99,10 +99,10 @@ def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, gpt_config, tr
 def test_checkpoint_from_other_params_is_set_aside(tmp_path, gpt_config, train_config, splits,
                                                    caplog):
     cfg = dataclasses.replace(train_config, max_steps=4, warmup_steps=1)
-    train(gpt_config, cfg, *splits, checkpoint_dir=tmp_path)
+    fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path)
     other = dataclasses.replace(cfg, learning_rate=1e-3)
     with caplog.at_level(logging.WARNING, logger="tinyllm.train"):
-        result = train(gpt_config, other, *splits, checkpoint_dir=tmp_path)
+        result = fit(gpt_config, other, *splits, checkpoint_dir=tmp_path)
     assert result.resumed_from == 0 and result.steps == 4
     assert len(list(tmp_path.glob("*set-aside*"))) == 1
     assert any("other params" in r.getMessage() for r in caplog.records)
@@ -114,7 +114,7 @@ def test_checkpoint_under_other_speed_settings_is_resumed(tmp_path, gpt_config, 
     cfg = dataclasses.replace(train_config, max_steps=4, warmup_steps=1, checkpoint_interval=2)
     _train_interrupted(gpt_config, cfg, splits, tmp_path, at_step=3)  # checkpoint of step 2
     faster = dataclasses.replace(cfg, checkpoint_interval=1, threads=1)
-    result = train(gpt_config, faster, *splits, checkpoint_dir=tmp_path)
+    result = fit(gpt_config, faster, *splits, checkpoint_dir=tmp_path)
     assert result.resumed_from == 2
     assert not list(tmp_path.glob("*set-aside*"))
 
@@ -123,7 +123,7 @@ def test_corrupted_checkpoint_is_set_aside(tmp_path, gpt_config, train_config, s
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"this is not a torch checkpoint")
     cfg = dataclasses.replace(train_config, max_steps=2, warmup_steps=1)
     with caplog.at_level(logging.WARNING, logger="tinyllm.train"):
-        result = train(gpt_config, cfg, *splits, checkpoint_dir=tmp_path)
+        result = fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path)
     assert result.resumed_from == 0 and result.steps == 2
     [aside] = tmp_path.glob("*set-aside*")
     assert aside.read_bytes() == b"this is not a torch checkpoint"
@@ -166,7 +166,7 @@ def test_split_shorter_than_context_is_rejected(tokens):
 
 def test_train_rejects_a_short_val_split(gpt_config, train_config, tokens):
     with pytest.raises(TinyLLMError, match="val split"):
-        train(gpt_config, train_config, tokens, tokens[:10])
+        fit(gpt_config, train_config, tokens, tokens[:10])
 
 
 def test_a_budget_plan_lays_warmup_and_decay_over_its_steps(train_config):
@@ -197,7 +197,7 @@ def test_a_budgeted_run_ends_with_an_evaluation_and_keeps_the_best_of_all(
     def slower_than_calibrated(metrics):  # the machine slows down after the calibration
         time.sleep(0.2)
 
-    result = train(gpt_config, cfg, *splits, checkpoint_dir=tmp_path,
+    result = fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path,
                    callbacks=[slower_than_calibrated])
     assert result.plan.budget_sec == 6.0 and result.steps < result.plan.steps
     assert result.stopped_by == "time_budget" and result.elapsed_sec <= 6.0 + 1.0
@@ -219,13 +219,13 @@ def test_a_budgeted_run_resumes_its_recorded_plan_with_the_uninterrupted_weights
     _train_interrupted(gpt_config, cfg, splits, tmp_path / "budget", at_step=9)
     recorded = torch.load(tmp_path / "budget" / CHECKPOINT_FILE, weights_only=True)
     assert recorded["plan"]["steps"] == 12 and recorded["plan"]["warmup_steps"] == 1
-    resumed = train(gpt_config, cfg, *splits, checkpoint_dir=tmp_path / "budget")
+    resumed = fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path / "budget")
     assert resumed.resumed_from == 8 and resumed.steps == 12
     assert resumed.stopped_by == "planned_steps"
     assert resumed.elapsed_sec > recorded["train_seconds"]  # the budget spent before counts
     # The same schedule without a budget: calibration left no trace in the run.
     fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, warmup_steps=1)
-    straight = train(gpt_config, fixed, *splits, checkpoint_dir=tmp_path / "fixed")
+    straight = fit(gpt_config, fixed, *splits, checkpoint_dir=tmp_path / "fixed")
     assert resumed.best_step == straight.best_step
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name

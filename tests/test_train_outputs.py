@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from tinyllm.train import train
+from tinyllm.train import fit
 from tinyllm.train_outputs import LiveCurves, write_history
 from tinyllm.train_samples import SAMPLES_FILE, TrainingSamples
 
@@ -38,7 +38,7 @@ def run(gpt_config, train_config, tokens, tokenizer):
     def go(directory, checkpoints, *callbacks, logged=None):
         samples = TrainingSamples(directory, tokenizer, PROMPTS,
                                   logged.extend if logged is not None else None)
-        return train(gpt_config, cfg, tokens[:cut], tokens[cut:], checkpoint_dir=checkpoints,
+        return fit(gpt_config, cfg, tokens[:cut], tokens[cut:], checkpoint_dir=checkpoints,
                      callbacks=[LiveCurves(directory), samples, *callbacks])
     return go
 
@@ -103,6 +103,6 @@ def test_a_resume_rewrites_the_checkpoints_rows_then_appends(run, tmp_path):
 
 def test_no_prompts_no_samples(gpt_config, train_config, tokens, tokenizer, tmp_path):
     cfg = dataclasses.replace(train_config, max_steps=4, eval_interval=2)
-    train(gpt_config, cfg, tokens[:200], tokens[200:],
+    fit(gpt_config, cfg, tokens[:200], tokens[200:],
           callbacks=[TrainingSamples(tmp_path, tokenizer, [])])
     assert "## Step" not in (tmp_path / SAMPLES_FILE).read_text()

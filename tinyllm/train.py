@@ -254,7 +254,7 @@ def estimate_loss(model: GPT, batches, batch_size: int, autocast) -> float:
     return sum(losses) / len(inputs)
 
 
-def train(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
+def fit(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
           val_tokens: np.ndarray, *, checkpoint_dir: Path | None = None,
           data_fingerprint: str = "", callbacks: Iterable[Callable[[StepMetrics], None]] = ()
           ) -> TrainResult:

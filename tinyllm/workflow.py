@@ -146,8 +146,7 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None):
     from tinyllm.progress import ProgressReporter
     from tinyllm.tokenizer import CharTokenizer, load_tokens
     from tinyllm.tracked_run import run_name, training_run
-    from tinyllm.train import check_batch_split
-    from tinyllm.train import train as run_training
+    from tinyllm.train import check_batch_split, fit
     from tinyllm.train_outputs import LiveCurves, summary_of, write_history
     from tinyllm.train_samples import SAMPLES_FILE, TrainingSamples
 
@@ -175,7 +174,7 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None):
                      TrainingSamples(layout.train_dir, tokenizer, params.evaluate.prompts,
                                      run.log_samples)] if main else []
         with run.system_metrics():
-            result = run_training(model_cfg, params.train, train_tokens, val_tokens,
+            result = fit(model_cfg, params.train, train_tokens, val_tokens,
                                   checkpoint_dir=layout.checkpoints,
                                   data_fingerprint=fingerprint, callbacks=callbacks)
         if not main:
@@ -197,9 +196,9 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None):
 def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) -> dict:
     """Whole-split metrics, samples and the loss curve; with tracking, log and register."""
     from tinyllm.devices import select_device
-    from tinyllm.evaluate import split_metrics
     from tinyllm.package import load_package
     from tinyllm.report import loss_curve_png, samples_markdown
+    from tinyllm.scoring import split_metrics
     from tinyllm.tokenizer import load_tokens
     from tinyllm.tracked_run import EVAL_METRIC_PREFIX, evaluation_run, run_name
 
