@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -154,3 +155,31 @@ def test_unreachable_server_is_named_before_any_training(tmp_path, make_params, 
     with pytest.raises(TinyLLMError, match=r"http://127\.0\.0\.1:9 is unreachable"):
         workflow.train(params, layout)
     assert not layout.checkpoints.exists()
+
+
+def test_two_stores_in_one_process_each_keep_their_own_runs_and_models(tmp_path, make_params,
+                                                                        monkeypatch):
+    """Nothing goes through MLflow's process-global URI or active run: a model registers in the
+    store its run belongs to, whichever store was opened last, from any working directory."""
+    import mlflow
+
+    from tinyllm.tracked_run import TrackedRun
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    params = make_params(**{"tracking.enabled": False})
+    layout = workflow.Layout(tmp_path / "model")
+    workflow.prepare(params, layout)
+    workflow.tokenize(params, layout)
+    workflow.train(params, layout)
+    first, second = (tracking.Store(f"sqlite:///{tmp_path / name / 'mlflow.db'}")
+                     for name in ("one", "two") if (tmp_path / name).mkdir() is None)
+    monkeypatch.chdir(tmp_path / "model")  # neither store's directory
+    global_uri = mlflow.get_tracking_uri()  # MLflow's default: a store in the cwd
+    with TrackedRun.start(first, "tests", "run-one", {}, {}) as run:
+        assert run.register(layout.model, "only-in-one", 2.0, 3.0, "data").version == "1"
+    assert [m.name for m in first.client.search_registered_models()] == ["only-in-one"]
+    assert second.client.search_registered_models() == []
+    assert tracking.resolve_model_uri("models:/only-in-one/1", first).path.is_dir()
+    assert mlflow.get_tracking_uri() == global_uri and "MLFLOW_TRACKING_URI" not in os.environ
+    assert not (tmp_path / "model/mlflow.db").exists() and not (tmp_path / "model/mlruns").exists()
