@@ -198,7 +198,7 @@ def test_a_budgeted_run_ends_with_an_evaluation_and_keeps_the_best_of_all(
         time.sleep(0.2)
 
     result = fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path,
-                   callbacks=[slower_than_calibrated])
+                 callbacks=[slower_than_calibrated])
     assert result.plan.budget_sec == 6.0 and result.steps < result.plan.steps
     assert result.stopped_by == "time_budget" and result.elapsed_sec <= 6.0 + 1.0
     last = result.history[-1]
@@ -209,6 +209,30 @@ def test_a_budgeted_run_ends_with_an_evaluation_and_keeps_the_best_of_all(
     assert result.best_step == min(evaluated, key=evaluated.get)
     saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
     assert saved["step"] == result.steps  # the stop is checkpointed
+
+
+def test_a_budget_plan_counts_what_callbacks_do_at_each_evaluation(
+        gpt_config, train_config, splits):
+    """Sampling at each evaluation (TrainingSamples) takes time the plan must leave room for."""
+    cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=10, warmup_steps=2,
+                              time_budget_minutes=0.05)  # 3 s
+
+    class SlowAtEvaluations:
+        rehearsed = 0
+
+        def rehearse(self, model):
+            self.rehearsed += 1
+            time.sleep(0.4)
+
+        def __call__(self, metrics):
+            if metrics.val_loss is not None:
+                time.sleep(0.4)
+
+    callback = SlowAtEvaluations()
+    result = fit(gpt_config, cfg, *splits, callbacks=[callback])
+    assert callback.rehearsed == 1 and result.plan.eval_sec >= 0.4
+    # 0.4 s every 10 steps: at most 3 s / 0.04 s of them fit, whatever a step costs.
+    assert result.plan.steps <= 75
 
 
 def test_a_budgeted_run_resumes_its_recorded_plan_with_the_uninterrupted_weights(

@@ -262,7 +262,9 @@ def fit(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
 
     Each callback gets every step's StepMetrics. One with an on_start(history, model) method
     is first given the run so far (a checkpoint's on resume) and the model being trained; it
-    may add keys to the history entry of the step it is called for: checkpoints keep them.
+    may add keys to the history entry of the step it is called for: checkpoints keep them. One
+    with a rehearse(model) method does, on the calibration's throwaway copy and writing nothing,
+    what it does at each evaluation, so a budget's plan counts that time too.
     Under torchrun every rank calls this and joins the process group for its duration.
     """
     check_split_lengths(model_cfg.context_length, train=train_tokens, val=val_tokens)
@@ -304,9 +306,10 @@ def optimizer_step(net: torch.nn.Module, model: GPT, optimizer: torch.optim.Opti
 
 
 def calibrate(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: slice,
-              device: torch.device, validate: Callable[[GPT], float]) -> tuple[float, float]:
-    """Seconds of one optimizer step and of one evaluation here, timed on a throwaway copy with
-    its own windows and random state, so the run itself is the same with or without it."""
+              device: torch.device, evaluate: Callable[[GPT], object]) -> tuple[float, float]:
+    """Seconds of one optimizer step and of one evaluation (the validation loss and what the
+    callbacks do with it) here, timed on a throwaway copy with its own windows and random
+    state, so the run itself is the same with or without it."""
     probe = copy.deepcopy(model)
     optimizer = make_optimizer(probe, cfg, device)
     sampler = WindowSampler(train_tokens, probe.config.context_length, cfg.batch_size,
@@ -316,7 +319,7 @@ def calibrate(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: slic
         steps = [seconds(lambda: optimizer_step(probe, probe, optimizer, sampler, cfg,
                                                 cfg.learning_rate, device, autocast), device)
                  for _ in range(4)]
-        eval_sec = seconds(lambda: validate(probe), device)
+        eval_sec = seconds(lambda: evaluate(probe), device)
     return statistics.median(steps[1:]), eval_sec  # the first step warms caches up
 
 
@@ -325,6 +328,7 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
               data_fingerprint: str, callbacks: Iterable[Callable[[StepMetrics], None]]
               ) -> TrainResult:
     autocast = autocast_for(device)
+    callbacks = list(callbacks)
     fingerprint = run_fingerprint(model_cfg, cfg, data_fingerprint)
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
     world = distributed.world_size()
@@ -373,7 +377,14 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
     if plan is None and not cfg.time_budget_minutes:
         plan = StepPlan.fixed(cfg)
     elif plan is None:
-        step_sec, eval_sec = calibrate(model, cfg, train_tokens, rows, device, validate)
+        rehearsals = [c.rehearse for c in callbacks if hasattr(c, "rehearse")]
+
+        def evaluation(net: GPT) -> None:
+            validate(net)
+            for rehearse in rehearsals:
+                rehearse(net)
+
+        step_sec, eval_sec = calibrate(model, cfg, train_tokens, rows, device, evaluation)
         plan = StepPlan.for_budget(cfg, elapsed(), step_sec, eval_sec)
         # Every rank takes the shortest plan, so all stop at the same step.
         plan = replace(plan, steps=-distributed.max_over_ranks(-plan.steps)[0])
@@ -392,7 +403,6 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
 
     net = distributed.data_parallel(model, device)  # the model itself in a plain run
     step_fn = compiled(net) if cfg.compile else net
-    callbacks = list(callbacks)
     for callback in callbacks:  # the run so far (a checkpoint's on resume) and the live model
         if hasattr(callback, "on_start"):
             callback.on_start(history, model)
