@@ -277,8 +277,12 @@ class TrackedRun:
         from mlflow.models import Model
 
         client = self.store.client
-        experiment = client.get_run(self.id).info.experiment_id
-        model = client.create_logged_model(experiment, name=MODEL_ARTIFACT, source_run_id=self.id)
+        run = client.get_run(self.id)
+        # The run's params and source tags, as log_model gives them: the model list's "Logged
+        # from" column and the model page's parameters show them.
+        model = client.create_logged_model(
+            run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=self.id,
+            tags=source_tags(project_root()), params=run.data.params)
         client.log_outputs(self.id, [LoggedModelOutput(model.model_id, step=0)])
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # MLflow's hints about type hints

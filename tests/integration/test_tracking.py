@@ -53,6 +53,10 @@ def test_run_logs_params_step_metrics_artifacts_and_registers(tmp_path, make_par
     assert {"data/tokenizer.json", "eval/samples.md", "eval/loss_curve.png"} <= artifacts
     version = store.client.get_model_version("tiny", "1")
     assert version.tags["run_id"] == run.info.run_id
+    [logged] = store.client.search_logged_models([store.experiment_id("tests")])
+    assert logged.source_run_id == run.info.run_id and logged.status == "READY"
+    assert logged.tags["mlflow.source.name"]  # the UI's "Logged from"
+    assert logged.params["train.learning_rate"] == "0.003"
     assert float(version.tags["test_bits_per_char"]) == pytest.approx(
         metrics["test"]["bits_per_char"], rel=1e-5)
     assert str(store.client.get_model_version_by_alias("tiny", "champion").version) == "1"
