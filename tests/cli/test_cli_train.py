@@ -77,3 +77,15 @@ def test_invalid_settings_name_the_option_and_key(invoke, error_line, tiny_proje
     assert "model.d_model (16) must be divisible by model.n_head (3)" in line
     assert "--name" in error_line(invoke("train", tiny_project, "--name", "a/b"))
     assert not Path("runs").exists()
+
+
+def test_an_unusable_tracking_uri_option_is_named_in_one_line(invoke, error_line, tiny_project):
+    """--tracking-uri reaches the steps as an argument (no environment variable): a bad one is
+    named before any training."""
+    for uri, message in (("http://127.0.0.1:9", "MLflow tracking server http://127.0.0.1:9 is "
+                                                "unreachable"),
+                         ("bogus://x", "unsupported MLflow tracking URI bogus://x")):
+        result = invoke("--tracking-uri", uri, "train", tiny_project, "--max-steps", "4", *SMALL)
+        assert result.exit_code == 1
+        assert message in error_line(result)
+        assert not Path("runs/my_text/models/model").exists()
