@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from tinyllm import workflow
-from tinyllm.config import load_params, params_from_dict
+from tinyllm.config import load_params, params_from_dict, set_keys
 from tinyllm.package import load_package
 from tinyllm.scoring import split_metrics
 from tinyllm.tokenizer import load_tokens
@@ -49,12 +49,8 @@ def budget_params(base: dict, minutes: float, overrides: dict, tokens_per_sec: f
     raw["train"].update(time_budget_minutes=minutes, recipe="auto")
     params = params_from_dict(raw)
     if overrides:  # a variant: the recipe's values with some changed, taken as given
-        flat = {**params.flat(), **overrides, "train.recipe": "none"}
-        nested: dict = {}
-        for key, value in flat.items():
-            section, name = key.split(".")
-            nested.setdefault(section, {})[name] = value
-        params = params_from_dict(nested)
+        params = params_from_dict(set_keys({}, {**params.flat(), **overrides,
+                                                "train.recipe": "none"}))
     if tokens_per_sec is None:
         return params
     train, model = params.train, params.model

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from tinyllm import workflow
-from tinyllm.config import params_from_dict
+from tinyllm.config import params_from_dict, set_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEAKERS = ("ROMEO", "JULIET", "NURSE", "FRIAR", "TYBALT")
@@ -44,15 +44,7 @@ def tiny_params(corpus: str, **overrides) -> dict:
         "evaluate.max_tokens": 20, "tracking.experiment": "tests",
         "tracking.registry_name": "tiny",
     }
-    return apply_overrides(raw, {**tiny, **overrides})
-
-
-def apply_overrides(raw: dict, overrides: dict) -> dict:
-    """Set dotted keys ({"train.max_steps": 5}) in a params.yaml dict."""
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        raw[section][name] = value
-    return raw
+    return set_keys(raw, {**tiny, **overrides})
 
 
 def write_corpus(directory: Path, works: int = 5) -> Path:

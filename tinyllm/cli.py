@@ -298,7 +298,7 @@ def check_data_path(data_path: str) -> None:
 
 def train_params(data_path: str, name: str, register: bool, options: dict):
     """./params.yaml (or the built-in defaults) with the options on top, validated."""
-    from tinyllm.config import load_params_or_defaults, params_from_dict
+    from tinyllm.config import load_params_or_defaults, params_from_dict, set_keys
 
     base = load_params_or_defaults()
     raw = asdict(base)
@@ -306,9 +306,7 @@ def train_params(data_path: str, name: str, register: bool, options: dict):
     raw["tracking"]["registry_name"] = name
     raw["tracking"]["enabled"] = register
     given = {TRAIN_KEYS[k]: v for k, v in options.items() if v is not None}
-    for key, value in given.items():
-        section, field = key.split(".")
-        raw[section][field] = value
+    set_keys(raw, given)
     if "data.val_fraction" in given:
         raw["data"]["test_fraction"] = given["data.val_fraction"]
     train = raw["train"]

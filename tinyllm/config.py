@@ -287,6 +287,14 @@ def build_section(cls: type, name: str, values: Any) -> Any:
     return cls(**typed)
 
 
+def set_keys(raw: dict, values: dict[str, Any]) -> dict:
+    """raw, a params.yaml-shaped dict, with dotted keys ({"train.max_steps": 5}) set in it."""
+    for key, value in values.items():
+        section, name = key.split(".")
+        raw.setdefault(section, {})[name] = value
+    return raw
+
+
 def params_from_dict(raw: Any, source: str = "params") -> Params:
     if raw is None:
         raw = {}
