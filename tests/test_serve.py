@@ -38,6 +38,7 @@ BAD = [  # (body changes, status, param, part of the message)
     ({"model": None}, 400, "model", "missing field 'model'"),
     ({"model": "gpt-4"}, 404, "model", "model 'gpt-4' is not served here"),
     ({"prompt": "x" * 5_000_000}, 400, "prompt", "this server takes at most"),
+    ({"prompt": "x" * 17_000_000}, 413, None, "this server takes at most 16777216"),
     ({"n": 0}, 400, "n", "n must be between"),
     ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
 ]

@@ -320,6 +320,26 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     return JSONResponse(error_body(message, param), status_code=400)
 
 
+class BoundedBody:
+    """A 413 for a request whose Content-Length is over max_bytes, before its body is read.
+
+    Plain ASGI: Starlette's @app.middleware("http") would also relay every streamed chunk of
+    every response through a task and a memory stream, a large share of a busy server's time.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        size = dict(scope.get("headers", ())).get(b"content-length", b"")
+        if scope["type"] == "http" and size.isdigit() and int(size) > self.max_bytes:
+            message = (f"the request body is {int(size)} bytes; this server takes at most "
+                       f"{self.max_bytes}")
+            await JSONResponse(error_body(message), 413)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def create_app(models: Models, limits: Limits) -> FastAPI:
     app = FastAPI(title="tinyllm", docs_url=None, redoc_url=None)
     waiting: set[Job] = set()
@@ -361,13 +381,7 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}",
                                        kind="server_error"), 500)
 
-    @app.middleware("http")
-    async def bounded_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > limits.max_body_bytes:
-            return JSONResponse(error_body(f"the request body is {size} bytes; this server "
-                                           f"takes at most {limits.max_body_bytes}"), 413)
-        return await call_next(request)
+    app.add_middleware(BoundedBody, max_bytes=limits.max_body_bytes)
 
     @app.get("/health")
     async def health():
