@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 from tiny_project import tiny_work
 
-from tinyllm.batching import Decoder, Sequence
+from tinyllm.batching import Decoder, Sequence, SlotCache, decode_step
 from tinyllm.cli import cli
 from tinyllm.config import SamplingConfig
 from tinyllm.generate import stream_tokens
@@ -264,3 +264,28 @@ def test_batched_decoding_gives_each_sequence_exactly_its_text_alone():
     assert [out[:-1] for out in got] == expected
     assert {out[-1] for out in got} == {"length"}
 
+
+
+def test_a_shared_decoding_step_computes_each_row_bit_for_bit_as_alone():
+    """decode_step over sequences at eight different positions: each row's logits equal the
+    model's single-sequence pass exactly, step after step (not merely close: sampled text must
+    not change with what else is being served)."""
+    torch.manual_seed(2)
+    model = GPT(GPTConfig(vocab_size=60, context_length=64, n_layer=2, n_head=4,
+                          d_model=64)).eval()
+    shared = model.new_cache(10)
+    slots = [9, 0, 4, 2, 7, 1, 5, 3]  # any slots, in any order
+    caches = [SlotCache(shared.keys, shared.values, slot) for slot in slots]
+    alone = [model.new_cache(1) for _ in slots]
+    prompts = [torch.randint(1, 60, (1, 1 + 6 * i)) for i in range(len(slots))]
+    with torch.inference_mode():
+        for prompt, cache, own in zip(prompts, caches, alone):
+            model(prompt, cache=cache)
+            model(prompt, cache=own)
+        tokens = [int(p[0, -1]) for p in prompts]
+        for _ in range(10):
+            rows = decode_step(model, tokens, caches, shared.keys, shared.values)
+            for row, token, own in zip(rows, tokens, alone):
+                logits, _ = model(torch.tensor([[token]]), cache=own)
+                assert torch.equal(row, logits[0, -1])
+            tokens = [int(r.argmax()) for r in rows]

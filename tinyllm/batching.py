@@ -9,7 +9,9 @@ its own KV cache, sampling settings and random generator, so a request gives exa
 - in the shared step the matrix products are batched matrix products, one small product per
   sequence, which compute each row exactly as the single-sequence pass does (a plain batched
   matmul of B rows may round differently from one row at a time, so its text could differ);
-- attention runs per sequence over its own cache, as alone, with no padding or masks.
+- attention runs in one call for all of them, each row over its whole cache buffer with the
+  slots after its position masked, as the model attends alone (model.attend_one), so rows of
+  different lengths get what each gets alone.
 
 The Decoder runs in its own thread; callers submit a sequence and receive its tokens through a
 callback, and may cancel it at any moment (a client that went away).
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from tinyllm.config import SamplingConfig
 from tinyllm.generate import sample_next
-from tinyllm.model import GPT, KVCache
+from tinyllm.model import GPT, KVCache, attend_one
 from tinyllm.tokenizer import UNKNOWN_ID
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ def _rowwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 class SlotCache(KVCache):
     """One sequence's KV cache: its slot of the decoder's shared key/value buffers, so that
-    sequences at the same position attend in one call."""
+    all sequences attend in one call."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, slot: int):
         self.keys, self.values = keys[:, slot:slot + 1], values[:, slot:slot + 1]
@@ -78,29 +80,21 @@ def decode_step(model: GPT, tokens: list[int], caches: list[SlotCache], keys: to
                 values: torch.Tensor) -> torch.Tensor:
     """Logits [B, vocab] for one new token per sequence, appended to its cache in the shared
     buffers keys/values; each row equals model(tensor([[token]]), cache=cache) for that
-    sequence alone. Sequences at the same position attend together (attention computes every
-    row of a batch as it would alone)."""
+    sequence alone."""
     device = model.tok_emb.weight.device
     batch = len(tokens)
     idx = torch.tensor(tokens, device=device)[:, None]
-    lengths = [c.length for c in caches]
-    x = model.tok_emb(idx) + model.pos_emb(torch.tensor(lengths, device=device)[:, None])
+    positions = torch.tensor([c.length for c in caches], device=device)
+    slots = torch.tensor([c.slot for c in caches], device=device)
+    x = model.tok_emb(idx) + model.pos_emb(positions[:, None])
     width, heads = model.config.d_model, model.config.n_head
-    groups: dict[int, list[int]] = {}
-    for row, length in enumerate(lengths):
-        groups.setdefault(length, []).append(row)
-    groups_idx = [(length, torch.tensor(rows, device=device),
-                   torch.tensor([caches[r].slot for r in rows], device=device))
-                  for length, rows in groups.items()]
     for layer, block in enumerate(model.blocks):
         q, k, v = _rowwise(block.ln_1(x), block.attn.qkv.weight).split(width, dim=2)
         q, k, v = (t.view(batch, 1, heads, width // heads).transpose(1, 2) for t in (q, k, v))
-        y = torch.empty_like(q)
-        for length, rows, slots in groups_idx:
-            keys[layer, slots, :, length] = k[rows, :, 0]
-            values[layer, slots, :, length] = v[rows, :, 0]
-            y[rows] = F.scaled_dot_product_attention(
-                q[rows], keys[layer, slots, :, :length + 1], values[layer, slots, :, :length + 1])
+        keys[layer, slots, :, positions] = k[:, :, 0]
+        values[layer, slots, :, positions] = v[:, :, 0]
+        y = attend_one(q, keys[layer].index_select(0, slots), values[layer].index_select(0, slots),
+                       positions)
         y = y.transpose(1, 2).contiguous().view(batch, 1, width)
         x = x + _rowwise(y, block.attn.proj.weight)
         hidden = F.gelu(_rowwise(block.ln_2(x), block.mlp.up.weight))

@@ -65,6 +65,18 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
+def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               positions: torch.Tensor) -> torch.Tensor:
+    """Attention of one new query per row (q [B, heads, 1, head_dim], at positions [B]) over
+    whole cache buffers [B, heads, context, head_dim], the slots after each position masked.
+
+    Every row is computed over the same length whatever its position, so rows of different
+    lengths batched together get exactly what each gets alone (tinyllm.batching relies on it).
+    """
+    visible = torch.arange(keys.size(2), device=q.device) <= positions[:, None]
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None])
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -84,12 +96,16 @@ class CausalSelfAttention(nn.Module):
             if cache is not None:
                 cache.append(layer, k, v)
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        elif steps == 1:
+            position = torch.tensor([cache.length], device=x.device)
+            cache.append(layer, k, v)
+            y = attend_one(q, cache.keys[layer], cache.values[layer], position)
         else:
             past = cache.length
             k, v = cache.append(layer, k, v)
             # Query i sits at absolute position past + i and may see keys 0 .. past + i.
-            mask = None if steps == 1 else torch.ones(
-                steps, past + steps, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            mask = torch.ones(steps, past + steps, dtype=torch.bool, device=x.device).tril(
+                diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(batch, steps, width)
         return self.resid_dropout(self.proj(y))
