@@ -277,9 +277,11 @@ def fit(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
 
 
 def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, fused on CUDA. (foreach on CPU did not pay: 0.93x in scripts/train_speed_ab.py.)"""
+    """AdamW, fused on CUDA and CPU: one pass over the parameters instead of a dozen (on CPU,
+    0.8 ms a step instead of 5 for the default model's parameters)."""
     return torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
-                             betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda" or None)
+                             betas=(cfg.beta1, cfg.beta2),
+                             fused=device.type in ("cuda", "cpu") or None)
 
 
 def optimizer_step(net: torch.nn.Module, model: GPT, optimizer: torch.optim.Optimizer,
