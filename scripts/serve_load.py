@@ -45,12 +45,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_tinyllm(model_uri: str, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """`tinyllm serve` in its own session, on a free port."""
+def start_tinyllm(model_uri: str, workers: int | None,
+                  log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`tinyllm serve` in its own session, on a free port (workers None: its default)."""
     port = free_port()
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [str(BIN / "tinyllm"), "serve", "--model-uri", model_uri, "--port", str(port)],
+            [str(BIN / "tinyllm"), "serve", "--model-uri", model_uri, "--port", str(port),
+             *(["--workers", str(workers)] if workers else [])],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return server, f"http://127.0.0.1:{port}"
 
@@ -260,9 +262,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="per client count")
     parser.add_argument("--max-tokens", type=int, default=50)
     parser.add_argument("--prompt", default="ROMEO:")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (mlflow)")
+    parser.add_argument("--workers", type=int,
+                        help="server processes (default: the server's own; mlflow's is 1)")
     args = parser.parse_args()
-    if min(*args.clients, args.requests, args.max_tokens, args.workers) < 1:
+    if min(*args.clients, args.requests, args.max_tokens, args.workers or 1) < 1:
         sys.exit("error: --clients, --requests, --max-tokens and --workers must be >= 1")
 
     mlflow = args.server == "mlflow"
@@ -274,8 +277,8 @@ def main() -> None:
     started = time.monotonic()
     if url is None:
         log_path = scratch / "server.log"
-        server, url = (start_server(model_uri, args.workers, log_path) if mlflow
-                       else start_tinyllm(model_uri, log_path))
+        server, url = (start_server(model_uri, args.workers or 1, log_path) if mlflow
+                       else start_tinyllm(model_uri, args.workers, log_path))
     try:
         if mlflow:
             send = mlflow_request

@@ -87,7 +87,7 @@ def package(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(package):
-    process, url = start(package, "--max-tokens-limit", "100000")
+    process, url = start(package, "--max-tokens-limit", "100000", "--workers", "1")
     yield url
     stop(process)
 
@@ -212,9 +212,27 @@ def test_a_client_that_disconnects_mid_stream_stops_its_generation(server):
         time.sleep(0.1)
 
 
-def test_request_time_is_capped_and_sigterm_ends_the_server_at_once(package):
-    process, url = start(package, "--max-tokens-limit", "100000", "--request-seconds", "1")
+def worker_processes(pid: int) -> list[int]:
+    """The worker processes `tinyllm serve` (pid) spawned, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # it ended meanwhile
+            continue
+        if parent == pid and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_request_time_is_capped_and_sigterm_ends_the_server_at_once(package, workers):
+    process, url = start(package, "--max-tokens-limit", "100000", "--request-seconds", "1",
+                         "--workers", str(workers))
     try:
+        spawned = worker_processes(process.pid)
+        assert len(spawned) == (workers if workers > 1 else 0)
         started = time.monotonic()
         status, reply, _ = post(url, "/v1/completions", {"model": "tiny", "prompt": "R",
                                                          "max_tokens": 100000})
@@ -232,6 +250,7 @@ def test_request_time_is_capped_and_sigterm_ends_the_server_at_once(package):
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)
         assert time.monotonic() - started < 5
+        assert not [p for p in spawned if Path(f"/proc/{p}").exists()]  # none left behind
         connection.close()
     finally:
         stop(process)
@@ -279,13 +298,13 @@ def test_a_shared_decoding_step_computes_each_row_bit_for_bit_as_alone():
     alone = [model.new_cache(1) for _ in slots]
     prompts = [torch.randint(1, 60, (1, 1 + 6 * i)) for i in range(len(slots))]
     with torch.inference_mode():
-        for prompt, cache, own in zip(prompts, caches, alone):
+        for prompt, cache, own in zip(prompts, caches, alone, strict=True):
             model(prompt, cache=cache)
             model(prompt, cache=own)
         tokens = [int(p[0, -1]) for p in prompts]
         for _ in range(10):
             rows = decode_step(model, tokens, caches, shared.keys, shared.values)
-            for row, token, own in zip(rows, tokens, alone):
+            for row, token, own in zip(rows, tokens, alone, strict=True):
                 logits, _ = model(torch.tensor([[token]]), cache=own)
                 assert torch.equal(row, logits[0, -1])
             tokens = [int(r.argmax()) for r in rows]

@@ -238,9 +238,12 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
               show_default=True, help="The longest prompt (or chat) a request may send.")
 @click.option("--refresh-seconds", type=click.FloatRange(0), default=5.0, show_default=True,
               help="How often an alias (or /latest) is checked for a new version; 0 = never.")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Server processes sharing the port, each with its own copy of the model. "
+                   "Default: one per CPU core (at most 4) on the CPU, else 1.")
 @click.pass_obj
 def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request_seconds,
-          max_prompt_chars, refresh_seconds) -> None:
+          max_prompt_chars, refresh_seconds, workers) -> None:
     """Serve a model: GET /v1/models, POST /v1/completions and /v1/chat/completions, with
     `"stream": true` as server-sent events. Requests take the sampling settings under the
     names `generate` uses (max_tokens, temperature, top_k, top_p, min_p, seed), plus stop and n.
@@ -250,16 +253,14 @@ def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request
         curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
           -d '{"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 50, "seed": 1}'
     """
-    import torch
+    from tinyllm.serving import Limits, ServeOptions, default_workers
+    from tinyllm.serving import serve as run_server
 
-    from tinyllm.serve import Limits
-    from tinyllm.serve import serve as run_server
-
-    torch.set_num_threads(1)  # one small matmul at a time: more threads only contend
     limits = Limits(max_tokens=max_tokens_limit, request_seconds=request_seconds,
                     max_prompt_chars=max_prompt_chars)
-    run_server(model_uri, host, port, obj.tracking_uri, device, limits, refresh_seconds,
-               notify)
+    options = ServeOptions(model_uri, host, port, obj.tracking_uri, device, limits,
+                           refresh_seconds, obj.verbose)
+    run_server(options, workers or default_workers(device), notify)
 
 
 # --- train ------------------------------------------------------------------------------------

@@ -38,23 +38,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException
 
 from tinyllm.batching import CANCELLED, Decoder, Sequence
-from tinyllm.config import SEED_MAX, SERVED_MAX_TOKENS, SERVED_REQUEST_SECONDS, SamplingConfig
+from tinyllm.config import SEED_MAX, SamplingConfig
 from tinyllm.discovery import load_model, open_store, pinned_uri
 from tinyllm.errors import TinyLLMError
 from tinyllm.generate import StopFilter, prompt_ids
+from tinyllm.serving import Limits, ServeOptions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Server-side caps (the `tinyllm serve` options)."""
-
-    max_tokens: int = SERVED_MAX_TOKENS  # per choice
-    request_seconds: float = SERVED_REQUEST_SECONDS  # then it ends with finish_reason "length"
-    max_prompt_chars: int = 100_000
-    max_body_bytes: int = 16 << 20
-    max_n: int = 16
 
 
 class RequestError(Exception):
@@ -487,16 +477,26 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(uri: str | None, host: str, port: int, tracking_uri: str | None, device: str,
-          limits: Limits, refresh_seconds: float, notify) -> None:
-    """Load the model, then serve it until SIGTERM/SIGINT."""
-    models = Models(uri, tracking_uri, device, refresh_seconds=refresh_seconds, notify=notify)
-    app = create_app(models, limits)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+def describe(models: Models) -> str:
+    """What a server serves, for its start-up line."""
+    return f"{models.current.uri} (model '{models.current.id}')"
+
+
+def load(options: ServeOptions, notify) -> Models:
+    """The model to serve, its decoder started (notify: notes on what was found)."""
+    import torch
+
+    torch.set_num_threads(1)  # one small matmul at a time: more threads only contend
+    return Models(options.uri, options.tracking_uri, options.device,
+                  refresh_seconds=options.refresh_seconds, notify=notify)
+
+
+def run(models: Models, options: ServeOptions, sockets=None) -> None:
+    """Serve models over HTTP until SIGTERM/SIGINT (on sockets: ones a parent opened)."""
+    config = uvicorn.Config(create_app(models, options.limits), host=options.host,
+                            port=options.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=2, lifespan="on")
-    notify(f"serving {models.current.uri} (model '{models.current.id}') on "
-           f"http://{host}:{port}/v1")
     try:
-        _Server(config, models.stop).run()
+        _Server(config, models.stop).run(sockets=sockets)
     finally:
         models.stop()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from test_serve import free_port
+from test_serve import free_port, worker_processes
 
 from tinyllm import tracking
 from tinyllm.package import load_package, save_package
@@ -66,7 +66,12 @@ def test_serve_takes_the_champion_and_follows_the_alias_without_a_restart(tiny_m
             time.sleep(0.1)
         expected = load_package(better).generate("ROMEO:", max_tokens=20, seed=4)
         assert reply["choices"][0]["text"] == expected
+        workers = worker_processes(server.pid)
     finally:
         server.kill()
         output = server.communicate()[0]
     assert "using models:/served@champion" in output
+    deadline = time.monotonic() + 30  # killed outright, the server cannot stop its workers:
+    while [p for p in workers if Path(f"/proc/{p}").exists()]:  # they notice it is gone
+        assert time.monotonic() < deadline, "worker processes outlived the server"
+        time.sleep(0.1)
