@@ -308,3 +308,17 @@ def test_a_shared_decoding_step_computes_each_row_bit_for_bit_as_alone():
                 logits, _ = model(torch.tensor([[token]]), cache=own)
                 assert torch.equal(row, logits[0, -1])
             tokens = [int(r.argmax()) for r in rows]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_error_line_before_any_loading(package, workers):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run([TINYLLM, "serve", "--model-uri", str(package), "--port",
+                                 str(port), "--workers", workers], capture_output=True,
+                                text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    assert len(result.stderr.splitlines()) == 1

@@ -56,16 +56,20 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
     model and its own decoder: a decoding step is mostly Python, and one process runs Python on
     one core at a time. The first to load reports; any that fails to load ends them all.
     """
+    try:  # before loading anything: a port in use is one line, at once
+        listener = socket.create_server((options.host, options.port))
+    except OSError as exc:
+        raise TinyLLMError(f"cannot listen on {options.host}:{options.port}: "
+                           f"{exc.strerror or exc}") from None
+    port = listener.getsockname()[1]
     if workers == 1:
         from tinyllm import serve as app
 
         models = app.load(options, notify)
-        notify(f"serving {app.describe(models)} on http://{options.host}:{options.port}/v1")
-        app.run(models, options)
+        notify(f"serving {app.describe(models)} on http://{options.host}:{port}/v1")
+        app.run(models, options, sockets=[listener])
         return
-    listener = socket.create_server((options.host, options.port))
     spawn = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-    port = listener.getsockname()[1]
     pipes, processes = [], []
     signal.signal(signal.SIGTERM, _interrupt)
     for index in range(workers):
