@@ -54,7 +54,7 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
 
     With workers > 1, that many processes accept on one socket, each with its own copy of the
     model and its own decoder: a decoding step is mostly Python, and one process runs Python on
-    one core at a time. The first to load reports; any that fails to load ends them all.
+    one core at a time. Any that fails to load ends them all.
     """
     try:  # before loading anything: a port in use is one line, at once
         listener = socket.create_server((options.host, options.port))
@@ -70,30 +70,28 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
         app.run(models, options, sockets=[listener])
         return
     spawn = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-    pipes, processes = [], []
     signal.signal(signal.SIGTERM, _interrupt)
-    for index in range(workers):
+    processes, pipes = [], []  # our ends; each worker's end closing tells it we are gone
+
+    def start(index: int):
         ours, theirs = spawn.Pipe()
-        processes.append(spawn.Process(target=_worker, args=(options, listener, theirs),
-                                       name=f"tinyllm-serve-{index}"))
-        processes[-1].start()
+        process = spawn.Process(target=_worker, args=(options, listener, theirs),
+                                name=f"tinyllm-serve-{index}")
+        process.start()
+        processes.append(process)
         pipes.append(ours)
+        return process, ours
+
     try:
-        loading = dict(zip(pipes, processes, strict=True))
-        while loading:  # each says it is ready, or why not; the first ready one is announced
-            multiprocessing.connection.wait([*loading, *(p.sentinel for p in loading.values())])
-            for pipe in [pipe for pipe, process in loading.items()
-                         if pipe.poll() or not process.is_alive()]:
-                problem, served, notes = (pipe.recv() if pipe.poll()
-                                          else ("a worker died loading", None, []))
-                if problem:
-                    raise TinyLLMError(problem)
-                if len(loading) == workers:
-                    for note in notes:
-                        notify(note)
-                    notify(f"serving {served} on http://{options.host}:{port}/v1 "
-                           f"({workers} worker processes)")
-                del loading[pipe]
+        # The first worker loads alone, so the first answer comes as soon as with one worker;
+        # the others load while it serves.
+        served, notes = _ready(*start(0))
+        for note in notes:
+            notify(note)
+        notify(f"serving {served} on http://{options.host}:{port}/v1 ({workers} worker "
+               f"processes)")
+        for started in [start(index) for index in range(1, workers)]:
+            _ready(*started)
         multiprocessing.connection.wait([p.sentinel for p in processes])
         ended = next(p for p in processes if not p.is_alive())
         raise TinyLLMError(f"worker process {ended.name} exited (code {ended.exitcode}); "
@@ -103,6 +101,16 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
     finally:
         _stop(processes)
         listener.close()
+
+
+def _ready(process, pipe) -> tuple[str, list[str]]:
+    """Wait until a worker has loaded: (what it serves, its notes); TinyLLMError if it could
+    not."""
+    multiprocessing.connection.wait([pipe, process.sentinel])
+    problem, served, notes = pipe.recv() if pipe.poll() else ("a worker died loading", None, [])
+    if problem:
+        raise TinyLLMError(problem)
+    return served, notes
 
 
 def _interrupt(_signum, _frame) -> None:
