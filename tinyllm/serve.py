@@ -22,6 +22,7 @@ import asyncio
 import collections
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -491,12 +492,11 @@ def load(options: ServeOptions, notify) -> Models:
                   refresh_seconds=options.refresh_seconds, notify=notify)
 
 
-def run(models: Models, options: ServeOptions, sockets=None) -> None:
-    """Serve models over HTTP until SIGTERM/SIGINT (on sockets: ones a parent opened)."""
-    config = uvicorn.Config(create_app(models, options.limits), host=options.host,
-                            port=options.port, log_level="warning", access_log=False,
+def run(models: Models, limits: Limits, listener: socket.socket) -> None:
+    """Serve models over HTTP on listener (a bound socket) until SIGTERM/SIGINT."""
+    config = uvicorn.Config(create_app(models, limits), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=2, lifespan="on")
     try:
-        _Server(config, models.stop).run(sockets=sockets)
+        _Server(config, models.stop).run(sockets=[listener])
     finally:
         models.stop()

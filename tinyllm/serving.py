@@ -67,7 +67,7 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
 
         models = app.load(options, notify)
         notify(f"serving {app.describe(models)} on http://{options.host}:{port}/v1")
-        app.run(models, options, sockets=[listener])
+        app.run(models, options.limits, listener)
         return
     spawn = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     signal.signal(signal.SIGTERM, _interrupt)
@@ -148,7 +148,7 @@ def _worker(options: ServeOptions, listener: socket.socket, pipe) -> None:
     if not _tell(pipe, (None, app.describe(models), notes)):
         return  # the parent is gone
     threading.Thread(target=_end_with_parent, args=(pipe,), daemon=True).start()
-    app.run(models, options, sockets=[listener])
+    app.run(models, options.limits, listener)
 
 
 def _tell(pipe, message) -> bool:
