@@ -4,6 +4,7 @@ terminal session driven through a pseudo-terminal."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -184,12 +185,19 @@ def test_a_damaged_package_is_one_error_line(invoke, error_line, tiny_model, tmp
     assert message in error_line(invoke("chat", "--model-uri", copy, input="ROMEO:\n"))
 
 
+def default_sigint() -> None:
+    """Ctrl-C as a terminal gives it, even where the tests run with SIGINT ignored (a shell's
+    background job, e.g. `nohup make test &`): ignoring is inherited, and would be the chat's."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_terminal_session(tiny_model, tmp_path):
     """Banner, /temp 0, a prompt interrupted by Ctrl-C mid-generation, /quit: exit 0."""
     child = pexpect.spawn(tiny_model.command, ["chat", "--model-uri", "models:/tiny@champion",
                                                "--max-tokens", "100000"],
                           env=tiny_model.env(HOME=str(tmp_path), TERM="dumb"),
-                          encoding="utf-8", timeout=90, dimensions=(40, 200))
+                          encoding="utf-8", timeout=90, dimensions=(40, 200),
+                          preexec_fn=default_sigint)
     try:
         child.expect("tinyllm chat: tiny version 1")
         child.expect("13,9|parameters")
