@@ -29,6 +29,7 @@ from tinyllm.config import (
 )
 from tinyllm.discovery import load_model, open_store, pinned_uri, test_bits_per_char, title_of
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
+from tinyllm.serving import MAX_DEFAULT_WORKERS
 
 log = logging.getLogger("tinyllm.cli")
 
@@ -240,7 +241,8 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
               help="How often an alias (or /latest) is checked for a new version; 0 = never.")
 @click.option("--workers", type=click.IntRange(1, 64),
               help="Server processes sharing the port, each with its own copy of the model. "
-                   "Default: one per CPU core (at most 4) on the CPU, else 1.")
+                   f"Default: one per CPU core (at most {MAX_DEFAULT_WORKERS}) on the CPU, "
+                   "else 1.")
 @click.pass_obj
 def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request_seconds,
           max_prompt_chars, refresh_seconds, workers) -> None:

@@ -44,9 +44,12 @@ class ServeOptions:
     verbose: bool = False
 
 
+MAX_DEFAULT_WORKERS = 4  # each worker holds its own copy of torch, MLflow and the model
+
+
 def default_workers(device: str) -> int:
-    """One process per usable core on a CPU (at most 4), else one."""
-    return min(len(os.sched_getaffinity(0)), 4) if device == "cpu" else 1
+    """One process per usable core on a CPU (at most MAX_DEFAULT_WORKERS), else one."""
+    return min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS) if device == "cpu" else 1
 
 
 def serve(options: ServeOptions, workers: int, notify) -> None:
