@@ -322,3 +322,12 @@ def test_a_port_in_use_is_one_error_line_before_any_loading(package, workers):
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
     assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", str(2**64), "many"])
+def test_a_bad_workers_count_is_one_error_line_naming_the_option(workers):
+    result = subprocess.run([TINYLLM, "serve", "--workers", workers], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: Invalid value for '--workers': ")
+    assert len(result.stderr.splitlines()) == 1
