@@ -70,9 +70,15 @@ def load_model(uri: str | None = None, device: str = "cpu", tracking_uri: str | 
     models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH, a package directory), or for
     None the discovered one (notify says which and why). loaded.source says where it came from
     (a tinyllm.tracking.ResolvedModel). compile: torch.compile it for generation."""
+    return load_resolved(resolve(uri, tracking_uri, notify), device, compile)
+
+
+def resolve(uri: str | None = None, tracking_uri: str | None = None,
+            notify: Callable[[str], None] = log.info):
+    """Where the model load_model(uri) loads is: a tinyllm.tracking.ResolvedModel, its package
+    in a local directory. Needs MLflow but not torch, so a server finds the model while its
+    workers import torch."""
     from tinyllm import tracking
-    from tinyllm.devices import select_device
-    from tinyllm.package import load_package
 
     store = None
     if uri is None or uri.startswith(("models:/", "runs:/")):
@@ -83,13 +89,35 @@ def load_model(uri: str | None = None, device: str = "cpu", tracking_uri: str | 
         elif store is None:
             raise TinyLLMError(f"cannot load {uri}: no MLflow store at {store_uri} yet; run "
                                "`dvc repro` to train and register a model")
-    device = str(select_device(device, key="--device"))
-    resolved = tracking.resolve_model_uri(str(uri), store)
-    loaded = load_package(resolved.path, device=device)
+    return tracking.resolve_model_uri(str(uri), store)
+
+
+def load_resolved(resolved, device: str = "cpu", compile: bool = False):
+    """The LoadedModel of a resolve()d model, on device (checked)."""
+    from tinyllm.devices import select_device
+    from tinyllm.package import load_package
+
+    loaded = load_package(resolved.path, device=str(select_device(device, key="--device")))
     loaded.source = resolved
     if compile:
         loaded.compile()
     return loaded
+
+
+def moves(uri: str) -> bool:
+    """Whether the version a URI names can change: an alias or /latest."""
+    return uri.startswith("models:/") and ("@" in uri or uri.endswith("/latest"))
+
+
+def newer(resolved, tracking_uri: str | None = None):
+    """The version resolved.uri (an alias or /latest) names now, resolved, when it is another
+    than resolved's; else None."""
+    from tinyllm import tracking
+
+    store, _ = open_store(tracking_uri)
+    if tracking.registered_version(resolved.uri, store) == resolved.version:
+        return None
+    return tracking.resolve_model_uri(resolved.uri, store)
 
 
 def test_bits_per_char(loaded, tracking_uri: str | None = None) -> float | None:

@@ -10,9 +10,9 @@ defaults (max_tokens, temperature, top_k, top_p, min_p, seed), plus stop, n and 
 usage counts characters. Every response names the exact model version (`models:/NAME/VERSION`).
 
 Concurrent requests share one model through tinyllm.batching.Decoder: one forward pass per step
-for every sequence in flight, each giving exactly what `tinyllm generate` gives alone. A model
-served through an alias (or /latest) is re-checked every few seconds; when the alias moves, new
-requests get the new version without a restart. Bad requests get a 4xx in OpenAI's error shape
+for every sequence in flight, each giving exactly what `tinyllm generate` gives alone. When the
+alias (or /latest) a server serves moves, tinyllm.serving hands each worker the new version, and
+new requests get it without a restart. Bad requests get a 4xx in OpenAI's error shape
 naming the field; SIGTERM ends whatever is in flight and exits within seconds.
 """
 
@@ -23,7 +23,6 @@ import collections
 import json
 import logging
 import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -40,10 +39,10 @@ from starlette.exceptions import HTTPException
 
 from tinyllm.batching import CANCELLED, Decoder, Sequence
 from tinyllm.config import SEED_MAX, SamplingConfig
-from tinyllm.discovery import load_model, open_store, pinned_uri
+from tinyllm.discovery import load_resolved, pinned_uri
 from tinyllm.errors import TinyLLMError
 from tinyllm.generate import StopFilter, prompt_ids
-from tinyllm.serving import Limits, ServeOptions
+from tinyllm.serving import Limits
 
 log = logging.getLogger(__name__)
 
@@ -154,43 +153,25 @@ class Served:
 
 
 class Models:
-    """The model a server serves; it follows an alias (or /latest) as it moves."""
+    """The model a server serves: a resolved model, then each newer version it is given (an
+    alias or /latest that moved)."""
 
-    def __init__(self, uri: str | None, tracking_uri: str | None, device: str = "cpu",
-                 max_batch: int = 64, refresh_seconds: float = 5.0, notify=log.info):
-        self.tracking_uri, self.device, self.max_batch = tracking_uri, device, max_batch
-        self.current = self._serve(load_model(uri, device, tracking_uri, notify))
-        self.requested = self.current.loaded.source.uri  # e.g. models:/shakespeare@champion
-        self.names = {self.current.id, self.requested, *([uri] if uri else [])}
+    def __init__(self, resolved, device: str = "cpu", max_batch: int = 64):
+        self.device, self.max_batch = device, max_batch
         self.after_step = lambda: None
-        self.stopped = threading.Event()
-        moves = self.requested.startswith("models:/") and (
-            "@" in self.requested or self.requested.endswith("/latest"))
-        if moves and refresh_seconds > 0:
-            threading.Thread(target=self._follow, args=(refresh_seconds,), daemon=True,
-                             name="tinyllm-follow").start()
+        self.current = self._serve(load_resolved(resolved, device))
+        self.requested = resolved.uri  # e.g. models:/shakespeare@champion
+        self.names = {self.current.id, self.requested}
 
     def _serve(self, loaded) -> Served:
         decoder = Decoder(loaded.model, self.max_batch)
         decoder.after_step = lambda: self.after_step()
         return Served(loaded, decoder)
 
-    def _follow(self, seconds: float) -> None:
-        """Check the alias every few seconds; load a new version when it moved."""
-        from tinyllm import tracking
-
-        while not self.stopped.wait(seconds):
-            try:
-                store, _ = open_store(self.tracking_uri)
-                version = tracking.registered_version(self.requested, store)
-                if version == self.current.loaded.source.version:
-                    continue
-                loaded = load_model(self.requested, self.device, self.tracking_uri)
-                old, self.current = self.current, self._serve(loaded)
-                old.decoder.retire()
-                log.warning("%s now serves %s", self.requested, self.current.uri)
-            except Exception as exc:  # a store hiccup must not stop serving the current one
-                log.warning("could not check %s: %s", self.requested, exc)
+    def swap(self, resolved) -> None:
+        """Serve resolved from the next request on; requests in flight finish on the old one."""
+        old, self.current = self.current, self._serve(load_resolved(resolved, self.device))
+        old.decoder.retire()
 
     def check_name(self, name: str) -> Served:
         served = self.current
@@ -201,7 +182,6 @@ class Models:
         return served
 
     def stop(self) -> None:
-        self.stopped.set()
         self.current.decoder.stop()
 
 
@@ -483,13 +463,12 @@ def describe(models: Models) -> str:
     return f"{models.current.uri} (model '{models.current.id}')"
 
 
-def load(options: ServeOptions, notify) -> Models:
-    """The model to serve, its decoder started (notify: notes on what was found)."""
+def load(resolved, device: str) -> Models:
+    """The model to serve, its decoder started."""
     import torch
 
     torch.set_num_threads(1)  # one small matmul at a time: more threads only contend
-    return Models(options.uri, options.tracking_uri, options.device,
-                  refresh_seconds=options.refresh_seconds, notify=notify)
+    return Models(resolved, device)
 
 
 def run(models: Models, limits: Limits, listener: socket.socket) -> None:

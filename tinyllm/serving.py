@@ -1,11 +1,12 @@
-"""`tinyllm serve`'s processes: its options, and with several workers the parent that starts,
-watches and stops them. Light to import: the app (tinyllm.serve: FastAPI, torch, MLflow) loads
-only in the process that serves, so workers are spawned without the parent's import time.
+"""`tinyllm serve`'s processes: its options, and the parent that finds the model and starts,
+watches and stops the workers that serve it. Light to import: the app (tinyllm.serve: FastAPI,
+torch) loads only in the workers, so they are spawned without the parent's import time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -44,7 +45,7 @@ class ServeOptions:
     verbose: bool = False
 
 
-MAX_DEFAULT_WORKERS = 4  # each worker holds its own copy of torch, MLflow and the model
+MAX_DEFAULT_WORKERS = 4  # each worker holds its own copy of torch and the model
 
 
 def default_workers(device: str) -> int:
@@ -53,11 +54,13 @@ def default_workers(device: str) -> int:
 
 
 def serve(options: ServeOptions, workers: int, notify) -> None:
-    """Load the model, then serve it until SIGTERM/SIGINT.
+    """Find the model, then serve it from `workers` processes until SIGTERM/SIGINT.
 
-    With workers > 1, that many processes accept on one socket, each with its own copy of the
-    model and its own decoder: a decoding step is mostly Python, and one process runs Python on
-    one core at a time. Any that fails to load ends them all.
+    Each worker accepts on one shared socket with its own copy of the model and its own decoder:
+    a decoding step is mostly Python, and one process runs Python on one core at a time. This
+    process only finds the model (MLflow) and tells the workers of a newer version when an alias
+    or /latest moves, so the workers never import MLflow, and the first one imports torch and
+    FastAPI while this one opens the registry. Any worker that fails to load ends them all.
     """
     try:  # before loading anything: a port in use is one line, at once
         listener = socket.create_server((options.host, options.port))
@@ -65,13 +68,6 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
         raise TinyLLMError(f"cannot listen on {options.host}:{options.port}: "
                            f"{exc.strerror or exc}") from None
     port = listener.getsockname()[1]
-    if workers == 1:
-        from tinyllm import serve as app
-
-        models = app.load(options, notify)
-        notify(f"serving {app.describe(models)} on http://{options.host}:{port}/v1")
-        app.run(models, options.limits, listener)
-        return
     spawn = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     signal.signal(signal.SIGTERM, _interrupt)
     processes, pipes = [], []  # our ends; each worker's end closing tells it we are gone
@@ -86,16 +82,22 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
         return process, ours
 
     try:
-        # The first worker loads alone, so the first answer comes as soon as with one worker;
-        # the others load while it serves.
-        served, notes = _ready(*start(0))
-        for note in notes:
-            notify(note)
-        notify(f"serving {served} on http://{options.host}:{port}/v1 ({workers} worker "
-               f"processes)")
+        first = start(0)  # importing the app while we find the model
+        from tinyllm import discovery
+
+        resolved = discovery.resolve(options.uri, options.tracking_uri, notify)
+        first[1].send(resolved)
+        # The first worker loads alone, so the first answer comes as soon as it can; the others
+        # load while it serves.
+        notify(f"serving {_ready(*first)} on http://{options.host}:{port}/v1 ({workers} worker "
+               f"process{'es' if workers > 1 else ''})")
         for started in [start(index) for index in range(1, workers)]:
+            started[1].send(resolved)
             _ready(*started)
-        multiprocessing.connection.wait([p.sentinel for p in processes])
+        follow = discovery.moves(resolved.uri) and options.refresh_seconds > 0
+        while not multiprocessing.connection.wait([p.sentinel for p in processes],
+                                                  options.refresh_seconds if follow else None):
+            resolved = _follow(resolved, options, pipes, notify)
         ended = next(p for p in processes if not p.is_alive())
         raise TinyLLMError(f"worker process {ended.name} exited (code {ended.exitcode}); "
                            "the server stops")
@@ -106,14 +108,30 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
         listener.close()
 
 
-def _ready(process, pipe) -> tuple[str, list[str]]:
-    """Wait until a worker has loaded: (what it serves, its notes); TinyLLMError if it could
-    not."""
+def _ready(process, pipe) -> str:
+    """Wait until a worker has loaded: what it serves; TinyLLMError if it could not."""
     multiprocessing.connection.wait([pipe, process.sentinel])
-    problem, served, notes = pipe.recv() if pipe.poll() else ("a worker died loading", None, [])
+    problem, served = pipe.recv() if pipe.poll() else ("a worker died loading", None)
     if problem:
         raise TinyLLMError(problem)
-    return served, notes
+    return served
+
+
+def _follow(resolved, options: ServeOptions, pipes, notify):
+    """Check the alias (or /latest) once; when it moved, send every worker the new version."""
+    from tinyllm import discovery
+
+    try:
+        moved = discovery.newer(resolved, options.tracking_uri)
+    except Exception as exc:  # a store hiccup must not stop serving the current one
+        notify(f"could not check {resolved.uri}: {exc}")
+        return resolved
+    if moved is None:
+        return resolved
+    for pipe in pipes:
+        _tell(pipe, moved)
+    notify(f"{resolved.uri} moved to version {moved.version}: new requests get it")
+    return moved
 
 
 def _interrupt(_signum, _frame) -> None:
@@ -134,8 +152,8 @@ def _stop(processes) -> None:
 
 
 def _worker(options: ServeOptions, listener: socket.socket, pipe) -> None:
-    """A worker process: load, say so through pipe as (problem, what it serves, notes from
-    loading), then serve."""
+    """A worker process: import the app, load the model the parent resolved, say so through
+    pipe as (problem, what it serves), then serve."""
     from tinyllm import serve as app
     from tinyllm.errors import user_error_message
     from tinyllm.logs import setup_logging
@@ -143,19 +161,22 @@ def _worker(options: ServeOptions, listener: socket.socket, pipe) -> None:
     setup_logging(options.verbose)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (uvicorn then takes over)
     try:
-        notes: list[str] = []
-        models = app.load(options, notes.append)
-    except Exception as exc:
-        _tell(pipe, (user_error_message(exc) or f"worker failed: {exc!r}", None, []))
-        raise SystemExit(1) from None
-    if not _tell(pipe, (None, app.describe(models), notes)):
+        resolved = pipe.recv()
+    except EOFError:
         return  # the parent is gone
-    threading.Thread(target=_end_with_parent, args=(pipe,), daemon=True).start()
+    try:
+        models = app.load(resolved, options.device)
+    except Exception as exc:
+        _tell(pipe, (user_error_message(exc) or f"worker failed: {exc!r}", None))
+        raise SystemExit(1) from None
+    if not _tell(pipe, (None, app.describe(models))):
+        return
+    threading.Thread(target=_listen, args=(pipe, models), daemon=True).start()
     app.run(models, options.limits, listener)
 
 
 def _tell(pipe, message) -> bool:
-    """Send message to the parent; False when it is gone."""
+    """Send message through pipe; False when the other end is gone."""
     try:
         pipe.send(message)
         return True
@@ -163,9 +184,14 @@ def _tell(pipe, message) -> bool:
         return False
 
 
-def _end_with_parent(pipe) -> None:
-    """SIGTERM this worker once the parent is gone, even killed by SIGKILL: its end of the pipe
-    closes."""
-    with contextlib.suppress(EOFError):
-        pipe.recv()
+def _listen(pipe, models) -> None:
+    """Serve each newer version the parent sends. SIGTERM this worker once the parent is gone,
+    even killed by SIGKILL: its end of the pipe closes."""
+    with contextlib.suppress(EOFError, OSError):
+        while True:
+            resolved = pipe.recv()
+            try:
+                models.swap(resolved)
+            except Exception as exc:  # keep serving the current one
+                logging.getLogger(__name__).warning("could not load %s: %s", resolved.uri, exc)
     os.kill(os.getpid(), signal.SIGTERM)
