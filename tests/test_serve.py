@@ -324,6 +324,38 @@ def test_a_port_in_use_is_one_error_line_before_any_loading(package, workers):
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize("fault", ["missing", "corrupt"])
+def test_a_model_that_cannot_load_is_one_error_line_and_no_worker_outlives_it(package, tmp_path,
+                                                                              fault):
+    """Missing: the server's process cannot find it (while its first worker imports torch).
+    Corrupt: the worker cannot load it."""
+    import os
+    import shutil
+
+    model = tmp_path / "model"
+    expected = f"error: model directory not found: {model}"
+    if fault == "corrupt":
+        shutil.copytree(package, model)
+        (model / "weights.pt").write_text("not weights")
+        expected = f"error: refusing to load {model / 'weights.pt'}: "
+    with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
+        server = subprocess.Popen([TINYLLM, "serve", "--model-uri", str(model), "--port",
+                                   str(free_port()), "--workers", "2"], stdout=out, stderr=err,
+                                  start_new_session=True)  # files: a stray worker holds no pipe
+        assert server.wait(timeout=120) == 1
+    error = (tmp_path / "err").read_text()
+    assert (tmp_path / "out").read_text() == ""
+    assert error.startswith(expected) and len(error.splitlines()) == 1
+    deadline = time.monotonic() + 10  # nothing left in the server's process group (its
+    while True:  # multiprocessing helper ends once the server is gone)
+        try:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "a process of the server outlived it"
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("workers", ["0", "-1", str(2**64), "many"])
 def test_a_bad_workers_count_is_one_error_line_naming_the_option(workers):
     result = subprocess.run([TINYLLM, "serve", "--workers", workers], capture_output=True,
