@@ -160,8 +160,8 @@ class Models:
         self.device, self.max_batch = device, max_batch
         self.after_step = lambda: None
         self.current = self._serve(load_resolved(resolved, device))
-        self.requested = resolved.uri  # e.g. models:/shakespeare@champion
-        self.names = {self.current.id, self.requested}
+        # the names a request may give: the model's, and the URI asked for (e.g. an alias)
+        self.names = {self.current.id, resolved.uri}
 
     def _serve(self, loaded) -> Served:
         decoder = Decoder(loaded.model, self.max_batch)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from tinyllm.config import SERVED_MAX_TOKENS, SERVED_REQUEST_SECONDS
 from tinyllm.errors import TinyLLMError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -33,7 +35,9 @@ class Limits:
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """What each worker process needs to load the model and serve it (picklable)."""
+    """What `tinyllm serve` was asked (picklable): this process finds the model from uri and
+    tracking_uri and checks it every refresh_seconds; the workers load it on device and serve
+    it under the limits."""
 
     uri: str | None
     host: str
@@ -193,5 +197,5 @@ def _listen(pipe, models) -> None:
             try:
                 models.swap(resolved)
             except Exception as exc:  # keep serving the current one
-                logging.getLogger(__name__).warning("could not load %s: %s", resolved.uri, exc)
+                log.warning("could not load %s: %s", resolved.uri, exc)
     os.kill(os.getpid(), signal.SIGTERM)
