@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 from tiny_project import tiny_work
 
-from tinyllm.batching import Decoder, Sequence, SlotCache, decode_step
+from tinyllm.batching import Decoder, Sequence, SlotCache, decode_step, transposed_weights
 from tinyllm.cli import cli
 from tinyllm.config import SamplingConfig
 from tinyllm.generate import stream_tokens
@@ -303,7 +303,8 @@ def test_a_shared_decoding_step_computes_each_row_bit_for_bit_as_alone():
             model(prompt, cache=own)
         tokens = [int(p[0, -1]) for p in prompts]
         for _ in range(10):
-            rows = decode_step(model, tokens, caches, shared.keys, shared.values)
+            rows = decode_step(model, transposed_weights(model), tokens, caches, shared.keys,
+                               shared.values)
             for row, token, own in zip(rows, tokens, alone, strict=True):
                 logits, _ = model(torch.tensor([[token]]), cache=own)
                 assert torch.equal(row, logits[0, -1])

@@ -9,6 +9,8 @@ its own KV cache, sampling settings and random generator, so a request gives exa
 - in the shared step the matrix products are batched matrix products, one small product per
   sequence, which compute each row exactly as the single-sequence pass does (a plain batched
   matmul of B rows may round differently from one row at a time, so its text could differ);
+  the mask is made once a step and the transposed weights once a model, not per layer: at
+  these sizes a step costs mostly the launching of its operations;
 - attention runs in one call for all of them, each row over its whole cache buffer with the
   slots after its position masked, as the model attends alone (model.attend_one), so rows of
   different lengths get what each gets alone.
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 
 from tinyllm.config import SamplingConfig
 from tinyllm.generate import sample_next
-from tinyllm.model import GPT, KVCache, attend_one
+from tinyllm.model import GPT, KVCache, attend_one, visible_slots
 from tinyllm.tokenizer import UNKNOWN_ID
 
 log = logging.getLogger(__name__)
@@ -59,11 +61,11 @@ class Sequence:
         self.cancelled = True
 
 
-def _rowwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [B, 1, in] times weight.T, row by row: bmm gives each row exactly F.linear's result
-    for that row alone."""
-    wt = weight.t()
-    return torch.bmm(x, wt.expand(x.size(0), *wt.shape))
+def transposed_weights(model: GPT) -> list[torch.Tensor]:
+    """Every matrix decode_step multiplies by, transposed (views, taken once per model): each
+    block's qkv, attention projection, MLP up and down, then the head."""
+    linears = [m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.up, b.mlp.proj)]
+    return [m.weight.t() for m in [*linears, model.lm_head]]
 
 
 class SlotCache(KVCache):
@@ -76,32 +78,34 @@ class SlotCache(KVCache):
 
 
 @torch.inference_mode()
-def decode_step(model: GPT, tokens: list[int], caches: list[SlotCache], keys: torch.Tensor,
-                values: torch.Tensor) -> torch.Tensor:
+def decode_step(model: GPT, weights: list[torch.Tensor], tokens: list[int],
+                caches: list[SlotCache], keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Logits [B, vocab] for one new token per sequence, appended to its cache in the shared
     buffers keys/values; each row equals model(tensor([[token]]), cache=cache) for that
-    sequence alone."""
+    sequence alone. weights: transposed_weights(model).
+
+    Each matrix product is a bmm of one row per sequence by the expanded weight: bmm gives each
+    row exactly F.linear's result for that row alone."""
     device = model.tok_emb.weight.device
-    batch = len(tokens)
-    idx = torch.tensor(tokens, device=device)[:, None]
+    batch, width, heads = len(tokens), model.config.d_model, model.config.n_head
     positions = torch.tensor([c.length for c in caches], device=device)
     slots = torch.tensor([c.slot for c in caches], device=device)
-    x = model.tok_emb(idx) + model.pos_emb(positions[:, None])
-    width, heads = model.config.d_model, model.config.n_head
+    visible = visible_slots(positions, keys.size(3))
+    weight = iter([w.expand(batch, *w.shape) for w in weights])
+    x = (model.tok_emb(torch.tensor(tokens, device=device)) + model.pos_emb(positions))[:, None]
     for layer, block in enumerate(model.blocks):
-        q, k, v = _rowwise(block.ln_1(x), block.attn.qkv.weight).split(width, dim=2)
-        q, k, v = (t.view(batch, 1, heads, width // heads).transpose(1, 2) for t in (q, k, v))
-        keys[layer, slots, :, positions] = k[:, :, 0]
-        values[layer, slots, :, positions] = v[:, :, 0]
-        y = attend_one(q, keys[layer].index_select(0, slots), values[layer].index_select(0, slots),
-                       positions)
-        y = y.transpose(1, 2).contiguous().view(batch, 1, width)
-        x = x + _rowwise(y, block.attn.proj.weight)
-        hidden = F.gelu(_rowwise(block.ln_2(x), block.mlp.up.weight))
-        x = x + _rowwise(hidden, block.mlp.proj.weight)
+        qkv = torch.bmm(block.ln_1(x), next(weight)).view(batch, 3, heads, width // heads)
+        q, k, v = qkv.unbind(1)
+        keys[layer, slots, :, positions] = k
+        values[layer, slots, :, positions] = v
+        y = attend_one(q[:, :, None], keys[layer].index_select(0, slots),
+                       values[layer].index_select(0, slots), visible)
+        x = x + torch.bmm(y.reshape(batch, 1, width), next(weight))
+        up, down = next(weight), next(weight)
+        x = x + torch.bmm(F.gelu(torch.bmm(block.ln_2(x), up)), down)
     for cache in caches:
         cache.length += 1
-    return _rowwise(model.ln_f(x), model.lm_head.weight)[:, -1]
+    return torch.bmm(model.ln_f(x), next(weight))[:, 0]
 
 
 class Decoder:
@@ -109,6 +113,7 @@ class Decoder:
 
     def __init__(self, model: GPT, max_batch: int = 64):
         self.model = model.eval()
+        self.weights = transposed_weights(model)
         self.max_batch = max_batch
         self.context = model.config.context_length
         self.device = model.tok_emb.weight.device
@@ -209,7 +214,7 @@ class Decoder:
                                 cache=sequence.cache)
             logits[id(sequence)] = out[0, -1]
         elif going:
-            rows = decode_step(self.model, [s.window[-1] for s in going],
+            rows = decode_step(self.model, self.weights, [s.window[-1] for s in going],
                                [s.cache for s in going], self.keys, self.values)
             for i, sequence in enumerate(going):
                 logits[id(sequence)] = rows[i]

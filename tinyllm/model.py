@@ -65,16 +65,21 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
+def visible_slots(positions: torch.Tensor, slots: int) -> torch.Tensor:
+    """The attention mask [B, 1, 1, slots] of one new query per row at positions [B]: the cache
+    slots up to each row's own position."""
+    return (torch.arange(slots, device=positions.device) <= positions[:, None])[:, None, None]
+
+
 def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               positions: torch.Tensor) -> torch.Tensor:
-    """Attention of one new query per row (q [B, heads, 1, head_dim], at positions [B]) over
-    whole cache buffers [B, heads, context, head_dim], the slots after each position masked.
+               visible: torch.Tensor) -> torch.Tensor:
+    """Attention of one new query per row (q [B, heads, 1, head_dim]) over whole cache buffers
+    [B, heads, context, head_dim], masked by visible_slots.
 
     Every row is computed over the same length whatever its position, so rows of different
     lengths batched together get exactly what each gets alone (tinyllm.batching relies on it).
     """
-    visible = torch.arange(keys.size(2), device=q.device) <= positions[:, None]
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None])
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
 
 
 class CausalSelfAttention(nn.Module):
@@ -99,7 +104,8 @@ class CausalSelfAttention(nn.Module):
         elif steps == 1:
             position = torch.tensor([cache.length], device=x.device)
             cache.append(layer, k, v)
-            y = attend_one(q, cache.keys[layer], cache.values[layer], position)
+            y = attend_one(q, cache.keys[layer], cache.values[layer],
+                           visible_slots(position, cache.keys.size(3)))
         else:
             past = cache.length
             k, v = cache.append(layer, k, v)
