@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException
 
+from tinyllm.balancing import SharedLoads
 from tinyllm.batching import CANCELLED, Decoder, Sequence
 from tinyllm.config import SEED_MAX, SamplingConfig
 from tinyllm.discovery import load_resolved, pinned_uri
@@ -471,11 +472,12 @@ def load(resolved, device: str) -> Models:
     return Models(resolved, device)
 
 
-def run(models: Models, limits: Limits, listener: socket.socket) -> None:
-    """Serve models over HTTP on listener (a bound socket) until SIGTERM/SIGINT."""
+def run(models: Models, limits: Limits, listener: socket.socket, loads: SharedLoads) -> None:
+    """Serve models over HTTP on listener (a bound socket, shared by the workers whose open
+    connections loads counts) until SIGTERM/SIGINT."""
     config = uvicorn.Config(create_app(models, limits), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=2, lifespan="on")
     try:
-        _Server(config, models.stop).run(sockets=[listener])
+        _Server(config, models.stop).run(sockets=[loads.listener(listener)])
     finally:
         models.stop()

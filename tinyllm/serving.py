@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from tinyllm.balancing import LOADING, SharedLoads
 from tinyllm.config import SERVED_MAX_TOKENS, SERVED_REQUEST_SECONDS
 from tinyllm.errors import TinyLLMError
 
@@ -61,7 +62,8 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
     """Find the model, then serve it from `workers` processes until SIGTERM/SIGINT.
 
     Each worker accepts on one shared socket with its own copy of the model and its own decoder:
-    a decoding step is mostly Python, and one process runs Python on one core at a time. This
+    a decoding step is mostly Python, and one process runs Python on one core at a time. The
+    less busy workers take new connections first (tinyllm.balancing). This
     process only finds the model (MLflow) and tells the workers of a newer version when an alias
     or /latest moves, so the workers never import MLflow, and the first one imports torch and
     FastAPI while this one opens the registry. Any worker that fails to load ends them all.
@@ -75,10 +77,12 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
     spawn = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     signal.signal(signal.SIGTERM, _interrupt)
     processes, pipes = [], []  # our ends; each worker's end closing tells it we are gone
+    connections = spawn.Array("i", [LOADING] * workers, lock=False)  # open, per worker
 
     def start(index: int):
         ours, theirs = spawn.Pipe()
-        process = spawn.Process(target=_worker, args=(options, listener, theirs),
+        process = spawn.Process(target=_worker, args=(options, listener, theirs,
+                                                      SharedLoads(connections, index)),
                                 name=f"tinyllm-serve-{index}")
         process.start()
         processes.append(process)
@@ -155,7 +159,7 @@ def _stop(processes) -> None:
             process.join()
 
 
-def _worker(options: ServeOptions, listener: socket.socket, pipe) -> None:
+def _worker(options: ServeOptions, listener: socket.socket, pipe, loads: SharedLoads) -> None:
     """A worker process: import the app, load the model the parent resolved, say so through
     pipe as (problem, what it serves), then serve."""
     from tinyllm import serve as app
@@ -176,7 +180,7 @@ def _worker(options: ServeOptions, listener: socket.socket, pipe) -> None:
     if not _tell(pipe, (None, app.describe(models))):
         return
     threading.Thread(target=_listen, args=(pipe, models), daemon=True).start()
-    app.run(models, options.limits, listener)
+    app.run(models, options.limits, listener, loads)
 
 
 def _tell(pipe, message) -> bool:
