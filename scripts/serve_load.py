@@ -9,10 +9,11 @@ Starts the server itself unless --url is given (in the project's MLflow store, o
 MLFLOW_TRACKING_URI names; --random-model: a package of random weights of params.yaml's default
 shape, fine for throughput), measures the seconds from its start to its first answer, then for
 each client count posts one prompt per request with seed = request number % 16. `tinyllm serve`
-is asked to stream (`/v1/completions`, "stream": true), so time to first character is measured;
-a reply counts as an error unless it is HTTP 200, well-framed server-sent events ending in
-`data: [DONE]`, and (when the script knows the model) exactly the text `tinyllm generate` gives
-for that seed. `mlflow models serve` replies must be one non-empty string. Prints a table and
+is asked to stream (`/v1/completions`, "stream": true), so time to first character is measured,
+unless --no-stream asks for whole replies as `mlflow models serve` gives them; a reply counts as
+an error unless it is HTTP 200, well-framed server-sent events ending in `data: [DONE]` (or one
+JSON body), and (when the script knows the model) exactly the text `tinyllm generate` gives for
+that seed. `mlflow models serve` replies must be one non-empty string. Prints a table and
 one JSON line; exits 1 on any error.
 """
 
@@ -142,13 +143,14 @@ def sse_texts(lines) -> tuple[str, bool]:
 
 
 def tinyllm_request(url: str, prompt: str, max_tokens: int, seed: int, expected,
-                    model: str = "") -> tuple:
-    """(latency s, time to first character s, problem or None) for a streamed completion."""
+                    model: str = "", stream: bool = True) -> tuple:
+    """(latency s, time to first character s or None, problem or None) for a completion,
+    streamed as server-sent events or (stream False) answered in one JSON body."""
     host, port = url.removeprefix("http://").split(":")
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens,
-                       "seed": seed, "stream": True})
+                       "seed": seed, "stream": stream})
     started = time.perf_counter()
-    first = None
+    first = problem = None
     connection = http.client.HTTPConnection(host, int(port), timeout=120)
     try:
         connection.request("POST", "/v1/completions", body,
@@ -157,23 +159,25 @@ def tinyllm_request(url: str, prompt: str, max_tokens: int, seed: int, expected,
         if reply.status != 200:
             problem = f"HTTP {reply.status}: {reply.read()!r:.120}"
             return time.perf_counter() - started, None, problem
-        if not reply.getheader("Content-Type", "").startswith("text/event-stream"):
+        if not stream:
+            text = json.loads(reply.read())["choices"][0]["text"]
+        elif not reply.getheader("Content-Type", "").startswith("text/event-stream"):
             return time.perf_counter() - started, None, "not text/event-stream"
-        lines = []
-        for raw in reply:
-            line = raw.decode()
-            if first is None and '"text": "' in line and '"text": ""' not in line:
-                first = time.perf_counter() - started
-            lines.append(line)
-        text, done = sse_texts(lines)
-        problem = None
-        if not done:
-            problem = "the stream did not end with data: [DONE]"
-        elif len(text) != max_tokens:
+        else:
+            lines = []
+            for raw in reply:
+                line = raw.decode()
+                if first is None and '"text": "' in line and '"text": ""' not in line:
+                    first = time.perf_counter() - started
+                lines.append(line)
+            text, done = sse_texts(lines)
+            if not done:
+                return time.perf_counter() - started, first, "no data: [DONE] at the end"
+        if len(text) != max_tokens:
             problem = f"{len(text)} characters, asked for {max_tokens}"
         elif expected is not None and text != expected(seed):
             problem = f"seed {seed}: not the text tinyllm generate gives"
-    except (OSError, ValueError, KeyError, http.client.HTTPException) as exc:
+    except (OSError, ValueError, KeyError, IndexError, http.client.HTTPException) as exc:
         problem = f"{type(exc).__name__}: {exc}"
     finally:
         connection.close()
@@ -262,6 +266,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="per client count")
     parser.add_argument("--max-tokens", type=int, default=50)
     parser.add_argument("--prompt", default="ROMEO:")
+    parser.add_argument("--settle", type=float, default=10, metavar="SECONDS",
+                        help="wait after the first answer, for every worker to be up (tinyllm "
+                             "serve's others load while the first one serves)")
+    parser.add_argument("--no-stream", action="store_true",
+                        help="ask tinyllm serve for whole replies, as mlflow gives them")
     parser.add_argument("--workers", type=int,
                         help="server processes (default: the server's own; mlflow's is 1)")
     args = parser.parse_args()
@@ -284,9 +293,11 @@ def main() -> None:
             send = mlflow_request
         else:
             wait_until_up(f"{url}/v1/models", server, log_path)
-            send = functools.partial(tinyllm_request, model=model_id(url))
+            send = functools.partial(tinyllm_request, model=model_id(url),
+                                     stream=not args.no_stream)
         startup = None if args.url else round(first_answer(url, server, log_path, started,
                                                            send), 2)
+        time.sleep(0 if args.url else args.settle)
         runs = [fire(send, url, clients, args.requests, args.max_tokens, args.prompt, expected)
                 for clients in args.clients]
     except ServerNotUp as exc:
