@@ -82,3 +82,14 @@ def test_a_worker_still_loading_is_never_the_least_busy(shared_socket):
         assert taken is not None and time.monotonic() - started < 1
     assert list(counts) == [1, LOADING]
     taken.close()
+
+
+def test_a_busier_worker_finding_no_connection_does_not_wait(shared_socket):
+    """After each connection the event loop tries once more: that must not stall it."""
+    _, counts, worker = shared_socket
+    busy = worker(0, patience_sec=1.0)
+    worker(1, patience_sec=1.0)
+    counts[0] = 3
+    started = time.monotonic()
+    assert try_accept(busy) is None
+    assert time.monotonic() - started < 0.5

@@ -10,6 +10,7 @@ waited still accepts if nobody did: no connection waits longer than that moment.
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 
@@ -40,7 +41,8 @@ class _PoliteListener(socket.socket):
         self.loads = loads
 
     def accept(self):
-        if self.loads.busier_than_another():
+        waiting = select.select([self], [], [], 0)[0]  # else accept finds none: no need to wait
+        if waiting and self.loads.busier_than_another():
             time.sleep(self.loads.patience_sec)
         connection, address = super().accept()
         return _CountedConnection(connection, self.loads), address
