@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+MAX_SETTLE_SEC = 600
 SEEDS = 16  # request i asks for seed i % SEEDS, so its text can be checked against generate
 
 
@@ -276,6 +277,9 @@ def main() -> None:
     args = parser.parse_args()
     if min(*args.clients, args.requests, args.max_tokens, args.workers or 1) < 1:
         sys.exit("error: --clients, --requests, --max-tokens and --workers must be >= 1")
+    if not 0 <= args.settle <= MAX_SETTLE_SEC:  # also refuses nan
+        sys.exit(f"error: --settle must be between 0 and {MAX_SETTLE_SEC} seconds, got "
+                 f"{args.settle}")
 
     mlflow = args.server == "mlflow"
     server = log_path = None
@@ -297,7 +301,8 @@ def main() -> None:
                                      stream=not args.no_stream)
         startup = None if args.url else round(first_answer(url, server, log_path, started,
                                                            send), 2)
-        time.sleep(0 if args.url else args.settle)
+        if not args.url:
+            time.sleep(args.settle)
         runs = [fire(send, url, clients, args.requests, args.max_tokens, args.prompt, expected)
                 for clients in args.clients]
     except ServerNotUp as exc:

@@ -63,10 +63,10 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
 
     Each worker accepts on one shared socket with its own copy of the model and its own decoder:
     a decoding step is mostly Python, and one process runs Python on one core at a time. The
-    less busy workers take new connections first (tinyllm.balancing). This
-    process only finds the model (MLflow) and tells the workers of a newer version when an alias
-    or /latest moves, so the workers never import MLflow, and the first one imports torch and
-    FastAPI while this one opens the registry. Any worker that fails to load ends them all.
+    less busy workers take new connections first (tinyllm.balancing). This process only finds
+    the model (MLflow) and tells the workers of a newer version when an alias or /latest moves,
+    so the workers never import MLflow, and the first one imports torch and FastAPI while this
+    one opens the registry. Any worker that fails to load ends them all.
     """
     try:  # before loading anything: a port in use is one line, at once
         listener = socket.create_server((options.host, options.port))

@@ -104,3 +104,17 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
     assert load.returncode == 0, load.stderr
     [run] = json.loads(load.stdout)["runs"]
     assert (run["requests"], run["clients"], run["errors"]) == (200, 8, 0)
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--settle", "-1", "error: --settle must be between 0 and 600 seconds, got -1.0"),
+    ("--settle", "nan", "error: --settle must be between 0 and 600 seconds, got nan"),
+    ("--settle", "1e300", "error: --settle must be between 0 and 600 seconds, got 1e+300"),
+    ("--clients", "0", "error: --clients, --requests, --max-tokens and --workers must be >= 1"),
+])
+def test_the_load_script_refuses_a_bad_option_in_one_line(option, value, message):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/serve_load.py"), "--url",
+                             "http://127.0.0.1:9", option, value], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [message]
