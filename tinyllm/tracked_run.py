@@ -99,10 +99,10 @@ def evaluation_run(params: Params, handoff: Path, name: str,
     nested under train's, with the params of this evaluation. A fresh run when train's is gone
     from the store or tracking was off during train.
     """
-    from mlflow.exceptions import MlflowException
-
     if not params.tracking.enabled:
         return NullRun()
+    from mlflow.exceptions import MlflowException
+
     store, experiment = Store(tracking_uri), params.tracking.experiment
     run_id = None
     with contextlib.suppress(OSError, ValueError, AttributeError):

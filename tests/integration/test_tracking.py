@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
+from tiny_project import ROOT, make_project
 
 import tinyllm
 from tinyllm import tracking, workflow
@@ -148,6 +151,19 @@ def test_evaluate_starts_a_fresh_run_when_trains_run_is_gone(tmp_path, make_para
 def test_tracking_can_be_switched_off(tmp_path, make_params, store_uri):
     build(make_params(**{"tracking.enabled": False}), tmp_path)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_with_tracking_off_train_and_evaluate_never_import_mlflow(tmp_path, corpus_dir):
+    """Off means off: an offline run does not pay for MLflow's import, seconds per stage."""
+    layout = make_project(tmp_path / "project", corpus_dir)
+    code = ("import sys\nfrom tinyllm import workflow\n"
+            "workflow.run_stage(workflow.train)\nworkflow.run_stage(workflow.evaluate)\n"
+            "print('MLFLOW', 'mlflow' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=layout.root, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (layout.eval_dir / "metrics.json").exists()
+    assert done.stdout.splitlines()[-1] == "MLFLOW False"
 
 
 def test_unreachable_server_is_named_before_any_training(tmp_path, make_params, monkeypatch):
