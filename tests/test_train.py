@@ -253,3 +253,24 @@ def test_a_budgeted_run_resumes_its_recorded_plan_with_the_uninterrupted_weights
     assert resumed.best_step == straight.best_step
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+def test_a_compiled_budgeted_run_compiles_in_its_calibration(gpt_config, train_config, splits):
+    """The compiling is timed and counted with the calibration, not in the planned steps."""
+    from torch._dynamo.utils import counters
+
+    cfg = dataclasses.replace(train_config, compile=True, max_steps=6, eval_interval=3,
+                              time_budget_minutes=30.0)
+    graphs = []
+
+    class CountGraphs:
+        def on_start(self, history, model):
+            graphs.append(counters["stats"]["unique_graphs"])
+
+        def __call__(self, metrics):
+            graphs.append(counters["stats"]["unique_graphs"])
+
+    result = fit(gpt_config, cfg, *splits, callbacks=[CountGraphs()])
+    assert result.steps == 6 and result.stopped_by == "planned_steps"
+    assert graphs[0] > 0  # the calibration compiled ...
+    assert set(graphs) == {graphs[0]}  # ... and the run's steps reused what it compiled

@@ -43,6 +43,8 @@ CHECKPOINT_FILE = "last.pt"
 # Keys that change how fast or where training runs, not what it computes: a checkpoint made
 # under other values of these is still resumed.
 RESUMABLE_ACROSS = ("device", "threads", "compile", "checkpoint_interval")
+# A budget's calibration times at least this many steps, and as many as fill this many seconds.
+CALIBRATION_STEPS, CALIBRATION_SEC = 3, 1.0
 
 
 @dataclass
@@ -311,18 +313,26 @@ def calibrate(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: slic
               device: torch.device, evaluate: Callable[[GPT], object]) -> tuple[float, float]:
     """Seconds of one optimizer step and of one evaluation (the validation loss and what the
     callbacks do with it) here, timed on a throwaway copy with its own windows and random
-    state, so the run itself is the same with or without it."""
+    state, so the run itself is the same with or without it. Under train.compile the copy is
+    compiled as the run's model will be: the compiling is spent (and counted against the
+    budget) here, the run reuses it, and the step timed is the compiled one."""
     probe = copy.deepcopy(model)
+    net = compiled(probe) if cfg.compile else probe
     optimizer = make_optimizer(probe, cfg, device)
     sampler = WindowSampler(train_tokens, probe.config.context_length, cfg.batch_size,
                             cfg.seed + 1, rows)
     autocast = autocast_for(device)
+    def step() -> float:
+        return seconds(lambda: optimizer_step(net, probe, optimizer, sampler, cfg,
+                                              cfg.learning_rate, device, autocast), device)
+
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        steps = [seconds(lambda: optimizer_step(probe, probe, optimizer, sampler, cfg,
-                                                cfg.learning_rate, device, autocast), device)
-                 for _ in range(4)]
+        step()  # warms caches up (and compiles)
+        timed = [step() for _ in range(CALIBRATION_STEPS)]
+        while sum(timed) < CALIBRATION_SEC:  # fast steps (a GPU's) vary: average over more
+            timed.append(step())
         eval_sec = seconds(lambda: evaluate(probe), device)
-    return statistics.median(steps[1:]), eval_sec  # the first step warms caches up
+    return statistics.fmean(timed), eval_sec
 
 
 def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
