@@ -28,6 +28,5 @@ def setup_logging(verbose: bool = False, log_file: str | Path | None = None) -> 
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # MLflow configures its own loggers when imported (later, lazily): tell it through its env.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)

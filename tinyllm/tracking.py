@@ -26,6 +26,10 @@ from tinyllm.io import exclusive_lock
 
 log = logging.getLogger(__name__)
 
+# Copying a model's files out of a local store is instant: MLflow's download bar is noise, in the
+# CLI and in the Python API (tinyllm.load_model) alike. Setting the variable turns it back on.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 # The experiment tag MLflow 3's UI reads to open an experiment on its runs (model training).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 

@@ -64,6 +64,13 @@ def test_registered_model_loads_and_predicts_without_tinyllm_installed(tmp_path,
     assert result["predict"][0] == expected and result["stream"] == expected
     assert "/code/tinyllm/" in result["tinyllm"]  # the copy logged with the model
 
+    # Where tinyllm is installed, its Python API copies the model out without MLflow's bar.
+    load = "import tinyllm; tinyllm.load_model('models:/tiny/1')"
+    api = subprocess.run([sys.executable, "-c", load], cwd=empty, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert api.returncode == 0, api.stderr[-3000:]
+    assert "Downloading artifacts" not in api.stderr
+
     model_dir = mlflow.artifacts.download_artifacts("models:/tiny/1", dst_path=str(tmp_path / "m"))
     requirements = (Path(model_dir) / "requirements.txt").read_text().split()
     names = [r.split("==")[0].lower() for r in requirements]
