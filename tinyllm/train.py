@@ -311,8 +311,8 @@ def optimizer_step(net: torch.nn.Module, model: GPT, optimizer: torch.optim.Opti
 
 def calibrate(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: slice,
               device: torch.device, evaluate: Callable[[GPT], object]) -> tuple[float, float]:
-    """Seconds of one optimizer step and of one evaluation (the validation loss and what the
-    callbacks do with it) here, timed on a throwaway copy with its own windows and random
+    """Mean seconds of an optimizer step, and seconds of one evaluation (the validation loss and
+    what the callbacks do with it) here, timed on a throwaway copy with its own windows and random
     state, so the run itself is the same with or without it. Under train.compile the copy is
     compiled as the run's model will be: the compiling is spent (and counted against the
     budget) here, the run reuses it, and the step timed is the compiled one."""
@@ -322,6 +322,7 @@ def calibrate(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: slic
     sampler = WindowSampler(train_tokens, probe.config.context_length, cfg.batch_size,
                             cfg.seed + 1, rows)
     autocast = autocast_for(device)
+
     def step() -> float:
         return seconds(lambda: optimizer_step(net, probe, optimizer, sampler, cfg,
                                               cfg.learning_rate, device, autocast), device)
