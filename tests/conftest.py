@@ -6,6 +6,8 @@ import os
 
 # Tiny models run fastest on one thread, and subprocesses (dvc, mlflow) inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# MLflow's own processes (mlflow server, mlflow models serve) draw no download bars either, as
+# tinyllm itself does not (tinyllm.tracking).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import numpy as np

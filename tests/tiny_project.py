@@ -83,7 +83,7 @@ def make_dvc_project(repo: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+               GIT_COMMITTER_EMAIL="t@t")
     run(["git", "init", "-q"], repo, env)
     run(["dvc", "init", "-q"], repo, env)
     run(["git", "add", "-A"], repo, env)

@@ -68,7 +68,6 @@ def cli_env(tiny_model, tmp_path, monkeypatch) -> TinyModel:
     monkeypatch.chdir(work)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_model.uri)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")  # tinyllm would set these for good
     return tiny_model

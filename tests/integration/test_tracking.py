@@ -19,7 +19,6 @@ from tinyllm.errors import TinyLLMError
 def store_uri(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return uri
 
 
@@ -186,7 +185,6 @@ def test_two_stores_in_one_process_each_keep_their_own_runs_and_models(tmp_path,
     from tinyllm.tracked_run import TrackedRun
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     params = make_params(**{"tracking.enabled": False})
     layout = workflow.Layout(tmp_path / "model")
     workflow.prepare(params, layout)
