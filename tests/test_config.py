@@ -126,3 +126,20 @@ def test_recipe_auto_fits_the_untouched_keys_to_the_budget():
 def test_recipe_contradictions_name_the_key(raw, message):
     with pytest.raises(TinyLLMError, match="^" + re.escape(message)):
         params_from_dict(raw)
+
+
+def test_the_readme_budget_table_names_each_budgets_recipe():
+    """The README's "(auto)" rows say which recipe each budget gets: they follow recipes.py."""
+    from tinyllm.recipes import BY_BUDGET
+
+    readme = (REPO_PARAMS.parent / "README.md").read_text(encoding="utf-8")
+    auto = re.findall(r"^\| (\d+) min \| \**(.+?)\** \(auto\) \|", readme, re.MULTILINE)
+    assert sorted(float(minutes) for minutes, _ in auto) == sorted(BY_BUDGET)
+    defaults = Params()
+    for minutes, name in auto:
+        values = BY_BUDGET[float(minutes)]
+        shape = (values["model.context_length"], values["train.batch_size"])
+        if name == "default model":
+            assert shape == (defaults.model.context_length, defaults.train.batch_size)
+        else:
+            assert name == f"context {shape[0]}, batch {shape[1]}"
