@@ -122,6 +122,7 @@ def test_recipe_auto_fits_the_untouched_keys_to_the_budget():
      "train.max_steps is 50, but train.recipe auto sets it to"),
     ({"train": {"time_budget_minutes": -1}}, "train.time_budget_minutes must be >= 0.0, got -1"),
     ({"train": {"recipe": "fast"}}, "train.recipe must be one of auto, none; got 'fast'"),
+    ({"train": {"optimizer": "sgd"}}, "train.optimizer must be one of adamw, muon; got 'sgd'"),
 ])
 def test_recipe_contradictions_name_the_key(raw, message):
     with pytest.raises(TinyLLMError, match="^" + re.escape(message)):

@@ -21,6 +21,7 @@ import click
 from tinyllm import __version__
 from tinyllm.config import (
     DEVICES,
+    OPTIMIZERS,
     RECIPES,
     SEED_MAX,
     SERVED_MAX_TOKENS,
@@ -269,7 +270,8 @@ def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request
 
 # option -> params.yaml key it sets
 TRAIN_KEYS = {"max_steps": "train.max_steps", "batch_size": "train.batch_size",
-              "learning_rate": "train.learning_rate", "context_length": "model.context_length",
+              "learning_rate": "train.learning_rate", "optimizer": "train.optimizer",
+              "context_length": "model.context_length",
               "layers": "model.n_layer", "heads": "model.n_head", "width": "model.d_model",
               "dropout": "model.dropout", "seed": "train.seed",
               "time_budget": "train.time_budget_minutes", "recipe": "train.recipe",
@@ -356,7 +358,8 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
         f"  output:   {output}/",
         f"  model:    {m.n_layer} layers, {m.n_head} heads, width {m.d_model}, "
         f"context {m.context_length}, dropout {m.dropout:g}",
-        f"  training: {steps}, batch {t.batch_size}, learning rate {t.learning_rate:g}, "
+        f"  training: {steps}, batch {t.batch_size}, {t.optimizer} at learning rate "
+        f"{t.learning_rate:g}, "
         f"seed {t.seed}, device {t.device}",
         f"  held out: {d.val_fraction:.0%} validation, {d.test_fraction:.0%} test",
         f"  tracking: {where}",
@@ -368,6 +371,8 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
 @click.option("--max-steps", type=int, help="Optimizer steps.")
 @click.option("--batch-size", type=int, help="Sequences per step.")
 @click.option("--learning-rate", type=float, help="Peak learning rate.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS),
+              help="adamw, or muon: Muon for the blocks' matrices, Adam for the rest.")
 @click.option("--context-length", type=int, help="Characters the model sees at once.")
 @click.option("--layers", type=int, help="Transformer blocks.")
 @click.option("--heads", type=int, help="Attention heads (must divide --width).")

@@ -22,6 +22,7 @@ from tinyllm.recipes import apply_recipe
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # where torch runs; auto: CUDA, else MPS, else CPU
 RECIPES = ("auto", "none")  # auto: with a time budget, tinyllm.recipes fits the knobs to it
+OPTIMIZERS = ("adamw", "muon")  # muon: tinyllm.muon for the blocks' matrices, Adam for the rest
 
 
 def knob(default: Any, *, min: float | None = None, max: float | None = None,
@@ -73,6 +74,7 @@ class TrainConfig:
     max_steps: int = knob(1000, min=1)
     batch_size: int = knob(32, min=1)
     grad_accum_steps: int = knob(1, min=1)
+    optimizer: str = knob("adamw", choices=OPTIMIZERS)
     learning_rate: float = knob(3e-3, min=0.0, max=1.0, min_exclusive=True)
     min_lr_fraction: float = knob(0.1, min=0.0, max=1.0)
     warmup_steps: int = knob(100, min=0)
