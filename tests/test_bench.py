@@ -22,9 +22,10 @@ def test_quick_bench_reports_positive_figures_and_identical_greedy_text(tmp_path
 
     assert report["machine"]["device"] == "cpu" and report["machine"]["threads"] > 0
     assert report["matmul"]["flops_per_sec"] > 0
-    eager = report["training"]["eager"]
-    for key in ("tokens_per_sec", "flops_per_sec", "matmul_fraction"):
-        assert eager[key] > 0, key
+    for optimizer in ("eager", "muon"):  # AdamW and Muon
+        for key in ("tokens_per_sec", "flops_per_sec", "matmul_fraction"):
+            assert report["training"][optimizer][key] > 0, (optimizer, key)
+    assert "Muon / AdamW" in done.stderr
     assert report["training"]["flops_per_token"] > 0
     assert "compiled" not in report["training"]  # only with --compile
     runs = report["generation"]["contexts"]

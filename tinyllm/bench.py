@@ -1,10 +1,11 @@
 """`python -m tinyllm.bench`: how fast this machine trains and samples the default model.
 
 One run measures matmul FLOP/s in training's compute dtype (the ceiling: fp32 on CPUs, bf16 on
-CUDA), training tokens/s of the params.yaml model, greedy generation with and without the KV
-cache (--compile adds compiled training and generation), and how long `tinyllm generate` takes
-from spawn to its first generated character. Ratios taken in one run are the figures to trust on
-a shared, noisy machine. The table goes to stderr, JSON to stdout.
+CUDA), training tokens/s of the params.yaml model under AdamW and under Muon (train.optimizer),
+greedy generation with and without the KV cache (--compile adds compiled training and
+generation), and how long `tinyllm generate` takes from spawn to its first generated character.
+Ratios taken in one run are the figures to trust on a shared, noisy machine. The table goes to
+stderr, JSON to stdout.
 """
 
 from __future__ import annotations
@@ -90,12 +91,13 @@ def matmul_flops(device: torch.device, sizes: tuple[int, ...], repeats: int = 5)
             "by_size": by_size}
 
 
-def training_speed(plan: Plan, device: torch.device, compile: bool, matmul: float) -> dict:
+def training_speed(plan: Plan, device: torch.device, compile: bool, matmul: float,
+                   optimizer: str = "adamw") -> dict:
     """Tokens/s of the training loop's own optimizer step (sampling, forward, backward, clipping,
-    AdamW) on random tokens."""
+    the optimizer) on random tokens."""
     torch.manual_seed(0)
     config = plan.model
-    cfg = TrainConfig(batch_size=plan.batch_size, learning_rate=1e-3)
+    cfg = TrainConfig(batch_size=plan.batch_size, learning_rate=1e-3, optimizer=optimizer)
     model = GPT(config).to(device).train()
     optimizer = make_optimizer(model, cfg, device)
     tokens = np.random.default_rng(0).integers(1, config.vocab_size, 200_000).astype(np.uint16)
@@ -208,14 +210,15 @@ def table(report: dict) -> str:
         f"params, {train['flops_per_token'] / 1e6:.2f} MFLOP/token, median of "
         f"{train['steps']} steps",
     ]
-    for mode in ("eager", "compiled"):
+    for mode, label in (("eager", "AdamW"), ("muon", "Muon"), ("compiled", "compiled")):
         if mode in train:
             r = train[mode]
-            lines.append(f"  {mode:<10} {r['tokens_per_sec']:>9,.0f} tokens/s  "
+            lines.append(f"  {label:<10} {r['tokens_per_sec']:>9,.0f} tokens/s  "
                          f"{flops(r['flops_per_sec'])} = {r['matmul_fraction']:.1%} "
                          f"of matmul  (warm-up {r['warmup_sec']:.1f} s)")
+    lines.append(f"  Muon / AdamW: {train['muon_over_eager']:.2f}x the tokens/s")
     if "compiled_over_eager" in train:
-        lines.append(f"  compiled / eager: {train['compiled_over_eager']:.2f}x")
+        lines.append(f"  compiled / AdamW: {train['compiled_over_eager']:.2f}x")
     lines.append(f"generation   {report['generation']['new_tokens']} greedy tokens: "
                  f"KV cache vs full recompute, same weights, best of "
                  f"{report['generation']['tries']}")
@@ -239,7 +242,10 @@ def run(plan: Plan, device: torch.device, compile: bool) -> dict:
     probe = GPT(plan.model)
     training = {"model": asdict(plan.model), "batch_size": plan.batch_size, "steps": plan.steps,
                 "params": probe.num_parameters(), "flops_per_token": probe.flops_per_token(),
-                "eager": training_speed(plan, device, False, matmul["flops_per_sec"])}
+                "eager": training_speed(plan, device, False, matmul["flops_per_sec"]),
+                "muon": training_speed(plan, device, False, matmul["flops_per_sec"], "muon")}
+    training["muon_over_eager"] = (training["muon"]["tokens_per_sec"]
+                                   / training["eager"]["tokens_per_sec"])
     if compile:
         training["compiled"] = training_speed(plan, device, True, matmul["flops_per_sec"])
         training["compiled_over_eager"] = (training["compiled"]["tokens_per_sec"]
