@@ -92,12 +92,12 @@ def matmul_flops(device: torch.device, sizes: tuple[int, ...], repeats: int = 5)
 
 
 def training_speed(plan: Plan, device: torch.device, compile: bool, matmul: float,
-                   optimizer: str = "adamw") -> dict:
+                   optimizer_name: str = "adamw") -> dict:
     """Tokens/s of the training loop's own optimizer step (sampling, forward, backward, clipping,
     the optimizer) on random tokens."""
     torch.manual_seed(0)
     config = plan.model
-    cfg = TrainConfig(batch_size=plan.batch_size, learning_rate=1e-3, optimizer=optimizer)
+    cfg = TrainConfig(batch_size=plan.batch_size, learning_rate=1e-3, optimizer=optimizer_name)
     model = GPT(config).to(device).train()
     optimizer = make_optimizer(model, cfg, device)
     tokens = np.random.default_rng(0).integers(1, config.vocab_size, 200_000).astype(np.uint16)

@@ -359,8 +359,7 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
         f"  model:    {m.n_layer} layers, {m.n_head} heads, width {m.d_model}, "
         f"context {m.context_length}, dropout {m.dropout:g}",
         f"  training: {steps}, batch {t.batch_size}, {t.optimizer} at learning rate "
-        f"{t.learning_rate:g}, "
-        f"seed {t.seed}, device {t.device}",
+        f"{t.learning_rate:g}, seed {t.seed}, device {t.device}",
         f"  held out: {d.val_fraction:.0%} validation, {d.test_fraction:.0%} test",
         f"  tracking: {where}",
         f"  defaults: {source}"])
