@@ -140,10 +140,9 @@ def test_the_readme_budget_table_names_each_budgets_recipe():
     for minutes, name in auto:
         values = BY_BUDGET[float(minutes)]
         shape = (values["model.context_length"], values["train.batch_size"])
-        optimizer = values["train.optimizer"]
-        if name == "default model":
+        muon = ", Muon" if values["train.optimizer"] == "muon" else ""
+        if name.startswith("default model"):
             assert shape == (defaults.model.context_length, defaults.train.batch_size)
-            assert optimizer == defaults.train.optimizer
+            assert name == f"default model{muon}"
         else:
-            muon = ", Muon" if optimizer == "muon" else ""
             assert name == f"context {shape[0]}, batch {shape[1]}{muon}"

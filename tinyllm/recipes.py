@@ -20,16 +20,16 @@ _BASE = {"model.context_length": 128, "model.n_layer": 4, "model.n_head": 4, "mo
          "train.max_steps": 1_000_000, "train.batch_size": 32, "train.optimizer": "adamw",
          "train.learning_rate": 3e-3, "train.warmup_steps": 100, "train.eval_interval": 300,
          "train.eval_batches": 16}
-# A quarter of the context and half the batch, and Muon for the blocks' matrices: 3.3x the steps
-# in the same time, each worth more.
-_SHORT_MUON = {**_BASE, "model.context_length": 64, "train.batch_size": 16,
-               "train.optimizer": "muon"}
+# Muon for the blocks' matrices: fewer steps in the same time, each worth more.
+_MUON = {**_BASE, "train.optimizer": "muon"}
+# A quarter of the context and half the batch: 3.5x the steps in the same time.
+_SHORT_MUON = {**_MUON, "model.context_length": 64, "train.batch_size": 16}
 # minutes of training -> params keys; every row sets RECIPE_KEYS.
 BY_BUDGET: dict[float, dict[str, int | float | str]] = {
     1: _SHORT_MUON,
     2: _SHORT_MUON,
     5: _SHORT_MUON,
-    10: _BASE,
+    10: _MUON,
 }
 RECIPE_KEYS = tuple(BY_BUDGET[min(BY_BUDGET)])
 
