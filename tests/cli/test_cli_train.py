@@ -76,6 +76,8 @@ def test_invalid_settings_name_the_option_and_key(invoke, error_line, tiny_proje
     line = error_line(invoke("train", tiny_project, "--heads", "3", "--width", "16"))
     assert "model.d_model (16) must be divisible by model.n_head (3)" in line
     assert "--name" in error_line(invoke("train", tiny_project, "--name", "a/b"))
+    line = error_line(invoke("train", tiny_project, "--optimizer", "sgd"))
+    assert line.startswith("error: Invalid value for '--optimizer': 'sgd' is not one of 'adamw'")
     assert not Path("runs").exists()
 
 
