@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from tinyllm.model import GPT
+
 # The quintic iteration's coefficients and step count from Muon's reference implementation.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
@@ -37,16 +39,15 @@ def orthogonalized(g: torch.Tensor) -> torch.Tensor:
     return x.mT if tall else x
 
 
-def muon_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """The blocks' matrices for Muon; the embeddings (decayed) and the norms' gains for Adam."""
-    named = list(model.named_parameters())
-    blocks = {id(p) for name, p in named if p.dim() == 2 and name.startswith("blocks.")}
-    params = [p for _, p in named]
-    return [{"params": [p for p in params if id(p) in blocks], "weight_decay": weight_decay,
+def muon_groups(model: GPT, weight_decay: float) -> list[dict]:
+    """model.optimizer_groups with the blocks' matrices split off for Muon; the embeddings
+    (decayed) and the norms' gains stay with Adam."""
+    decayed, *rest = model.optimizer_groups(weight_decay)
+    in_blocks = {id(p) for name, p in model.named_parameters() if name.startswith("blocks.")}
+    return [{**decayed, "params": [p for p in decayed["params"] if id(p) in in_blocks],
              "muon": True},
-            {"params": [p for p in params if p.dim() >= 2 and id(p) not in blocks],
-             "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+            {**decayed, "params": [p for p in decayed["params"] if id(p) not in in_blocks]},
+            *rest]
 
 
 class Muon(torch.optim.Optimizer):
