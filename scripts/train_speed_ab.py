@@ -4,9 +4,10 @@
     python scripts/train_speed_ab.py --baseline /tmp/baseline --context-length 64 --batch-size 12
 
 Each probe is a fresh process that runs the real training loop (`tinyllm.train.fit`, sampling,
-clipping and AdamW included) for --steps steps on random tokens and reports its median step
-tokens/s; the two source trees take turns (A B A B ...), so drift in the machine's speed hits
-both. Prints each pair's ratio and the median ratio (this checkout / baseline), with the load.
+clipping and AdamW included, whatever train.optimizer defaults to) for --steps steps on random
+tokens and reports its median step tokens/s; the two source trees take turns (A B A B ...), so
+drift in the machine's speed hits both. Prints each pair's ratio and the median ratio (this
+checkout / baseline), with the load.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ context, batch, steps, layers, heads, width = map(int, sys.argv[1:7])
 tokens = np.random.default_rng(0).integers(1, 85, 500_000).astype(np.uint16)
 cfg = TrainConfig(max_steps=steps, batch_size=batch, warmup_steps=5, eval_interval=10**6,
                   eval_batches=1, checkpoint_interval=10**6, device="cpu")
+if hasattr(cfg, "optimizer"):  # AdamW, the optimizer every checkout has (Muon came later)
+    cfg.optimizer = "adamw"
 model = GPTConfig(vocab_size=85, context_length=context, n_layer=layers, n_head=heads,
                   d_model=width)
 rates = []
