@@ -120,6 +120,8 @@ def test_recipe_auto_fits_the_untouched_keys_to_the_budget():
      "train.batch_size is 7, but train.recipe auto sets it to"),
     ({"train": {"time_budget_minutes": 5, "max_steps": 50}},
      "train.max_steps is 50, but train.recipe auto sets it to"),
+    ({"train": {"time_budget_minutes": 5, "optimizer": "adamw"}},
+     "train.optimizer is adamw, but train.recipe auto sets it to muon"),
     ({"train": {"time_budget_minutes": -1}}, "train.time_budget_minutes must be >= 0.0, got -1"),
     ({"train": {"recipe": "fast"}}, "train.recipe must be one of auto, none; got 'fast'"),
     ({"train": {"optimizer": "sgd"}}, "train.optimizer must be one of adamw, muon; got 'sgd'"),
@@ -140,9 +142,9 @@ def test_the_readme_budget_table_names_each_budgets_recipe():
     for minutes, name in auto:
         values = BY_BUDGET[float(minutes)]
         shape = (values["model.context_length"], values["train.batch_size"])
-        muon = ", Muon" if values["train.optimizer"] == "muon" else ""
+        optimizer = {"muon": "Muon", "adamw": "AdamW"}[values["train.optimizer"]]
         if name.startswith("default model"):
             assert shape == (defaults.model.context_length, defaults.train.batch_size)
-            assert name == f"default model{muon}"
+            assert name == f"default model, {optimizer}"
         else:
-            assert name == f"context {shape[0]}, batch {shape[1]}{muon}"
+            assert name == f"context {shape[0]}, batch {shape[1]}, {optimizer}"

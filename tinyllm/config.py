@@ -71,10 +71,10 @@ class TrainConfig:
     """train: optimisation, schedule, evaluation cadence, checkpoints and the machine."""
 
     seed: int = knob(1337, min=0)
-    max_steps: int = knob(1000, min=1)
+    max_steps: int = knob(900, min=1)
     batch_size: int = knob(32, min=1)
     grad_accum_steps: int = knob(1, min=1)
-    optimizer: str = knob("adamw", choices=OPTIMIZERS)
+    optimizer: str = knob("muon", choices=OPTIMIZERS)
     learning_rate: float = knob(3e-3, min=0.0, max=1.0, min_exclusive=True)
     min_lr_fraction: float = knob(0.1, min=0.0, max=1.0)
     warmup_steps: int = knob(100, min=0)

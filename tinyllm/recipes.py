@@ -15,21 +15,19 @@ import dataclasses
 
 from tinyllm.errors import TinyLLMError
 
-# The default model with the budget deciding the steps; each row changes what its sweep found.
-_BASE = {"model.context_length": 128, "model.n_layer": 4, "model.n_head": 4, "model.d_model": 128,
-         "train.max_steps": 1_000_000, "train.batch_size": 32, "train.optimizer": "adamw",
-         "train.learning_rate": 3e-3, "train.warmup_steps": 100, "train.eval_interval": 300,
-         "train.eval_batches": 16}
-# Muon for the blocks' matrices: fewer steps in the same time, each worth more.
-_MUON = {**_BASE, "train.optimizer": "muon"}
+# The default model (Muon included) with the budget deciding the steps.
+_DEFAULT_MODEL = {"model.context_length": 128, "model.n_layer": 4, "model.n_head": 4,
+                  "model.d_model": 128, "train.max_steps": 1_000_000, "train.batch_size": 32,
+                  "train.optimizer": "muon", "train.learning_rate": 3e-3,
+                  "train.warmup_steps": 100, "train.eval_interval": 300, "train.eval_batches": 16}
 # A quarter of the context and half the batch: 3.5x the steps in the same time.
-_SHORT_MUON = {**_MUON, "model.context_length": 64, "train.batch_size": 16}
+_SHORT = {**_DEFAULT_MODEL, "model.context_length": 64, "train.batch_size": 16}
 # minutes of training -> params keys; every row sets RECIPE_KEYS.
 BY_BUDGET: dict[float, dict[str, int | float | str]] = {
-    1: _SHORT_MUON,
-    2: _SHORT_MUON,
-    5: _SHORT_MUON,
-    10: _MUON,
+    1: _SHORT,
+    2: _SHORT,
+    5: _SHORT,
+    10: _DEFAULT_MODEL,
 }
 RECIPE_KEYS = tuple(BY_BUDGET[min(BY_BUDGET)])
 

@@ -1,4 +1,4 @@
-"""The training loop: seeded random windows, AdamW, warmup + cosine, clipping, checkpoints, resume.
+"""The training loop: seeded windows, Muon or AdamW, warmup + cosine, clipping, checkpoints, resume.
 
 Resuming is exact on CPU: a checkpoint holds the weights, optimizer, step, best-so-far weights and
 every random state, so training N steps equals training k, resuming, and training N - k. A
@@ -293,7 +293,7 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
 def optimizer_step(net: torch.nn.Module, model: GPT, optimizer: torch.optim.Optimizer,
                    sampler: WindowSampler, cfg: TrainConfig, lr: float, device: torch.device,
                    autocast) -> tuple[float, torch.Tensor]:
-    """One step: accumulate cfg.grad_accum_steps micro-batches, clip, AdamW.
+    """One step: accumulate cfg.grad_accum_steps micro-batches, clip, the optimizer's step.
 
     Returns this rank's mean micro-batch loss and the gradient norm before clipping."""
     for group in optimizer.param_groups:
