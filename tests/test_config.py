@@ -131,6 +131,16 @@ def test_recipe_contradictions_name_the_key(raw, message):
         params_from_dict(raw)
 
 
+def test_the_recipes_default_model_is_the_defaults_but_for_the_budgets_keys():
+    """recipes.py cannot import config.py (config applies the recipes), so its row for the
+    default model restates the defaults: they must agree except where the budget decides."""
+    from tinyllm.recipes import _DEFAULT_MODEL
+
+    defaults = Params().flat()
+    differing = {key for key, value in _DEFAULT_MODEL.items() if defaults[key] != value}
+    assert differing == {"train.max_steps", "train.eval_interval"}
+
+
 def test_the_readme_budget_table_names_each_budgets_recipe():
     """The README's "(auto)" rows say which recipe each budget gets: they follow recipes.py."""
     from tinyllm.recipes import BY_BUDGET
