@@ -15,10 +15,12 @@ train.learning_rate serves both.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from tinyllm.model import GPT
+if TYPE_CHECKING:  # for a type hint only: the optimizer needs only torch
+    from tinyllm.model import GPT
 
 # The quintic iteration's coefficients and step count from Muon's reference implementation.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
