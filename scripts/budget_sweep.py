@@ -1,4 +1,4 @@
-"""Test loss against training minutes: the sweep behind tinyllm/recipes.py and the README table.
+"""Test loss against training minutes: the sweep behind tinyllm/recipes.py and docs/results.md.
 
     python scripts/budget_sweep.py                          # budgets 1 2 5 10, the auto recipes
     python scripts/budget_sweep.py --budgets 2 --variant lr5e-3:train.learning_rate=5e-3

@@ -141,12 +141,13 @@ def test_the_recipes_default_model_is_the_defaults_but_for_the_budgets_keys():
     assert differing == {"train.max_steps", "train.eval_interval"}
 
 
-def test_the_readme_budget_table_names_each_budgets_recipe():
-    """The README's "(auto)" rows say which recipe each budget gets: they follow recipes.py."""
+def test_the_results_budget_table_names_each_budgets_recipe():
+    """The budget table's "(auto)" rows (docs/results.md) say which recipe each budget gets:
+    they follow recipes.py."""
     from tinyllm.recipes import BY_BUDGET
 
-    readme = (REPO_PARAMS.parent / "README.md").read_text(encoding="utf-8")
-    auto = re.findall(r"^\| (\d+) min \| \**(.+?)\** \(auto\) \|", readme, re.MULTILINE)
+    results = (REPO_PARAMS.parent / "docs" / "results.md").read_text(encoding="utf-8")
+    auto = re.findall(r"^\| (\d+) min \| \**(.+?)\** \(auto\) \|", results, re.MULTILINE)
     assert sorted(float(minutes) for minutes, _ in auto) == sorted(BY_BUDGET)
     defaults = Params()
     for minutes, name in auto:

@@ -385,7 +385,7 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
                    "under --recipe auto the model, batch and learning rate fit the budget "
                    "(0 = train --max-steps).")
 @click.option("--recipe", type=click.Choice(RECIPES),
-              help="auto: with --time-budget, take the README's recipe for it; none: use the "
+              help="auto: with --time-budget, take the recipe fitted to that budget; none: use the "
                    "values given.")
 @click.option("--device", type=click.Choice(DEVICES),
               help="Where training runs.")

@@ -1,8 +1,8 @@
 """Recipes fitted to a training budget: what `train.recipe: auto` sets for N minutes of training.
 
-Each row is the best recipe scripts/budget_sweep.py found for that budget on a 2-core CPU (the
-README's "Training for a time budget" table holds the test losses and what was tried). A budget
-between rows takes the row of the largest budget it covers (the first row below 1 minute).
+Each row is the best recipe scripts/budget_sweep.py found for that budget on a 2-core CPU
+(docs/results.md, "Test loss by training budget", holds the test losses and what was tried). A
+budget between rows takes the row of the largest budget it covers (the first row below 1 minute).
 
 Under `recipe: auto` a budgeted run takes these values for the keys below; a key the user set to
 something else than both its default and the recipe's value contradicts the recipe and is refused,
