@@ -159,3 +159,20 @@ def test_the_results_budget_table_names_each_budgets_recipe():
             assert name == f"default model, {optimizer}"
         else:
             assert name == f"context {shape[0]}, batch {shape[1]}, {optimizer}"
+
+
+def test_recipe_auto_picks_the_recipe_of_the_device_it_will_train_on():
+    from tinyllm.recipes import BY_DEVICE
+
+    on_gpu = params_from_dict({"train": {"time_budget_minutes": 3, "device": "cuda"}})
+    assert on_gpu.flat() | BY_DEVICE["cuda"][1] == on_gpu.flat()  # the GPU's recipe, AdamW
+    assert on_gpu.train.optimizer == "adamw" and on_gpu.model.n_layer == 6
+    on_cpu = params_from_dict({"train": {"time_budget_minutes": 3, "device": "cpu"}})
+    assert on_cpu.flat() | BY_DEVICE["cpu"][2] == on_cpu.flat()
+    # auto: where training will run; this machine has no GPU, so the CPU's.
+    auto = params_from_dict({"train": {"time_budget_minutes": 3}})
+    assert auto.flat() | BY_DEVICE["cpu"][2] == auto.flat()
+    with pytest.raises(TinyLLMError, match=r"^train\.batch_size is 16, but train\.recipe auto "
+                                           r"sets it to 64 for a 3-minute budget on cuda"):
+        params_from_dict({"train": {"time_budget_minutes": 3, "device": "cuda",
+                                    "batch_size": 16}})
