@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from conftest import TINY_TEXT
 
 from tinyllm.errors import TinyLLMError
 from tinyllm.model import GPTConfig
@@ -298,3 +299,55 @@ def test_a_budget_follows_a_machine_that_slows_down_after_the_calibration(
     assert result.elapsed_sec <= 6.0 * 1.1
     assert [lr_at(h["step"] - 1, cfg, result.plan) for h in result.history] == [
         h["lr"] for h in result.history]  # the recorded plan replays every step's rate
+
+
+class StepClock:
+    """A clock that advances one second a training step (a callback too): budgeted runs made
+    deterministic, as a machine of exactly that pace would run them."""
+
+    now = 0.0
+
+    def __call__(self, metrics=None) -> float:
+        self.now += metrics is not None
+        return self.now
+
+
+def test_a_budgeted_run_whose_validation_stalls_decays_now_and_stops_early(
+        gpt_config, train_config, tokenizer, tokens):
+    """Data-limited: the validation text shares nothing with the training text but characters,
+    so validation soon gets worse; the run brings its decay forward instead of spending the
+    rest of the budget overfitting, and says how much of the budget it left."""
+    rng = random.Random(0)
+    val = tokenizer.encode("".join(rng.sample(TINY_TEXT, len(TINY_TEXT))))
+    cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=20, warmup_steps=5,
+                              learning_rate=1e-2, time_budget_minutes=10.0)
+    plan = StepPlan.for_budget(cfg, spent_sec=0.0, step_sec=1.0, eval_sec=0.0)
+    clock = StepClock()
+    result = fit(gpt_config, cfg, tokens, val, plan=plan, clock=clock, callbacks=[clock])
+    assert result.stopped_by == "data_limited" and result.plan.data_limited_at
+    assert result.steps == result.plan.steps < plan.steps // 4  # most of the budget saved
+    evaluated = {h["step"]: h["val_loss"] for h in result.history if h["val_loss"] is not None}
+    assert result.plan.data_limited_at - result.best_step == cfg.eval_interval  # one stall
+    assert result.history[-1]["lr"] <= 1.1 * cfg.learning_rate * cfg.min_lr_fraction
+    assert result.best_val_loss == min(evaluated.values())
+    # A fixed-step run never stops for its data: the default pipeline trains max_steps.
+    fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, max_steps=result.steps + 40)
+    assert fit(gpt_config, fixed, tokens, val).stopped_by == "max_steps"
+
+
+def test_a_slowdown_past_the_deadline_keeps_the_best_weights_without_a_last_evaluation(
+        gpt_config, train_config, splits):
+    """Bad input: a step that takes longer than all that is left ends the run at once."""
+    cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=10, warmup_steps=2,
+                              time_budget_minutes=1.0)
+    plan = StepPlan.for_budget(cfg, spent_sec=0.0, step_sec=1.0, eval_sec=0.0)
+    clock = StepClock()
+
+    def stalls_at_step_25(metrics):  # the machine stops for a minute
+        clock.now += 60 * (metrics.step == 25)
+
+    result = fit(gpt_config, cfg, *splits, plan=plan, clock=clock,
+                 callbacks=[clock, stalls_at_step_25])
+    assert result.stopped_by == "deadline" and result.steps == 26
+    assert result.history[-1]["val_loss"] is None  # no time was left to evaluate
+    assert result.best_step == 20  # the last evaluation's weights stand

@@ -334,9 +334,13 @@ def estimate_loss(model: GPT, batches, batch_size: int, autocast) -> float:
 
 def fit(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
           val_tokens: np.ndarray, *, checkpoint_dir: Path | None = None,
-          data_fingerprint: str = "", callbacks: Iterable[Callable[[StepMetrics], None]] = ()
+          data_fingerprint: str = "", callbacks: Iterable[Callable[[StepMetrics], None]] = (),
+          plan: StepPlan | None = None, clock: Callable[[], float] = time.monotonic
           ) -> TrainResult:
     """Train a GPT from scratch or from this run's checkpoint; returns the best model.
+
+    A budgeted run calibrates its plan and follows `clock` (seconds); a sweep that plans as
+    another machine would passes that plan and a clock that advances as that machine's would.
 
     Each callback gets every step's StepMetrics. One with an on_start(history, model) method
     is first given the run so far (a checkpoint's on resume) and the model being trained; it
@@ -351,7 +355,7 @@ def fit(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
         torch.set_num_threads(cfg.threads)
     with distributed.process_group(select_device(cfg.device, key="train.device")) as device:
         return _train_on(device, model_cfg, cfg, train_tokens, val_tokens, checkpoint_dir,
-                         data_fingerprint, callbacks)
+                         data_fingerprint, callbacks, plan, clock)
 
 
 def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -474,8 +478,8 @@ class RunState:
 
 def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
               train_tokens: np.ndarray, val_tokens: np.ndarray, checkpoint_dir: Path | None,
-              data_fingerprint: str, callbacks: Iterable[Callable[[StepMetrics], None]]
-              ) -> TrainResult:
+              data_fingerprint: str, callbacks: Iterable[Callable[[StepMetrics], None]],
+              plan: StepPlan | None, clock: Callable[[], float]) -> TrainResult:
     """Build the run (fresh or from its checkpoint), plan it, train it and return the result."""
     autocast = autocast_for(device)
     callbacks = list(callbacks)
@@ -491,7 +495,7 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
                             rows)
     val_batches = tuple(t.to(device) for t in fixed_windows(
         val_tokens, model_cfg.context_length, cfg.eval_batches * cfg.batch_size, rows))
-    started = time.monotonic()  # the budget counts from here: calibration, steps, evaluations
+    started = clock()  # the budget counts from here: calibration, steps, evaluations
 
     state = load_checkpoint(checkpoint_path, fingerprint) if checkpoint_path else None
     run = RunState() if state is None else RunState.restore(state, model, optimizer, sampler)
@@ -512,13 +516,15 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
 
     def elapsed() -> float:
         """Seconds this run has trained, sessions before a resume included."""
-        return spent_before + time.monotonic() - started
+        return spent_before + clock() - started
 
-    if run.plan is None:
+    if run.plan is None and plan is not None:
+        run.plan = plan
+    elif run.plan is None:
         run.plan = _first_plan(model, cfg, train_tokens, rows, device, validate, callbacks,
                                elapsed)
     loop = _Loop(cfg, model, optimizer, sampler, device, autocast, run, validate, elapsed,
-                 callbacks, tokens_per_step=cfg.batch_size * cfg.grad_accum_steps
+                 clock, callbacks, tokens_per_step=cfg.batch_size * cfg.grad_accum_steps
                  * model_cfg.context_length)
 
     def checkpoint() -> None:
@@ -571,6 +577,7 @@ class _Loop:
     run: RunState
     validate: Callable[[], float]
     elapsed: Callable[[], float]
+    clock: Callable[[], float]
     callbacks: list
     tokens_per_step: int
 
@@ -589,7 +596,7 @@ class _Loop:
         self.model.train()
         with stop_requests() as stop:
             while run.step < run.plan.steps:
-                tick = time.perf_counter()
+                tick, started = time.perf_counter(), self.clock()
                 signum, stop_now, end = self._step(step_fn, stop, pace, tick)
                 if signum or stop_now or run.step % cfg.checkpoint_interval == 0 or (
                         run.step == run.plan.steps):
@@ -605,7 +612,7 @@ class _Loop:
                     log.warning("train.time_budget_minutes (%g) reached at step %d of %d "
                                 "planned", cfg.time_budget_minutes, run.step, run.plan.steps)
                     return stop_now
-                pace.observe(time.perf_counter() - tick, run.history[-1].get("val_loss")
+                pace.observe(self.clock() - started, run.history[-1].get("val_loss")
                              is not None)
                 # Every rank moves its plan's end to the earliest any rank asks for.
                 run.plan = run.plan.ended_at(run.step, end) if end else run.plan
