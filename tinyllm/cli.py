@@ -21,6 +21,7 @@ import click
 from tinyllm import __version__
 from tinyllm.config import (
     DEVICES,
+    MAX_TOKENS_CEILING,
     OPTIMIZERS,
     RECIPES,
     SEED_MAX,
@@ -230,7 +231,7 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the model runs.")
-@click.option("--max-tokens-limit", type=click.IntRange(1, 100_000),
+@click.option("--max-tokens-limit", type=click.IntRange(1, MAX_TOKENS_CEILING),
               default=SERVED_MAX_TOKENS, show_default=True,
               help="The largest max_tokens a request may ask for.")
 @click.option("--request-seconds", type=click.FloatRange(0, min_open=True),
@@ -249,7 +250,9 @@ def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request
           max_prompt_chars, refresh_seconds, workers) -> None:
     """Serve a model: GET /v1/models, POST /v1/completions and /v1/chat/completions, with
     `"stream": true` as server-sent events. Requests take the sampling settings under the
-    names `generate` uses (max_tokens, temperature, top_k, top_p, min_p, seed), plus stop and n.
+    names `generate` uses (max_tokens, temperature, top_k, top_p, min_p, frequency_penalty,
+    presence_penalty, seed), plus stop, n and logprobs. A request without a seed gets a fresh
+    one; each response names it as `seed`, and sending it back replays the reply.
 
     \b
         tinyllm serve --port 8000 &
