@@ -145,19 +145,24 @@ def settings_from(sampling: dict) -> SamplingConfig:
 # --- chat and generate ------------------------------------------------------------------------
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Read prompts line by line (slash commands too) and print one JSON object "
+                   'per prompt on one line, {"prompt", "text", "seed"}, flushed at once.')
 @model_options
 @sampling_options
 @click.pass_obj
-def chat(obj: Options, model_uri, device, compile_model, **sampling) -> None:
+def chat(obj: Options, as_json, model_uri, device, compile_model, **sampling) -> None:
     """Talk to a model: type a prompt and watch it continue the text.
 
     On a terminal: line editing, history (~/.tinyllm_history) and slash commands (/help).
     Ctrl-C stops a generation; Ctrl-C or Ctrl-D at the prompt leaves. With piped input every
     line is a prompt and stdout holds only the continuations, one per prompt, each followed by
-    a newline:
+    a newline; a continuation may itself hold newlines, so scripts take --json, one JSON line
+    per prompt:
 
     \b
         printf 'ROMEO:\\n' | tinyllm chat --seed 1
+        printf 'ROMEO:\\nJULIET:\\n' | tinyllm chat --json | jq -r .text
     """
     from tinyllm.chat import Console
 
@@ -166,7 +171,7 @@ def chat(obj: Options, model_uri, device, compile_model, **sampling) -> None:
     bits = test_bits_per_char(loaded, obj.tracking_uri)
     if hasattr(sys.stdin, "reconfigure"):  # undecodable input bytes: unknown characters
         sys.stdin.reconfigure(errors="replace")
-    console = Console(loaded, settings, title_of(loaded.source), bits)
+    console = Console(loaded, settings, title_of(loaded.source), bits, as_json=as_json)
     console.run(interactive=sys.stdin.isatty())
 
 
