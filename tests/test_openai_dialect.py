@@ -234,6 +234,8 @@ REFUSED = [  # (endpoint, body changes, param, part of the message)
     ("completions", {"max_tokens": "5"}, "max_tokens",
      'max_tokens: Input should be a valid integer, got "5"'),
     ("completions", {"stream": "yes"}, "stream", "stream: Input should be a valid boolean"),
+    ("completions", {"prompt": [1, 2, 3]}, "prompt", "prompt: token ids are not supported"),
+    ("completions", {"stop": [1]}, "stop", "stop: Input should be a valid string"),
     ("completions", {"echo": True}, "echo", "not supported"),
     ("completions", {"best_of": 3}, "best_of", "not supported"),
     ("completions", {"seed": -1}, "seed", "seed must be >= 0"),

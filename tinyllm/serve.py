@@ -29,6 +29,7 @@ import asyncio
 import collections
 import json
 import logging
+import re
 import secrets
 import socket
 import time
@@ -118,8 +119,8 @@ class _Common(_Strict):
     user: str | None = None  # accepted and ignored, as clients often send it
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
         "logit_bias": ([{}], "the model's tokens are characters, not a tokenizer's ids"),
-        "response_format": ([{"type": "text"}], 'only {"type": "text"}: the model cannot be '
-                                                "held to JSON")}
+        "response_format": ([{"type": "text"}], 'only {"type": "text"} is; the model cannot '
+                                                "be held to JSON")}
 
     def param(self, name: str) -> str:
         """The request field a sampling setting came from."""
@@ -143,6 +144,15 @@ class CompletionRequest(_Sampled):
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
         **_Common.UNSUPPORTED, "echo": ([False], "the reply never repeats the prompt"),
         "best_of": ([1], "use n"), "suffix": ([""], "the model only continues text")}
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _no_token_ids(cls, prompt: Any) -> Any:
+        if isinstance(prompt, list) and prompt and all(isinstance(p, (int, list))
+                                                       for p in prompt):
+            raise refused("", "token ids are not supported (send text: this model's tokens "
+                              "are its own characters)")
+        return prompt
 
     def top_logprobs_wanted(self) -> int | None:
         return _check_top_logprobs(self.logprobs, "logprobs")
@@ -438,14 +448,17 @@ def completion_logprobs(decode, draws: list[Draw], offset: int) -> dict:
 
 # --- the app ------------------------------------------------------------------------------------
 
+UNION_MEMBERS = re.compile(r"^(str|int|float|bool|.*\[.*\])$")  # pydantic's tags in a loc
+
+
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0]
-    param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
-                    for p in first.get("loc", ()) if p != "body").lstrip(".") or None
+    loc = [p for p in first.get("loc", ()) if p != "body" and not (
+        isinstance(p, str) and UNION_MEMBERS.match(p))]  # `prompt`, not `prompt.str`
+    param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
     kind = first.get("type", "")
     if kind == "tinyllm_refused":  # see refused(): the field is relative to where it was raised
-        field = first["ctx"]["field"]
-        param = f"{param or ''}{'' if field.startswith('[') or not param else '.'}{field}"
+        param = ".".join(filter(None, [param, first["ctx"]["field"]])).replace(".[", "[")
         return JSONResponse(error_body(f"{param}: {first['msg']}", param), status_code=400)
     if kind == "json_invalid":
         message = f"malformed JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
