@@ -12,7 +12,10 @@ max_completion_tokens is max_tokens, content may be a list of text parts, user i
 a field that cannot be honoured (tools, images, JSON modes) is refused naming it unless its
 value asks for nothing (`tools: []`, `response_format: {"type": "text"}`). A request without
 a seed draws a fresh one; every response (and every streamed chunk) names it as `seed`, so
-sending it back replays the reply. With `stream: true` the reply is server-sent events,
+sending it back replays the reply. Log-probabilities are those of the distribution each
+character was drawn from (tinyllm.generate.sampling_logits: after the penalties, the temperature
+and top-k/top-p/min-p; at temperature 0 the model's own, penalised), so a character those
+filters removed is never listed. With `stream: true` the reply is server-sent events,
 `data: {json}` chunks ending in `data: [DONE]`. usage counts characters. Every response names
 the exact model version (`models:/NAME/VERSION`).
 
