@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import json
 import logging
 import math
 import random
@@ -351,3 +352,28 @@ def test_a_slowdown_past_the_deadline_keeps_the_best_weights_without_a_last_eval
     assert result.stopped_by == "deadline" and result.steps == 26
     assert result.history[-1]["val_loss"] is None  # no time was left to evaluate
     assert result.best_step == 20  # the last evaluation's weights stand
+
+
+def test_a_replanned_run_replays_exactly_from_its_summary_as_fixed_steps(
+        gpt_config, train_config, splits):
+    """The pace moves the plan twice as slow from step 30 on; the summary's realised plan,
+    trained without a budget, gives the same rates, evaluations and weights."""
+    from tinyllm.train_outputs import summary_of
+
+    cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=10, warmup_steps=5,
+                              time_budget_minutes=2.0)
+    clock = StepClock()
+
+    def slower_from_step_30(metrics):
+        clock.now += metrics.step >= 30
+
+    result = fit(gpt_config, cfg, *splits, plan=StepPlan.for_budget(cfg, 0.0, 1.0, 0.0),
+                 clock=clock, callbacks=[clock, slower_from_step_30])
+    summary = json.loads(json.dumps(summary_of(result, "")))  # as summary.json holds it
+    assert summary["replans"] >= 1 and summary["steps"] < summary["first_planned_steps"]
+    fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, max_steps=summary["steps"])
+    replayed = fit(gpt_config, fixed, *splits, plan=StepPlan.replay(summary))
+    assert [h["lr"] for h in replayed.history] == [h["lr"] for h in result.history]
+    assert replayed.best_step == result.best_step
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, replayed.model.state_dict()[name]), name

@@ -139,6 +139,13 @@ class StepPlan:
         return cls(steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10),
                    budget_sec=budget, step_sec=step_sec, eval_sec=eval_sec)
 
+    @classmethod
+    def replay(cls, summary: dict) -> StepPlan:
+        """A finished run's realised schedule (from its summary.json) as a fixed plan: trained
+        with train.time_budget_minutes 0 it gives that run's every learning rate and weights."""
+        return cls(steps=summary["steps"], warmup_steps=summary["planned_warmup_steps"],
+                   segments=summary["plan_segments"])
+
     def progress(self, step: int) -> float:
         """How far the decay has got at step: 0 after the warm-up, 1 at the plan's end."""
         first, start, last = next(s for s in reversed(self.segments) if s[0] <= step)

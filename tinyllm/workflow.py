@@ -197,6 +197,10 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None, *,
     log.info("train: %d of %d planned steps (%s), best val loss %.4f at step %d, %.0f tokens/s "
              "-> %s", result.steps, result.plan.steps, result.stopped_by, result.best_val_loss,
              result.best_step, summary["tokens_per_sec"], layout.model)
+    if summary["replans"] or summary["unused_budget_seconds"]:
+        log.info("train: the plan of %d steps moved %d time(s) with the pace and validation; "
+                 "%.1f of the budget's minutes left unused", summary["first_planned_steps"],
+                 summary["replans"], summary["unused_budget_seconds"] / 60)
     return result
 
 
