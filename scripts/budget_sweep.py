@@ -77,7 +77,21 @@ class PacedClock:
         return self.now
 
 
-def one_run(params, data: workflow.Layout, root: Path, tokens_per_sec: float | None) -> dict:
+class Slowdown:
+    """A callback that sleeps (factor - 1) times each step's own time: a machine that turns that
+    many times slower once the calibration is done (callbacks are not called during it)."""
+
+    def __init__(self, params, factor: float):
+        train, model = params.train, params.model
+        self.tokens_per_step = train.batch_size * train.grad_accum_steps * model.context_length
+        self.factor = factor
+
+    def __call__(self, metrics) -> None:
+        time.sleep((self.factor - 1) * self.tokens_per_step / metrics.tokens_per_sec)
+
+
+def one_run(params, data: workflow.Layout, root: Path, tokens_per_sec: float | None,
+            slowdown: float = 1.0) -> dict:
     layout = workflow.Layout(root)
     for name in ("tokens", "tokenizer"):  # share the prepared data
         target = getattr(layout, name)
@@ -88,6 +102,8 @@ def one_run(params, data: workflow.Layout, root: Path, tokens_per_sec: float | N
     if tokens_per_sec:
         clock = PacedClock(params, tokens_per_sec)
         paced = {"plan": clock.plan, "clock": clock, "callbacks": (clock,)}
+    elif slowdown != 1:
+        paced = {"callbacks": (Slowdown(params, slowdown),)}
     started = time.monotonic()
     result = workflow.train(params, layout, **paced)
     loaded = load_package(layout.model)
@@ -99,7 +115,10 @@ def one_run(params, data: workflow.Layout, root: Path, tokens_per_sec: float | N
             "unused_seconds": round(max(0.0, result.plan.budget_sec - result.elapsed_sec), 1),
             "wall_seconds": round(time.monotonic() - started, 1),
             "best_val_loss": round(min(evaluated), 4), "last_val_loss": round(evaluated[-1], 4),
-            "best_step": result.best_step,
+            "best_step": result.best_step, "last_evaluated": result.history[-1]["val_loss"]
+            is not None, "last_lr_over_floor": round(result.history[-1]["lr"] / (
+                params.train.learning_rate * params.train.min_lr_fraction), 3),
+            "replans": len(result.plan.segments) - 1,
             "test_loss": round(test["loss"], 4), "test_bits_per_char": round(
                 test["bits_per_char"], 4)}
 
@@ -112,6 +131,8 @@ def main() -> None:
     parser.add_argument("--no-auto", action="store_true", help="run only the variants")
     parser.add_argument("--tokens-per-sec", type=float,
                         help="plan steps for a machine training at this rate, not the clock")
+    parser.add_argument("--slowdown", type=float, default=1.0, metavar="FACTOR",
+                        help="train FACTOR times slower after the calibration (a sleep a step)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="the params whose data section names the corpus and its split")
     parser.add_argument("--work", type=Path, default=Path("runs/budget_sweep"))
@@ -137,7 +158,7 @@ def main() -> None:
             row = {"budget_minutes": minutes, "recipe": name, "corpus": project.data.corpus,
                    "tokens_per_sec_assumed": args.tokens_per_sec,
                    **one_run(params, data, args.work / f"{name}-{minutes:g}min",
-                             args.tokens_per_sec)}
+                             args.tokens_per_sec, args.slowdown), "slowdown": args.slowdown}
             rows.append(row)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with args.out.open("a", encoding="utf-8") as out:
