@@ -68,10 +68,14 @@ class PacedClock:
         self.eval_sec = (train.eval_batches * train.batch_size * model.context_length
                          / (3 * tokens_per_sec))
         self.plan = StepPlan.for_budget(train, START_UP_SEC, self.step_sec, self.eval_sec)
-        self.now = START_UP_SEC
+        self.now = None
 
     def __call__(self, metrics=None) -> float:
-        """The time (as a clock); called with a step's metrics (as a callback), advances it."""
+        """The time (as a clock); called with a step's metrics (as a callback), advances it.
+        The run's first reading is 0, its start; the start-up the plan counted follows it."""
+        if self.now is None:
+            self.now = START_UP_SEC
+            return 0.0
         if metrics is not None:
             self.now += self.step_sec + (self.eval_sec if metrics.val_loss is not None else 0)
         return self.now
