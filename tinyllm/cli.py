@@ -8,7 +8,6 @@ non-zero exit; the traceback is shown only with -v.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shlex
 import sys
@@ -31,8 +30,6 @@ from tinyllm.config import (
 from tinyllm.discovery import load_model, open_store, pinned_uri, test_bits_per_char, title_of
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
 from tinyllm.serving import MAX_DEFAULT_WORKERS
-
-log = logging.getLogger("tinyllm.cli")
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -314,11 +311,6 @@ def train_params(data_path: str, name: str, register: bool, options: dict):
     set_keys(raw, given)
     if "data.val_fraction" in given:
         raw["data"]["test_fraction"] = given["data.val_fraction"]
-    train = raw["train"]
-    if "train.max_steps" in given and train["warmup_steps"] >= train["max_steps"]:
-        train["warmup_steps"] = train["max_steps"] // 10
-        log.info("train.warmup_steps lowered to %d, a tenth of --max-steps",
-                 train["warmup_steps"])
     try:
         return params_from_dict(raw, "params.yaml and options")
     except TinyLLMError as exc:
@@ -347,10 +339,12 @@ def set_aside_checkpoint(checkpoints: Path, resume: bool) -> None:
 def describe_training(params, name: str, output: Path, source: str, resume: bool,
                       tracking_uri: str | None) -> str:
     from tinyllm import tracking
+    from tinyllm.config import warmup_for
 
     m, t, d = params.model, params.train, params.data
-    steps = (f"steps planned for {t.time_budget_minutes:g} min (recipe {t.recipe})"
-             if t.time_budget_minutes else f"{t.max_steps} steps")
+    steps = (f"steps planned for {t.time_budget_minutes:g} min (recipe {t.recipe}), warm-up "
+             f"at most {t.warmup_steps}" if t.time_budget_minutes else
+             f"{t.max_steps} steps, warm-up {warmup_for(t.warmup_steps, t.max_steps)}")
     where = (f"MLflow {tracking.tracking_uri(tracking_uri)}, registered as '{name}'"
              if params.tracking.enabled else "off (--no-register: nothing is tracked)")
     return "\n".join([

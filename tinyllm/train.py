@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from tinyllm import distributed
-from tinyllm.config import TrainConfig
+from tinyllm.config import TrainConfig, warmup_for
 from tinyllm.devices import autocast_for, seconds, select_device
 from tinyllm.errors import TinyLLMError, first_line
 from tinyllm.io import atomic_write, set_aside
@@ -112,7 +112,7 @@ class StepPlan:
 
     @classmethod
     def fixed(cls, cfg: TrainConfig) -> StepPlan:
-        return cls(steps=cfg.max_steps, warmup_steps=cfg.warmup_steps)
+        return cls(steps=cfg.max_steps, warmup_steps=warmup_for(cfg.warmup_steps, cfg.max_steps))
 
     @classmethod
     def for_budget(cls, cfg: TrainConfig, spent_sec: float, step_sec: float,
@@ -127,7 +127,7 @@ class StepPlan:
                 f"training step and one evaluation take {step_sec + eval_sec:.1f} s here, "
                 f"{spent_sec:.1f} s went on start-up; give at least "
                 f"{(spent_sec + 2 * (step_sec + eval_sec)) / 60:.2f} minutes")
-        return cls(steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10),
+        return cls(steps=steps, warmup_steps=warmup_for(cfg.warmup_steps, steps),
                    budget_sec=budget, step_sec=step_sec, eval_sec=eval_sec)
 
 
@@ -403,10 +403,12 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
 
         step_sec, eval_sec = calibrate(model, cfg, train_tokens, rows, device, evaluation)
         plan = StepPlan.for_budget(cfg, elapsed(), step_sec, eval_sec)
-        # Every rank takes the shortest plan, so all stop at the same step.
-        plan = replace(plan, steps=-distributed.max_over_ranks(-plan.steps)[0])
-        log.info("train.time_budget_minutes %g: planned %d steps (%.3f s a step, %.2f s an "
-                 "evaluation)", cfg.time_budget_minutes, plan.steps, step_sec, eval_sec)
+        # Every rank takes the shortest plan (and its warm-up), so all stop at the same step.
+        steps = -distributed.max_over_ranks(-plan.steps)[0]
+        plan = replace(plan, steps=steps, warmup_steps=warmup_for(cfg.warmup_steps, steps))
+        log.info("train.time_budget_minutes %g: planned %d steps, warm-up %d (%.3f s a step, "
+                 "%.2f s an evaluation)", cfg.time_budget_minutes, plan.steps, plan.warmup_steps,
+                 step_sec, eval_sec)
 
     def checkpoint():
         if checkpoint_path is None or not distributed.is_main():
