@@ -243,7 +243,7 @@ def _download(artifact_uri: str, uri: str, store: Store) -> Path:
                                                     dst_path=str(destination),
                                                     tracking_uri=store.uri)
     except Exception as exc:  # MLflow raises several types for a missing artifact
-        raise TinyLLMError(f"cannot download {uri}: {first_line(exc)[:200]}") from None
+        raise TinyLLMError(f"cannot download {uri}: {first_line(exc)}") from None
     return _package_in(Path(local), uri)
 
 

@@ -209,7 +209,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
         if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
             reason = "it was made under other params or data"
     except Exception as exc:  # a damaged checkpoint must not stop a fresh start
-        reason = f"it cannot be read ({first_line(exc)[:120]})"
+        reason = f"it cannot be read ({first_line(exc)})"
     if reason is None:
         return state
     if not distributed.is_main():  # rank 0 sets it aside; every rank starts from step 0
