@@ -455,9 +455,6 @@ def runs(obj: Options, experiment: str | None, over: str, as_json: bool) -> None
     best first. Run a recipe over seeds with `dvc exp run --queue -S 'train.seed=1,2,3'`
     and `dvc queue start`.
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from tinyllm import sweep
 
     experiment = experiment or _experiment_name()
@@ -481,18 +478,46 @@ def runs(obj: Options, experiment: str | None, over: str, as_json: bool) -> None
     if not recipes:
         click.echo(f"No finished runs with a test loss in experiment '{experiment}' ({uri}).")
         return
-    keys = sweep.varying_keys(recipes)
     click.echo(f"Runs of experiment '{experiment}' in {store.uri}, by recipe over {over} "
                "(sd: sample standard deviation over the runs):")
-    table = Table()
-    for column in (*keys, "runs", over, "test loss (nats/char)", "test bits/char"):
-        table.add_column(column, no_wrap=True)
+    for corpus, group in sweep.by_corpus(recipes).items():
+        click.echo(f"\ncorpus {corpus}:")
+        print_whole(recipes_table(group, over))
+
+
+def recipes_table(recipes, over: str):
+    """One row a recipe: what sets it apart (key=value lines), its run count, the values of
+    `over` it ran with, and the mean ± sd of its test loss; cells wrap, headers never do."""
+    from rich.table import Table
+
+    from tinyllm import sweep
+
+    keys = [k for k in sweep.varying_keys(recipes) if k != sweep.CORPUS]
+    table = Table(box=None, header_style="bold")
+    if keys:
+        table.add_column("recipe", overflow="fold")
+    table.add_column("runs", justify="right")
+    table.add_column(over, overflow="fold")
+    for header in ("test loss (nats/char)", "test bits/char"):
+        table.add_column(header.replace(" (", "\n("), no_wrap=True)
     for recipe in recipes:
-        table.add_row(*(recipe.params.get(k, "-") for k in keys), str(len(recipe.runs)),
-                      ", ".join(recipe.runs),
+        differs = ["\n".join(f"{k}={recipe.params.get(k, '-')}" for k in keys)] if keys else []
+        table.add_row(*differs, str(len(recipe.runs)), ", ".join(recipe.runs),
                       sweep.plus_minus(*recipe.summary(sweep.TEST_LOSS)),
                       sweep.plus_minus(*recipe.summary(sweep.TEST_BITS)))
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    return table
+
+
+def print_whole(renderable) -> None:
+    """Print at the terminal's width (COLUMNS, or 80 in a pipe), widened rather than cutting
+    anything when the renderable cannot fit: a cut header or value misleads."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console()
+    needed = Measurement.get(console, console.options, renderable).minimum
+    console.width = max(console.width, needed)
+    console.print(renderable)
 
 
 # --- compare ----------------------------------------------------------------------------------
