@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -559,6 +560,54 @@ def compare(obj: Options, model_a: str, model_b: str, text_file: Path | None, se
                                **result.to_dict()}, indent=2))
     else:
         click.echo(comparing.describe(result, model_a, model_b, str(source)))
+
+
+# --- restore ----------------------------------------------------------------------------------
+
+def _registry_name(params_file: Path) -> str:
+    """tracking.registry_name of params.yaml, read leniently: after a refused `dvc exp run`
+    the file still holds the refused value, which must not stop the restore."""
+    import yaml
+
+    from tinyllm.config import TrackingConfig
+
+    try:
+        return str(yaml.safe_load(params_file.read_text("utf-8"))["tracking"]["registry_name"])
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return TrackingConfig.registry_name
+
+
+@cli.command(short_help="Put a registered model back into the pipeline's models/model.")
+@click.argument("model_uri", required=False, metavar="[MODEL_URI]")
+@click.pass_obj
+def restore(obj: Options, model_uri: str | None) -> None:
+    """Write the pipeline's models/model, and models/train/mlflow_run.json for evaluate, back
+    from the MLflow registry: `dvc exp run` deletes them when dvc.lock names a version the DVC
+    cache lacks (a dvc.lock from git, made on another machine). MODEL_URI defaults to
+    models:/NAME/latest, NAME being tracking.registry_name of params.yaml.
+    """
+    from tinyllm import tracking, workflow
+    from tinyllm.io import replace_directory, staging_directory
+
+    layout = workflow.Layout(tracking.project_root())
+    if layout.model.exists():
+        raise TinyLLMError(f"{layout.model} exists; move it aside to restore another model")
+    uri = model_uri or f"models:/{_registry_name(layout.root / 'params.yaml')}/latest"
+    store = tracking.Store(obj.tracking_uri)
+    model = tracking.resolve_model_uri(uri, store)
+    staging = staging_directory(layout.model)
+    shutil.copytree(model.path, staging, dirs_exist_ok=True)
+    replace_directory(staging, layout.model)
+    restored = [layout.model]
+    if model.run_id and not layout.run_handoff.exists():
+        from tinyllm.tracked_run import TrackedRun
+
+        run = store.client.get_run(model.run_id)
+        experiment = store.client.get_experiment(run.info.experiment_id).name
+        TrackedRun(store, model.run_id, experiment).write_handoff(layout.run_handoff)
+        restored.append(layout.run_handoff)
+    version = f" (version {model.version})" if model.version else ""
+    click.echo(f"restored {uri}{version} to {' and '.join(map(str, restored))}")
 
 
 # --- models -----------------------------------------------------------------------------------
