@@ -234,6 +234,8 @@ def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) ->
         log.info("evaluate: %s models:/%s/%s%s", verb, registration.name, registration.version,
                  f" (@{tracked.champion_alias})" if registration.champion else "")
         log.info("evaluate: runs at %s", run.runs_page())
+        log.info("evaluate: the model at %s", run.ui_page(
+            f"models/{registration.name}/versions/{registration.version}"))
         metrics["registered"] = {"name": registration.name, "version": registration.version}
     return metrics
 
