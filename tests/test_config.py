@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyllm.config import Params, load_params, params_from_dict
+from tinyllm.config import Params, load_params, params_from_dict, warmup_for
 from tinyllm.errors import TinyLLMError
 from tinyllm.recipes import recipe_for
 
@@ -38,8 +38,6 @@ def test_empty_params_give_defaults():
     ({"train": {"device": "tpu"}}, ["train.device", "auto, cpu, cuda, mps", "'tpu'"]),
     ({"data": {"unicode_normalization": "nfc"}}, ["data.unicode_normalization"]),
     ({"model": {"d_model": 130, "n_head": 4}}, ["model.d_model", "model.n_head"]),
-    ({"train": {"warmup_steps": 50, "max_steps": 50}},
-     ["train.warmup_steps", "train.max_steps"]),
     ({"train": "fast"}, ["'train'", "mapping"]),
 ])
 def test_invalid_params_name_the_key(raw, expected):
@@ -47,6 +45,17 @@ def test_invalid_params_name_the_key(raw, expected):
         params_from_dict(raw)
     for fragment in expected:
         assert fragment in str(excinfo.value)
+
+
+def test_a_warm_up_as_long_as_the_run_is_capped_not_refused():
+    """`dvc exp run -S train.max_steps=100` with the default warm-up of 100 steps trains."""
+    params = params_from_dict({"train": {"max_steps": 100, "learning_rate": 1e-2}})
+    assert params.train.warmup_steps == 100  # the key as written; the run takes warmup_for's
+    assert warmup_for(params.train.warmup_steps, params.train.max_steps) == 12
+    defaults = Params().train
+    assert warmup_for(defaults.warmup_steps, defaults.max_steps) == defaults.warmup_steps == 100
+    assert warmup_for(100, 1566) == 100  # a 1-minute budget's plan keeps its warm-up
+    assert warmup_for(0, 100) == 0 and warmup_for(100, 4) == 0
 
 
 def test_missing_params_file(tmp_path):

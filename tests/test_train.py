@@ -178,12 +178,24 @@ def test_a_budget_plan_lays_warmup_and_decay_over_its_steps(train_config):
                               min_lr_fraction=0.1, eval_interval=100, time_budget_minutes=1.0)
     # 60 s budget, 10 s spent, 1 s an evaluation: 49 s for steps of 0.09 s + 0.01 s of evals.
     plan = StepPlan.for_budget(cfg, spent_sec=10.0, step_sec=0.09, eval_sec=1.0)
-    assert plan.steps == 490 and plan.warmup_steps == 49  # warm-up: at most a tenth of the plan
-    assert lr_at(48, cfg, plan) == pytest.approx(1e-2)
+    assert plan.steps == 490 and plan.warmup_steps == 61  # warm-up: at most an eighth of it
+    assert lr_at(60, cfg, plan) == pytest.approx(1e-2)
     assert lr_at(490, cfg, plan) == pytest.approx(1e-3)  # the floor, at the deadline
     assert lr_at(489, cfg, plan) > lr_at(490, cfg, plan)
     capped = StepPlan.for_budget(dataclasses.replace(cfg, max_steps=300), 10.0, 0.09, 1.0)
     assert capped.steps == 300  # max_steps still bounds a budget
+
+
+def test_fixed_and_budgeted_plans_follow_one_warm_up_rule(train_config):
+    """The defaults' 100 of 900 steps and a budget's thousands keep 100; 100 steps take 12."""
+    cfg = dataclasses.replace(train_config, warmup_steps=100, max_steps=900, eval_interval=300,
+                              time_budget_minutes=1.0)
+    assert StepPlan.fixed(cfg).warmup_steps == 100
+    assert StepPlan.fixed(dataclasses.replace(cfg, max_steps=100)).warmup_steps == 12
+    budgeted = StepPlan.for_budget(dataclasses.replace(cfg, max_steps=10**6), 5.0, 0.03, 1.0)
+    assert budgeted.steps > 1000 and budgeted.warmup_steps == 100
+    short = StepPlan.for_budget(cfg, spent_sec=0.0, step_sec=0.5, eval_sec=1.0)
+    assert short.steps == 117 and short.warmup_steps == 14
 
 
 def test_a_budget_below_a_step_and_an_evaluation_is_refused(train_config):

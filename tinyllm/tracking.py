@@ -148,13 +148,22 @@ class Store:
 
 # --- reading the store ------------------------------------------------------------------------
 
-def runs_page(store: Store, experiment: str) -> str:
-    """Where a browser shows the experiment's runs: MLflow 3 opens experiments on its GenAI
-    view unless the address (or the switch at the top left) asks for model training."""
-    page = f"#/experiments/{store.experiment_id(experiment)}?workflowType=machine_learning"
+def ui_page(store: Store, route: str) -> str:
+    """The address of an `mlflow ui` page, opening on its model-training layout.
+
+    MLflow 3.17's UI ignores EXPERIMENT_KIND: every page (runs, a run, a model version) takes
+    its layout from the address's workflowType, else from the GenAI / Model training switch at
+    the top left, which the browser remembers, else GenAI.
+    """
+    page = f"#/{route}?workflowType=machine_learning"
     if store.uri.startswith(("http://", "https://")):
         return f"{store.uri.rstrip('/')}/{page}"
     return f"http://127.0.0.1:5000/{page} (after `mlflow ui` in the project root)"
+
+
+def runs_page(store: Store, experiment: str) -> str:
+    """Where a browser shows the experiment's runs."""
+    return ui_page(store, f"experiments/{store.experiment_id(experiment)}")
 
 
 
@@ -243,7 +252,7 @@ def _download(artifact_uri: str, uri: str, store: Store) -> Path:
                                                     dst_path=str(destination),
                                                     tracking_uri=store.uri)
     except Exception as exc:  # MLflow raises several types for a missing artifact
-        raise TinyLLMError(f"cannot download {uri}: {first_line(exc)[:200]}") from None
+        raise TinyLLMError(f"cannot download {uri}: {first_line(exc)}") from None
     return _package_in(Path(local), uri)
 
 

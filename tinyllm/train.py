@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from tinyllm import distributed
-from tinyllm.config import TrainConfig
+from tinyllm.config import TrainConfig, warmup_for
 from tinyllm.devices import autocast_for, seconds, select_device
 from tinyllm.errors import TinyLLMError, first_line
 from tinyllm.io import atomic_write, set_aside
@@ -122,7 +122,7 @@ class StepPlan:
 
     @classmethod
     def fixed(cls, cfg: TrainConfig) -> StepPlan:
-        return cls(steps=cfg.max_steps, warmup_steps=cfg.warmup_steps)
+        return cls(steps=cfg.max_steps, warmup_steps=warmup_for(cfg.warmup_steps, cfg.max_steps))
 
     @classmethod
     def for_budget(cls, cfg: TrainConfig, spent_sec: float, step_sec: float,
@@ -136,7 +136,7 @@ class StepPlan:
                 f"training step and one evaluation take {step_sec + eval_sec:.1f} s here, "
                 f"{spent_sec:.1f} s went on start-up; give at least "
                 f"{(spent_sec + 2 * (step_sec + eval_sec)) / 60:.2f} minutes")
-        return cls(steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10),
+        return cls(steps=steps, warmup_steps=warmup_for(cfg.warmup_steps, steps),
                    budget_sec=budget, step_sec=step_sec, eval_sec=eval_sec)
 
     @classmethod
@@ -291,7 +291,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
         if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
             reason = "it was made under other params or data"
     except Exception as exc:  # a damaged checkpoint must not stop a fresh start
-        reason = f"it cannot be read ({first_line(exc)[:120]})"
+        reason = f"it cannot be read ({first_line(exc)})"
     if reason is None:
         return state
     if not distributed.is_main():  # rank 0 sets it aside; every rank starts from step 0
@@ -564,10 +564,13 @@ def _first_plan(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: sl
 
     step_sec, eval_sec = calibrate(model, cfg, train_tokens, rows, device, evaluation)
     plan = StepPlan.for_budget(cfg, elapsed(), step_sec, eval_sec)
-    # Every rank takes the shortest plan, so all stop at the same step.
-    plan = replace(plan, steps=-distributed.max_over_ranks(-plan.steps)[0], segments=())
-    log.info("train.time_budget_minutes %g: planned %d steps (%.3f s a step, %.2f s an "
-             "evaluation)", cfg.time_budget_minutes, plan.steps, step_sec, eval_sec)
+    # Every rank takes the shortest plan (and its warm-up), so all stop at the same step.
+    steps = -distributed.max_over_ranks(-plan.steps)[0]
+    plan = replace(plan, steps=steps, warmup_steps=warmup_for(cfg.warmup_steps, steps),
+                   segments=())
+    log.info("train.time_budget_minutes %g: planned %d steps, warm-up %d (%.3f s a step, "
+             "%.2f s an evaluation)", cfg.time_budget_minutes, plan.steps, plan.warmup_steps,
+             step_sec, eval_sec)
     return plan
 
 

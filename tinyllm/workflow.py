@@ -245,6 +245,8 @@ def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) ->
         log.info("evaluate: %s models:/%s/%s%s", verb, registration.name, registration.version,
                  f" (@{tracked.champion_alias})" if registration.champion else "")
         log.info("evaluate: runs at %s", run.runs_page())
+        log.info("evaluate: the model at %s", run.ui_page(
+            f"models/{registration.name}/versions/{registration.version}"))
         metrics["registered"] = {"name": registration.name, "version": registration.version}
     return metrics
 
@@ -257,6 +259,33 @@ def run_stage(step) -> None:
 
     def main():
         setup_logging()
-        step(load_params("params.yaml"), Layout())
+        try:
+            step(load_params("params.yaml"), Layout())
+        except TinyLLMError as exc:  # validate refuses before any stage removes outputs
+            hint = removed_model_hint(Layout()) if step is validate else None
+            if hint is None:
+                raise
+            raise TinyLLMError(f"{exc}; {hint}") from None
 
     exit_on_error(main)
+
+
+RESTORE_COMMAND = "tinyllm restore"
+
+
+def removed_model_hint(layout: Layout) -> str | None:
+    """Why the model package is gone, when DVC removed it, and the command that brings it back.
+
+    `dvc exp run` checks out dvc.lock's outputs before any stage runs, and deletes an output
+    whose locked version its cache lacks (a dvc.lock from git that another machine made), so a
+    refused experiment can leave a pipeline that ran here without models/model. The model is
+    still registered in MLflow.
+    """
+    lock, cache = layout.root / "dvc.lock", layout.root / ".dvc/cache"
+    named = f"path: {layout.model.relative_to(layout.root).as_posix()}\n"
+    if layout.model.exists() or not lock.is_file() or named not in lock.read_text("utf-8"):
+        return None
+    if not cache.is_dir() or not any(cache.iterdir()):  # nothing ran here: nothing was lost
+        return None
+    return (f"DVC removed {layout.model.relative_to(layout.root)} (dvc.lock names a version its "
+            f"cache lacks); `{RESTORE_COMMAND}` writes the latest registered model back")

@@ -76,6 +76,17 @@ def test_experiments_open_on_their_runs_in_mlflow_ui_also_those_made_before(stor
     assert store.experiment_id("older") == older
 
 
+def test_every_page_tinyllm_links_to_asks_mlflow_ui_for_the_model_training_layout(store_uri):
+    """MLflow 3.17's UI reads the layout from the address (or the browser's last switch), not
+    from the experiment's tag: a run or model page opened without it shows the GenAI layout."""
+    store = tracking.Store()
+    runs = tracking.runs_page(store, "new")
+    model = tracking.ui_page(store, "models/tiny/versions/1")
+    assert f"#/experiments/{store.experiment_id('new')}?workflowType=machine_learning " in runs
+    assert model.startswith("http://127.0.0.1:5000/#/models/tiny/versions/1?workflowType="
+                            "machine_learning (after `mlflow ui` in the project root)")
+
+
 def test_a_copied_project_refuses_to_log_into_the_originals_store(tmp_path, make_params,
                                                                   monkeypatch):
     """mlflow.db holds absolute artifact paths: a copy would write into the original's mlruns/."""
