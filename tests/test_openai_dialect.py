@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 from tiny_project import tiny_work
 
 from tinyllm import discovery
+from tinyllm.config import Limits
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.package import load_package, save_package
 from tinyllm.serve import Message, Models, chat_prompt, create_app
-from tinyllm.serving import Limits
 from tinyllm.tokenizer import UNKNOWN_ID, CharTokenizer
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "openai_clients").glob("*.json"))

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import click
 
-from tinyllm import __version__
 from tinyllm.config import (
     DEVICES,
     MAX_TOKENS_CEILING,
@@ -32,6 +31,7 @@ from tinyllm.config import (
 from tinyllm.discovery import load_model, open_store, pinned_uri, test_bits_per_char, title_of
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
 from tinyllm.serving import MAX_DEFAULT_WORKERS
+from tinyllm.version import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -262,7 +262,8 @@ def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request
         curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
           -d '{"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 50, "seed": 1}'
     """
-    from tinyllm.serving import Limits, ServeOptions, default_workers
+    from tinyllm.config import Limits
+    from tinyllm.serving import ServeOptions, default_workers
     from tinyllm.serving import serve as run_server
 
     limits = Limits(max_tokens=max_tokens_limit, request_seconds=request_seconds,

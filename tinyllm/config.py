@@ -112,6 +112,17 @@ SERVED_REQUEST_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Server-side caps (the `tinyllm serve` options)."""
+
+    max_tokens: int = SERVED_MAX_TOKENS  # per choice
+    request_seconds: float = SERVED_REQUEST_SECONDS  # then it ends with finish_reason "length"
+    max_prompt_chars: int = 100_000
+    max_body_bytes: int = 16 << 20
+    max_n: int = 16
+
+
+@dataclass(frozen=True)
 class SamplingConfig:
     """How text is sampled: the one definition of every sampling setting.
 

@@ -68,9 +68,9 @@ def settings_for(params: dict | None) -> SamplingConfig:
 
 class TinyLLMModel(PythonModel):
     def load_context(self, context):
-        import tinyllm
+        from tinyllm.discovery import load_model
 
-        self.loaded = tinyllm.load_model(context.artifacts["package"])
+        self.loaded = load_model(context.artifacts["package"])
         _stop_generating_on_sigterm()
 
     # A DataFrame hint keeps the explicit signature (with its params) that tracked_run.py logs.

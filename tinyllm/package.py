@@ -41,7 +41,7 @@ PACKAGE_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, META_FILE)
 
 
 def runtime_versions() -> dict[str, str]:
-    from tinyllm import __version__
+    from tinyllm.version import __version__
 
     return {"tinyllm": __version__, "torch": torch.__version__,
             "python": platform.python_version()}

@@ -52,11 +52,10 @@ from starlette.exceptions import HTTPException
 
 from tinyllm.balancing import SharedLoads
 from tinyllm.batching import CANCELLED, Decoder, Sequence
-from tinyllm.config import SEED_MAX, SamplingConfig
+from tinyllm.config import SEED_MAX, Limits, SamplingConfig
 from tinyllm.discovery import load_resolved, pinned_uri
 from tinyllm.errors import TinyLLMError
 from tinyllm.generate import Draw, StopFilter, prompt_ids
-from tinyllm.serving import Limits
 
 log = logging.getLogger(__name__)
 
