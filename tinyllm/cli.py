@@ -86,6 +86,7 @@ def cli(ctx: click.Context, verbose: bool, tracking_uri: str | None) -> None:
     tinyllm models                      list the registered models
     tinyllm compare A B                 is model B really better than A? (95% interval)
     tinyllm runs                        mean ± sd of the test loss per recipe over seeds
+    tinyllm rehome                      after moving the project: mlflow.db uses its mlruns/
     """
     from tinyllm.logs import setup_logging
 
