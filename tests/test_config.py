@@ -141,12 +141,13 @@ def test_the_recipes_default_model_is_the_defaults_but_for_the_budgets_keys():
     assert differing == {"train.max_steps", "train.eval_interval"}
 
 
-def test_the_readme_budget_table_names_each_budgets_recipe():
-    """The README's "(auto)" rows say which recipe each budget gets: they follow recipes.py."""
+def test_the_results_budget_table_names_each_budgets_recipe():
+    """The budget table's "(auto)" rows (docs/results.md) say which recipe each budget gets:
+    they follow recipes.py."""
     from tinyllm.recipes import BY_BUDGET
 
-    readme = (REPO_PARAMS.parent / "README.md").read_text(encoding="utf-8")
-    auto = re.findall(r"^\| (\d+) min \| \**(.+?)\** \(auto\) \|", readme, re.MULTILINE)
+    results = (REPO_PARAMS.parent / "docs" / "results.md").read_text(encoding="utf-8")
+    auto = re.findall(r"^\| (\d+) min \| \**(.+?)\** \(auto\) \|", results, re.MULTILINE)
     assert sorted(float(minutes) for minutes, _ in auto) == sorted(BY_BUDGET)
     defaults = Params()
     for minutes, name in auto:
@@ -158,3 +159,20 @@ def test_the_readme_budget_table_names_each_budgets_recipe():
             assert name == f"default model, {optimizer}"
         else:
             assert name == f"context {shape[0]}, batch {shape[1]}, {optimizer}"
+
+
+def test_recipe_auto_picks_the_recipe_of_the_device_it_will_train_on():
+    from tinyllm.recipes import BY_DEVICE
+
+    on_gpu = params_from_dict({"train": {"time_budget_minutes": 3, "device": "cuda"}})
+    assert on_gpu.flat() | BY_DEVICE["cuda"][1] == on_gpu.flat()  # the GPU's recipe, AdamW
+    assert on_gpu.train.optimizer == "adamw" and on_gpu.model.n_layer == 6
+    on_cpu = params_from_dict({"train": {"time_budget_minutes": 3, "device": "cpu"}})
+    assert on_cpu.flat() | BY_DEVICE["cpu"][2] == on_cpu.flat()
+    # auto: where training will run; this machine has no GPU, so the CPU's.
+    auto = params_from_dict({"train": {"time_budget_minutes": 3}})
+    assert auto.flat() | BY_DEVICE["cpu"][2] == auto.flat()
+    with pytest.raises(TinyLLMError, match=r"^train\.batch_size is 16, but train\.recipe auto "
+                                           r"sets it to 64 for a 3-minute budget on cuda"):
+        params_from_dict({"train": {"time_budget_minutes": 3, "device": "cuda",
+                                    "batch_size": 16}})

@@ -21,6 +21,7 @@ import click
 from tinyllm import __version__
 from tinyllm.config import (
     DEVICES,
+    MAX_TOKENS_CEILING,
     OPTIMIZERS,
     RECIPES,
     SEED_MAX,
@@ -145,19 +146,24 @@ def settings_from(sampling: dict) -> SamplingConfig:
 # --- chat and generate ------------------------------------------------------------------------
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Read prompts line by line (slash commands too) and print one JSON object "
+                   'per prompt on one line, {"prompt", "text", "seed"}, flushed at once.')
 @model_options
 @sampling_options
 @click.pass_obj
-def chat(obj: Options, model_uri, device, compile_model, **sampling) -> None:
+def chat(obj: Options, as_json, model_uri, device, compile_model, **sampling) -> None:
     """Talk to a model: type a prompt and watch it continue the text.
 
     On a terminal: line editing, history (~/.tinyllm_history) and slash commands (/help).
     Ctrl-C stops a generation; Ctrl-C or Ctrl-D at the prompt leaves. With piped input every
     line is a prompt and stdout holds only the continuations, one per prompt, each followed by
-    a newline:
+    a newline; a continuation may itself hold newlines, so scripts take --json, one JSON line
+    per prompt:
 
     \b
         printf 'ROMEO:\\n' | tinyllm chat --seed 1
+        printf 'ROMEO:\\nJULIET:\\n' | tinyllm chat --json | jq -r .text
     """
     from tinyllm.chat import Console
 
@@ -166,7 +172,7 @@ def chat(obj: Options, model_uri, device, compile_model, **sampling) -> None:
     bits = test_bits_per_char(loaded, obj.tracking_uri)
     if hasattr(sys.stdin, "reconfigure"):  # undecodable input bytes: unknown characters
         sys.stdin.reconfigure(errors="replace")
-    console = Console(loaded, settings, title_of(loaded.source), bits)
+    console = Console(loaded, settings, title_of(loaded.source), bits, as_json=as_json)
     console.run(interactive=sys.stdin.isatty())
 
 
@@ -231,7 +237,7 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the model runs.")
-@click.option("--max-tokens-limit", type=click.IntRange(1, 100_000),
+@click.option("--max-tokens-limit", type=click.IntRange(1, MAX_TOKENS_CEILING),
               default=SERVED_MAX_TOKENS, show_default=True,
               help="The largest max_tokens a request may ask for.")
 @click.option("--request-seconds", type=click.FloatRange(0, min_open=True),
@@ -250,7 +256,9 @@ def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request
           max_prompt_chars, refresh_seconds, workers) -> None:
     """Serve a model: GET /v1/models, POST /v1/completions and /v1/chat/completions, with
     `"stream": true` as server-sent events. Requests take the sampling settings under the
-    names `generate` uses (max_tokens, temperature, top_k, top_p, min_p, seed), plus stop and n.
+    names `generate` uses (max_tokens, temperature, top_k, top_p, min_p, frequency_penalty,
+    presence_penalty, seed), plus stop, n and logprobs. A request without a seed gets a fresh
+    one; each response names it as `seed`, and sending it back replays the reply.
 
     \b
         tinyllm serve --port 8000 &
@@ -386,7 +394,7 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
                    "under --recipe auto the model, batch and learning rate fit the budget "
                    "(0 = train --max-steps).")
 @click.option("--recipe", type=click.Choice(RECIPES),
-              help="auto: with --time-budget, take the README's recipe for it; none: use the "
+              help="auto: with --time-budget, take the recipe fitted to that budget; none: use the "
                    "values given.")
 @click.option("--device", type=click.Choice(DEVICES),
               help="Where training runs.")

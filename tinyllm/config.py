@@ -96,6 +96,7 @@ SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit intege
 # Served requests (tinyllm serve's default caps, the MLflow model's fixed ones): no request may
 # hold a worker for minutes.
 SERVED_MAX_TOKENS = 2000
+MAX_TOKENS_CEILING = 100_000  # the most one generation may ask for; a server's cap is lower
 SERVED_REQUEST_SECONDS = 30.0
 
 
@@ -120,10 +121,18 @@ class SamplingConfig:
     min_p: float = knob(0.0, min=0.0, max=1.0, off=0.0, command="minp",
                         help="Drop characters less likely than this fraction of the most likely "
                              "one's probability; 0 = off.")
-    max_tokens: int = knob(300, min=1, max=100_000, command="tokens",
+    max_tokens: int = knob(300, min=1, max=MAX_TOKENS_CEILING, command="tokens",
                            help="Characters to generate per prompt.")
     seed: int = knob(1337, min=0, max=SEED_MAX, command="seed",
                      help="Random seed: the same seed and settings give the same text.")
+    frequency_penalty: float = knob(
+        0.0, min=-2.0, max=2.0, off=0.0, command="freq",
+        help="Lower each character's logit by this much per time it was generated so far "
+             "(OpenAI's frequency_penalty; negative: favour repeats); 0 = off.")
+    presence_penalty: float = knob(
+        0.0, min=-2.0, max=2.0, off=0.0, command="presence",
+        help="Lower by this much the logit of every character generated so far at least once "
+             "(OpenAI's presence_penalty); 0 = off.")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -4,11 +4,12 @@ The logged model carries tinyllm's own code (TrackedRun.register logs it as code
 so it loads wherever torch and numpy are installed. Serving loads the model package through
 tinyllm's safe loader. Input: prompts (a list of strings or a one-column frame); output: their
 continuations, or with predict_stream the pieces of text as they are sampled. Params: the fields
-of tinyllm.config.SamplingConfig (max_tokens, temperature, top_k, top_p, min_p, seed), with its
-defaults and checks. A served request is bounded: at most MAX_TOKENS characters per prompt and
-REQUEST_SECONDS of generation, so no request holds a worker for minutes. Served by uvicorn
-(`mlflow models serve`), generation in flight stops once uvicorn is told to stop (SIGTERM or
-Ctrl-C): the request gets a 503, and the server's graceful shutdown does not wait for it.
+of tinyllm.config.SamplingConfig (max_tokens, temperature, top_k, top_p, min_p, seed,
+frequency_penalty, presence_penalty), with its defaults and checks. A served request is
+bounded: at most MAX_TOKENS characters per prompt and REQUEST_SECONDS of generation, so no
+request holds a worker for minutes. Served by uvicorn (`mlflow models serve`), generation in
+flight stops once uvicorn is told to stop (SIGTERM or Ctrl-C): the request gets a 503, and the
+server's graceful shutdown does not wait for it.
 """
 
 import signal
