@@ -85,6 +85,7 @@ def cli(ctx: click.Context, verbose: bool, tracking_uri: str | None) -> None:
     tinyllm models                      list the registered models
     tinyllm compare A B                 is model B really better than A? (95% interval)
     tinyllm runs                        mean ± sd of the test loss per recipe over seeds
+    tinyllm rehome                      after moving the project: mlflow.db uses its mlruns/
     """
     from tinyllm.logs import setup_logging
 
@@ -680,3 +681,24 @@ def _parameters(store, run_id: str | None) -> str:
     except MlflowException:
         return "-"
     return f"{int(value):,}" if value and value.isdigit() else "-"
+
+
+@cli.command(short_help="Point mlflow.db at this project's mlruns/ after the project moved.")
+@click.pass_obj
+def rehome(obj: Options) -> None:
+    """Rewrite the artifact locations the project's mlflow.db records to this project's mlruns/.
+
+    mlflow.db records absolute paths, so after the project is copied, moved or renamed MLflow's
+    own tools (mlflow ui, mlflow models serve) still read the old folder, and training refuses
+    to log there. tinyllm's commands that read models find them here anyway. Run it in the
+    project root; it is safe to run again.
+    """
+    from tinyllm import tracking
+
+    store = tracking.Store(obj.tracking_uri)
+    rewritten = tracking.rehome(store)
+    if not rewritten:
+        click.echo(f"Nothing to do: {store.uri} keeps its artifacts in {store.home / 'mlruns'}.")
+    for old, count in rewritten.items():
+        click.echo(f"Rewrote {count} artifact locations in {store.uri}: {old} -> "
+                   f"{store.home / 'mlruns'}")

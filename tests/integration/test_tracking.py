@@ -87,8 +87,8 @@ def test_every_page_tinyllm_links_to_asks_mlflow_ui_for_the_model_training_layou
                             "machine_learning (after `mlflow ui` in the project root)")
 
 
-def test_a_copied_project_refuses_to_log_into_the_originals_store(tmp_path, make_params,
-                                                                  monkeypatch):
+def test_a_copied_project_refuses_to_log_into_the_originals_store_until_rehomed(
+        tmp_path, make_params, monkeypatch):
     """mlflow.db holds absolute artifact paths: a copy would write into the original's mlruns/."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     original, copy = tmp_path / "original", tmp_path / "copy"
@@ -101,11 +101,15 @@ def test_a_copied_project_refuses_to_log_into_the_originals_store(tmp_path, make
     monkeypatch.chdir(copy)
     message = (rf"MLflow (experiment 'tests'|run \w+) in sqlite:///{copy}/mlflow.db keeps its "
                rf"artifacts in {original}/mlruns\S*, outside {copy}: this project was copied or "
-               rf"moved; move {copy}/mlflow.db and {copy}/mlruns aside")
+               rf"moved; run `tinyllm rehome` in {copy} to point mlflow.db at {copy}/mlruns")
     for step in (workflow.train, workflow.evaluate):
         with pytest.raises(TinyLLMError, match=message):
             step(params, workflow.Layout(copy))
     assert sorted((original / "mlruns").rglob("*")) == written
+    tracking.rehome(tracking.Store())  # what the message says to run
+    workflow.evaluate(params, workflow.Layout(copy))  # logs and registers into the copy
+    assert sorted((original / "mlruns").rglob("*")) == written
+    assert len(list((copy / "mlruns").rglob("*"))) > len(written)  # the evaluation run's files
 
 
 def test_champion_moves_only_for_better_models_and_same_weights_do_not_duplicate(
