@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import itertools
 import json
@@ -336,13 +337,36 @@ def test_a_budgeted_run_whose_validation_stalls_decays_now_and_stops_early(
                               learning_rate=1e-2, time_budget_minutes=10.0)
     plan = StepPlan.for_budget(cfg, spent_sec=0.0, step_sec=1.0, eval_sec=0.0)
     clock = StepClock()
-    result = fit(gpt_config, cfg, tokens, val, plan=plan, clock=clock, callbacks=[clock])
+
+    class WeightsAtEvaluations:
+        def on_start(self, history, model):
+            self.model, self.weights = model, {}
+
+        def __call__(self, metrics):
+            if metrics.val_loss is not None:
+                self.weights[metrics.step] = copy.deepcopy(self.model.state_dict())
+
+    seen = WeightsAtEvaluations()
+    result = fit(gpt_config, cfg, tokens, val, plan=plan, clock=clock, callbacks=[clock, seen])
     assert result.stopped_by == "data_limited" and result.plan.data_limited_at
     assert result.steps == result.plan.steps < plan.steps // 4  # most of the budget saved
     evaluated = {h["step"]: h["val_loss"] for h in result.history if h["val_loss"] is not None}
-    assert result.plan.data_limited_at - result.best_step == cfg.eval_interval  # one stall
+    stall = result.plan.data_limited_at
+    best_before = min(v for step, v in evaluated.items() if step < stall)
+    assert evaluated[stall] > best_before and evaluated[stall - cfg.eval_interval] == best_before
+    # The decay starts from the best weights (and their optimizer state), not the overfit ones.
+    best_weights = seen.weights[stall - cfg.eval_interval]
+    assert all(torch.equal(best_weights[k], v) for k, v in seen.weights[stall].items())
     assert result.history[-1]["lr"] <= 1.1 * cfg.learning_rate * cfg.min_lr_fraction
     assert result.best_val_loss == min(evaluated.values())
+    # Replayed from its summary as fixed steps, rewind included, it ends with the same weights.
+    from tinyllm.train_outputs import summary_of
+
+    summary = json.loads(json.dumps(summary_of(result, "")))
+    fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, max_steps=summary["steps"])
+    replayed = fit(gpt_config, fixed, tokens, val, plan=StepPlan.replay(summary))
+    assert all(torch.equal(result.model.state_dict()[k], v)
+               for k, v in replayed.model.state_dict().items())
     # A fixed-step run never stops for its data: the default pipeline trains max_steps.
     fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, max_steps=result.steps + 40)
     assert fit(gpt_config, fixed, tokens, val).stopped_by == "max_steps"

@@ -144,14 +144,15 @@ class StepPlan:
         """A finished run's realised schedule (from its summary.json) as a fixed plan: trained
         with train.time_budget_minutes 0 it gives that run's every learning rate and weights."""
         return cls(steps=summary["steps"], warmup_steps=summary["planned_warmup_steps"],
-                   segments=summary["plan_segments"])
+                   segments=summary["plan_segments"],
+                   data_limited_at=summary["data_limited_at_step"])
 
     def progress(self, step: int) -> float:
         """How far the decay has got at step: 0 after the warm-up, 1 at the plan's end."""
         first, start, last = next(s for s in reversed(self.segments) if s[0] <= step)
         return start + (1 - start) * (step - first) / max(1, last - first)
 
-    def ended_at(self, step: int, end: int, data_limited: bool = False) -> StepPlan:
+    def ended_at(self, step: int, end: int) -> StepPlan:
         """This plan with its decay running from where it is at step to its end at `end`."""
         if step < self.warmup_steps or step >= self.steps:  # warming up, or done
             return self
@@ -160,8 +161,7 @@ class StepPlan:
             return self
         kept = tuple(s for s in self.segments if s[0] < step)  # one segment a step at most
         segment = (step, min(1.0, self.progress(step)), end)
-        return replace(self, steps=end, segments=(*kept, segment),
-                       data_limited_at=step if data_limited else self.data_limited_at)
+        return replace(self, steps=end, segments=(*kept, segment))
 
 
 def steps_that_fit(cfg: TrainConfig, seconds_left: float, step_sec: float,
@@ -438,6 +438,7 @@ class RunState:
     best_val: float = math.inf
     best_step: int = 0
     best: dict | None = None  # the best-by-validation weights
+    best_optimizer: dict | None = None  # the optimizer's state with them
     evals_since_best: int = 0
     history: list[dict] = field(default_factory=list)
     plan: StepPlan | None = None
@@ -460,11 +461,13 @@ class RunState:
         run.plan = StepPlan(**run.plan)
         return run
 
-    def evaluated(self, val_loss: float, model: GPT) -> None:
-        """Keep the weights when they are the best so far; count evaluations without progress."""
+    def evaluated(self, val_loss: float, model: GPT, optimizer) -> None:
+        """Keep the weights (and the optimizer's state) when they are the best so far; count
+        evaluations without progress."""
         if val_loss < self.best_val:
             self.best_val, self.best_step, self.evals_since_best = val_loss, self.step, 0
             self.best = copy.deepcopy(model.state_dict())
+            self.best_optimizer = copy.deepcopy(optimizer.state_dict())
         else:
             self.evals_since_best += 1
 
@@ -474,13 +477,20 @@ class RunState:
             self.evals_since_best >= STALL_EVALS)
 
     def end_for_data(self, cfg: TrainConfig) -> None:
-        """Decay now, over FINAL_DECAY of the steps so far, instead of overfitting to the end
-        (a plan that ends sooner than that anyway is kept)."""
+        """Decay now, over FINAL_DECAY of the steps so far (or what the plan has left, if
+        less), instead of overfitting to the end: `rewind` then goes back to the best weights."""
         end = self.step + max(cfg.eval_interval, math.ceil(FINAL_DECAY * self.step))
-        if end < self.plan.steps:
-            self.plan = self.plan.ended_at(self.step, end, data_limited=True)
-            log.info("validation has not improved since step %d: the decay ends the run at "
-                     "step %d", self.best_step, end)
+        plan = self.plan.ended_at(self.step, min(end, self.plan.steps))
+        self.plan = replace(plan, data_limited_at=self.step)
+        log.info("validation has not improved since step %d: back to its weights, and the decay "
+                 "ends the run at step %d", self.best_step, self.plan.steps)
+
+    def rewind(self, model: GPT, optimizer) -> None:
+        """At the data-limited stop's step (the run's or its replay's), take the best weights
+        and their optimizer state back: the decay starts from before the overfitting."""
+        if self.step == self.plan.data_limited_at and self.step < self.plan.steps:
+            model.load_state_dict(self.best)
+            optimizer.load_state_dict(copy.deepcopy(self.best_optimizer))  # it would alias
 
 
 def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
@@ -660,9 +670,10 @@ class _Loop:
         # Past the deadline, the best weights so far stand without a final evaluation.
         if (due or out_of_time) and not (past_deadline and run.best is not None):
             metrics.val_loss = self.validate()
-            run.evaluated(metrics.val_loss, self.model)
+            run.evaluated(metrics.val_loss, self.model, self.optimizer)
             if due and not out_of_time and run.stalled():
                 run.end_for_data(cfg)
+            run.rewind(self.model, self.optimizer)
         run.history.append(asdict(metrics))
         for callback in self.callbacks:
             callback(metrics)
