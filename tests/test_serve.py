@@ -128,7 +128,11 @@ def test_a_seeded_completion_is_generates_text_byte_for_byte_streamed_or_not(cli
     assert whole.usage.completion_tokens == 80 and whole.usage.prompt_tokens == 12
     deltas = [c.text for chunk in client.completions.create(**options, stream=True)
               for c in chunk.choices]
-    assert "".join(deltas) == expected[0] and len([d for d in deltas if d]) > 1
+    assert "".join(deltas) == expected[0]
+    # Text arrives as it is made: what came since the last wake-up is one piece, so a busy
+    # machine may send 40 characters at once, but not a thousand.
+    longer = client.completions.create(**{**options, "max_tokens": 1000}, stream=True)
+    assert len([c.text for chunk in longer for c in chunk.choices if c.text]) > 1
 
 
 def test_chat_messages_become_a_documented_prompt(client, package):

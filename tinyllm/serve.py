@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import re
@@ -498,28 +499,46 @@ class BoundedBody:
         await self.app(scope, receive, send)
 
 
+class Wakeups:
+    """Wakes the requests whose jobs the decoder thread fed: each job is noted as it is fed,
+    and once per decoder step all of them are woken in one call onto the event loop."""
+
+    def __init__(self):
+        self.waiting: set[Job] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self, job: Job) -> None:  # decoder thread
+        self.waiting.add(job)
+
+    def after_step(self) -> None:  # decoder thread, once per step
+        if self.loop is not None and self.waiting:
+            self.loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:  # event loop
+        while self.waiting:
+            self.waiting.pop().ready.set()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: FastAPI):
+        """The app's lifespan: the event loop the decoder thread wakes requests on."""
+        self.loop = asyncio.get_running_loop()
+        yield
+
+
 def create_app(models: Models, limits: Limits) -> FastAPI:
-    app = FastAPI(title="tinyllm", docs_url=None, redoc_url=None)
-    waiting: set[Job] = set()
-    loop_box: dict[str, asyncio.AbstractEventLoop] = {}
+    """The HTTP app: errors in OpenAI's shape, the info routes and the two generation routes."""
+    wakeups = Wakeups()
+    models.after_step = wakeups.after_step
+    app = FastAPI(title="tinyllm", docs_url=None, redoc_url=None, lifespan=wakeups.lifespan)
+    add_error_handlers(app)
+    app.add_middleware(BoundedBody, max_bytes=limits.max_body_bytes)
+    add_info_routes(app, models)
+    add_generation_routes(app, Generation(models, limits, wakeups))
+    return app
 
-    def wake(job: Job) -> None:  # decoder thread: note it; after_step wakes them all at once
-        waiting.add(job)
 
-    def wake_all() -> None:  # event loop
-        while waiting:
-            waiting.pop().ready.set()
-
-    def after_step() -> None:  # decoder thread, once per step
-        loop = loop_box.get("loop")
-        if loop is not None and waiting:
-            loop.call_soon_threadsafe(wake_all)
-
-    models.after_step = after_step
-
-    @app.on_event("startup")
-    async def remember_loop() -> None:
-        loop_box["loop"] = asyncio.get_running_loop()
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error a client meets is OpenAI's error object; never a traceback."""
 
     @app.exception_handler(RequestError)
     async def request_error(_, exc: RequestError):
@@ -534,13 +553,13 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
         return JSONResponse(error_body(str(exc.detail)), exc.status_code)
 
     @app.exception_handler(Exception)
-    async def bug(_, exc: Exception):  # never a traceback to a client
+    async def bug(_, exc: Exception):
         log.exception("request failed")
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}",
                                        kind="server_error"), 500)
 
-    app.add_middleware(BoundedBody, max_bytes=limits.max_body_bytes)
 
+def add_info_routes(app: FastAPI, models: Models) -> None:
     @app.get("/health")
     async def health():
         """For load balancers and tests: up, what it serves, sequences in flight."""
@@ -554,17 +573,28 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
             {"id": served.id, "object": "model", "created": 0, "owned_by": "tinyllm",
              "version": served.uri}]}
 
-    def start(body: _Sampled, prompts: list[str], param: str, top_logprobs: int | None) -> Job:
-        served = models.check_name(body.model)
-        settings = settings_of(body, limits)
-        for prompt in prompts:
-            if len(prompt) > limits.max_prompt_chars:
-                raise RequestError(f"{param} is {len(prompt)} characters; this server takes "
-                                   f"at most {limits.max_prompt_chars}", param)
-        return Job(served, prompts, settings, body.n, stops_of(body),
-                   time.monotonic() + limits.request_seconds, wake, top_logprobs)
 
-    async def reply(job: Job, body: _Common, request: Request, kind: str, chunk, whole):
+@dataclass
+class Generation:
+    """What both generation routes share: checking a request into a Job, and the reply."""
+
+    models: Models
+    limits: Limits
+    wakeups: Wakeups
+
+    def start(self, body: _Sampled, prompts: list[str], param: str,
+              top_logprobs: int | None) -> Job:
+        served = self.models.check_name(body.model)
+        settings = settings_of(body, self.limits)
+        for prompt in prompts:
+            if len(prompt) > self.limits.max_prompt_chars:
+                raise RequestError(f"{param} is {len(prompt)} characters; this server takes "
+                                   f"at most {self.limits.max_prompt_chars}", param)
+        return Job(served, prompts, settings, body.n, stops_of(body),
+                   time.monotonic() + self.limits.request_seconds, self.wakeups.wake,
+                   top_logprobs)
+
+    async def reply(self, job: Job, body: _Common, request: Request, kind: str, chunk, whole):
         """The whole response, or with stream its server-sent events; kind: OpenAI's object
         name (chunks add `.chunk` for chat). Each names the model version and the seed, which
         replays the reply (choice i used seed + i)."""
@@ -578,26 +608,30 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
             choices = [whole(Piece(i, text, 0, draws[i]), job.finish[i])
                        for i, text in enumerate(texts)]
             return {**head, "object": kind, "choices": choices, "usage": job.usage()}
-
-        async def events():
-            head["object"] = f"{kind}.chunk" if kind == "chat.completion" else kind
-            try:
-                for index in range(len(job.filters)):
-                    first = chunk(Piece(index, "", 0, []), None, opening=True)
-                    if first is not None:
-                        yield f"data: {json.dumps({**head, 'choices': [first]})}\n\n"
-                async for piece in job.pieces():
-                    done = job.finish[piece.index] if not piece.text else None
-                    data = {**head, "choices": [chunk(piece, done)]}
-                    yield f"data: {json.dumps(data)}\n\n"
-                if body.stream_options and body.stream_options.include_usage:
-                    yield f"data: {json.dumps({**head, 'choices': [], 'usage': job.usage()})}\n\n"
-                yield "data: [DONE]\n\n"
-            finally:  # the client went away (or we are done): stop its generations
-                job.cancel()
-
-        return StreamingResponse(events(), media_type="text/event-stream",
+        head["object"] = f"{kind}.chunk" if kind == "chat.completion" else kind
+        return StreamingResponse(_events(job, body, head, chunk), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
+
+
+async def _events(job: Job, body: _Common, head: dict, chunk) -> AsyncIterator[str]:
+    """A streamed reply's server-sent events: opening chunks, the pieces, usage, [DONE]."""
+    try:
+        for index in range(len(job.filters)):
+            first = chunk(Piece(index, "", 0, []), None, opening=True)
+            if first is not None:
+                yield f"data: {json.dumps({**head, 'choices': [first]})}\n\n"
+        async for piece in job.pieces():
+            done = job.finish[piece.index] if not piece.text else None
+            yield f"data: {json.dumps({**head, 'choices': [chunk(piece, done)]})}\n\n"
+        if body.stream_options and body.stream_options.include_usage:
+            yield f"data: {json.dumps({**head, 'choices': [], 'usage': job.usage()})}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:  # the client went away (or we are done): stop its generations
+        job.cancel()
+
+
+def add_generation_routes(app: FastAPI, generation: Generation) -> None:
+    """/v1/completions and /v1/chat/completions: each shapes the pieces of a Job its way."""
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -605,7 +639,7 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
         if not prompts:
             raise RequestError("prompt must not be an empty list", "prompt")
         top = body.top_logprobs_wanted()
-        job = start(body, prompts, "prompt", top)
+        job = generation.start(body, prompts, "prompt", top)
         decode = job.served.loaded.tokenizer.decode
 
         def whole(piece: Piece, finish, opening: bool = False):
@@ -616,12 +650,12 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
             return {"index": piece.index, "text": piece.text, "finish_reason": finish,
                     "logprobs": logprobs}
 
-        return await reply(job, body, request, "text_completion", whole, whole)
+        return await generation.reply(job, body, request, "text_completion", whole, whole)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         top = body.top_logprobs_wanted()
-        job = start(body, [chat_prompt(body.messages)], "messages", top)
+        job = generation.start(body, [chat_prompt(body.messages)], "messages", top)
         decode = job.served.loaded.tokenizer.decode
 
         def logprobs(piece: Piece):
@@ -639,9 +673,7 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
             return {"index": piece.index, "message": {"role": "assistant", "content": piece.text},
                     "finish_reason": finish, "logprobs": logprobs(piece)}
 
-        return await reply(job, body, request, "chat.completion", chunk, whole)
-
-    return app
+        return await generation.reply(job, body, request, "chat.completion", chunk, whole)
 
 
 class _Server(uvicorn.Server):
