@@ -81,10 +81,12 @@ def cli(ctx: click.Context, verbose: bool, tracking_uri: str | None) -> None:
     \b
     tinyllm chat                        talk to the champion model
     tinyllm generate --prompt 'ROMEO:'  sample text (--json for scripts)
-    tinyllm train my_text.txt           train a model on any text, outside DVC
+    tinyllm train my_text.txt           train a model on any text, outside DVC (--time-budget)
+    tinyllm serve                       an OpenAI-compatible server for the champion model
     tinyllm models                      list the registered models
     tinyllm compare A B                 is model B really better than A? (95% interval)
     tinyllm runs                        mean ± sd of the test loss per recipe over seeds
+    tinyllm restore                     models/model back from the registry (after dvc exp)
     tinyllm rehome                      after moving the project: mlflow.db uses its mlruns/
     """
     from tinyllm.logs import setup_logging
@@ -386,12 +388,13 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
               help="Share held out for validation, and the same again for test.")
 @click.option("--seed", type=int, help="Seed for weights and batches.")
 @click.option("--time-budget", type=float, metavar="MINUTES",
-              help="Train for this many minutes: warm-up and decay are planned to end then, and "
-                   "under --recipe auto the model, batch and learning rate fit the budget "
-                   "(0 = train --max-steps).")
+              help="Train for this many minutes: the plan follows the measured pace so the "
+                   "decay and a last evaluation end by then (sooner when validation stops "
+                   "improving), and under --recipe auto the model, batch and learning rate fit "
+                   "the budget and the device (0 = train --max-steps).")
 @click.option("--recipe", type=click.Choice(RECIPES),
-              help="auto: with --time-budget, take the recipe fitted to that budget; none: use the "
-                   "values given.")
+              help="auto: with --time-budget, take the recipe fitted to that budget on this "
+                   "device; none: use the values given.")
 @click.option("--device", type=click.Choice(DEVICES),
               help="Where training runs.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
