@@ -413,3 +413,17 @@ def test_a_replanned_run_replays_exactly_from_its_summary_as_fixed_steps(
     assert replayed.best_step == result.best_step
     for name, tensor in result.model.state_dict().items():
         assert torch.equal(tensor, replayed.model.state_dict()[name]), name
+
+
+def test_the_pace_shrugs_off_a_hiccup_but_follows_a_machine_that_stays_slower():
+    from tinyllm.train import Pace
+
+    pace = Pace(step_sec=0.1, eval_sec=1.0)
+    pace.observe(10.0, evaluated=False)  # one step that took a hundred times as long
+    assert pace.step_sec == pytest.approx(0.11)
+    for _ in range(100):
+        pace.observe(0.2, evaluated=False)
+    assert pace.step_sec == pytest.approx(0.2, rel=0.01)
+    pace.observe(0.2 + 3.0, evaluated=True)  # an evaluation: what exceeds a step
+    assert pace.eval_sec == pytest.approx(3.0, rel=0.01) and pace.step_sec == pytest.approx(
+        0.2, rel=0.01)

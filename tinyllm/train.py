@@ -190,13 +190,16 @@ class Pace:
 
     step_sec: float
     eval_sec: float
-    SMOOTHING = 0.05  # weight of each new step's time
+    SMOOTHING, SPIKE = 0.05, 3.0  # weight of each new step's time; the most it counts for
 
     def observe(self, seconds: float, evaluated: bool) -> None:
-        """One loop iteration's wall time; an evaluation's share is what exceeds a step."""
+        """One loop iteration's wall time; an evaluation's share is what exceeds a step. A step
+        counts at most SPIKE times the average: a hiccup moves the pace a little, a machine
+        that stays slower moves it all the way within a few dozen steps."""
         if evaluated:
             self.eval_sec = max(seconds - self.step_sec, 0.0)
         else:
+            seconds = min(seconds, self.SPIKE * self.step_sec) if self.step_sec else seconds
             self.step_sec += self.SMOOTHING * (seconds - self.step_sec)
 
     def replanned(self, plan: StepPlan, step: int, elapsed: float, cfg: TrainConfig) -> StepPlan:
@@ -618,8 +621,9 @@ class _Loop:
             while run.step < run.plan.steps:
                 tick, started = time.perf_counter(), self.clock()
                 signum, stop_now, end = self._step(step_fn, stop, pace, tick)
-                if signum or stop_now or run.step % cfg.checkpoint_interval == 0 or (
-                        run.step == run.plan.steps):
+                saved = signum or stop_now or run.step % cfg.checkpoint_interval == 0 or (
+                    run.step == run.plan.steps)
+                if saved:
                     checkpoint()
                 if signum:
                     # Once one rank exits, torchrun stops the rest: wait for rank 0's checkpoint.
@@ -632,8 +636,9 @@ class _Loop:
                     log.warning("train.time_budget_minutes (%g) reached at step %d of %d "
                                 "planned", cfg.time_budget_minutes, run.step, run.plan.steps)
                     return stop_now
-                pace.observe(self.clock() - started, run.history[-1].get("val_loss")
-                             is not None)
+                evaluated = run.history[-1].get("val_loss") is not None
+                if evaluated or not saved:  # a checkpoint's write is not a step's pace
+                    pace.observe(self.clock() - started, evaluated)
                 # Every rank moves its plan's end to the earliest any rank asks for.
                 run.plan = run.plan.ended_at(run.step, end) if end else run.plan
         if run.plan.data_limited_at:
