@@ -28,7 +28,7 @@ from tinyllm import workflow
 from tinyllm.config import load_params, params_from_dict, set_keys
 from tinyllm.package import load_package
 from tinyllm.scoring import split_metrics
-from tinyllm.tokenizer import load_tokens
+from tinyllm.tokenizer import CharTokenizer, load_tokens
 from tinyllm.train import StepPlan
 
 # What a run spends besides its steps when planning from a rate: building the model and the
@@ -61,13 +61,14 @@ class PacedClock:
     it by a step's time, each evaluation by an evaluation's. Passed to fit with the plan that
     machine's calibration would make, so the run re-plans, stalls and stops as it would there."""
 
-    def __init__(self, params, tokens_per_sec: float):
+    def __init__(self, params, tokens_per_sec: float, train_tokens: int):
         train, model = params.train, params.model
-        self.step_sec = (train.batch_size * train.grad_accum_steps * model.context_length
-                         / tokens_per_sec)
+        tokens_per_step = train.batch_size * train.grad_accum_steps * model.context_length
+        self.step_sec = tokens_per_step / tokens_per_sec
         self.eval_sec = (train.eval_batches * train.batch_size * model.context_length
                          / (3 * tokens_per_sec))
-        self.plan = StepPlan.for_budget(train, START_UP_SEC, self.step_sec, self.eval_sec)
+        self.plan = StepPlan.for_budget(train, START_UP_SEC, self.step_sec, self.eval_sec,
+                                        epoch_steps=train_tokens / tokens_per_step)
         self.now = None
 
     def __call__(self, metrics=None) -> float:
@@ -104,7 +105,8 @@ def one_run(params, data: workflow.Layout, root: Path, tokens_per_sec: float | N
             target.symlink_to(getattr(data, name).resolve())
     paced = {}
     if tokens_per_sec:
-        clock = PacedClock(params, tokens_per_sec)
+        train = load_tokens(layout.tokens / "train.bin", CharTokenizer.load(layout.tokenizer))
+        clock = PacedClock(params, tokens_per_sec, len(train))
         paced = {"plan": clock.plan, "clock": clock, "callbacks": (clock,)}
     elif slowdown != 1:
         paced = {"callbacks": (Slowdown(params, slowdown),)}

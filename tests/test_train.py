@@ -183,6 +183,11 @@ def test_a_budget_plan_lays_warmup_and_decay_over_its_steps(train_config):
     assert lr_at(60, cfg, plan) == pytest.approx(1e-2)
     assert lr_at(490, cfg, plan) == pytest.approx(1e-3)  # the floor, at the deadline
     assert lr_at(489, cfg, plan) > lr_at(490, cfg, plan)
+    assert plan.eval_interval == 100 == StepPlan.fixed(cfg).eval_interval
+    # A small text: an evaluation at least once an epoch, and the plan counts their cost.
+    small = StepPlan.for_budget(cfg, spent_sec=10.0, step_sec=0.09, eval_sec=1.0,
+                                epoch_steps=40.5)
+    assert small.eval_interval == 40 and small.steps == int(49 / (0.09 + 1.0 / 40))
     capped = StepPlan.for_budget(dataclasses.replace(cfg, max_steps=300), 10.0, 0.09, 1.0)
     assert capped.steps == 300  # max_steps still bounds a budget
 

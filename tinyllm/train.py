@@ -114,6 +114,7 @@ class StepPlan:
     # starts after the warm-up at progress 0, each later one where its re-plan happened.
     segments: tuple[tuple[int, float, int], ...] = ()
     data_limited_at: int = 0  # the evaluation's step whose stall started the final decay
+    eval_interval: int = 0  # steps between evaluations (train.eval_interval, or an epoch's)
 
     def __post_init__(self) -> None:
         if not self.segments:  # the first plan: one stretch from the warm-up's end
@@ -122,14 +123,21 @@ class StepPlan:
 
     @classmethod
     def fixed(cls, cfg: TrainConfig) -> StepPlan:
-        return cls(steps=cfg.max_steps, warmup_steps=warmup_for(cfg.warmup_steps, cfg.max_steps))
+        return cls(steps=cfg.max_steps, warmup_steps=warmup_for(cfg.warmup_steps, cfg.max_steps),
+                   eval_interval=cfg.eval_interval)
 
     @classmethod
     def for_budget(cls, cfg: TrainConfig, spent_sec: float, step_sec: float,
-                   eval_sec: float) -> StepPlan:
-        """The steps that fit what is left of the budget, evaluations and the final one included."""
+                   eval_sec: float, epoch_steps: float = math.inf) -> StepPlan:
+        """The steps that fit what is left of the budget, evaluations and the final one included.
+
+        A budget evaluates at least once an epoch (epoch_steps: steps a pass over the training
+        split takes): on a small text, overfitting starts within a few epochs, and the
+        data-limited stop can only see it at an evaluation.
+        """
         budget = cfg.time_budget_minutes * 60
-        steps = min(cfg.max_steps, steps_that_fit(cfg, budget - spent_sec, step_sec, eval_sec))
+        every = max(1, int(min(cfg.eval_interval, epoch_steps)))
+        steps = min(cfg.max_steps, steps_that_fit(budget - spent_sec, step_sec, eval_sec, every))
         if steps < 1:
             raise TinyLLMError(
                 f"train.time_budget_minutes ({cfg.time_budget_minutes:g}) is too short: one "
@@ -137,7 +145,7 @@ class StepPlan:
                 f"{spent_sec:.1f} s went on start-up; give at least "
                 f"{(spent_sec + 2 * (step_sec + eval_sec)) / 60:.2f} minutes")
         return cls(steps=steps, warmup_steps=warmup_for(cfg.warmup_steps, steps),
-                   budget_sec=budget, step_sec=step_sec, eval_sec=eval_sec)
+                   budget_sec=budget, step_sec=step_sec, eval_sec=eval_sec, eval_interval=every)
 
     @classmethod
     def replay(cls, summary: dict) -> StepPlan:
@@ -145,7 +153,8 @@ class StepPlan:
         with train.time_budget_minutes 0 it gives that run's every learning rate and weights."""
         return cls(steps=summary["steps"], warmup_steps=summary["planned_warmup_steps"],
                    segments=summary["plan_segments"],
-                   data_limited_at=summary["data_limited_at_step"])
+                   data_limited_at=summary["data_limited_at_step"],
+                   eval_interval=summary["eval_interval"])
 
     def progress(self, step: int) -> float:
         """How far the decay has got at step: 0 after the warm-up, 1 at the plan's end."""
@@ -164,10 +173,10 @@ class StepPlan:
         return replace(self, steps=end, segments=(*kept, segment))
 
 
-def steps_that_fit(cfg: TrainConfig, seconds_left: float, step_sec: float,
-                   eval_sec: float) -> int:
+def steps_that_fit(seconds_left: float, step_sec: float, eval_sec: float,
+                   eval_interval: int) -> int:
     """Steps that fit seconds_left at this pace, their evaluations and a final one included."""
-    return int((seconds_left - eval_sec) / (step_sec + eval_sec / cfg.eval_interval))
+    return int((seconds_left - eval_sec) / (step_sec + eval_sec / eval_interval))
 
 
 def lr_at(step: int, cfg: TrainConfig, plan: StepPlan | None = None) -> float:
@@ -211,11 +220,11 @@ class Pace:
         if not plan.budget_sec or step < plan.warmup_steps:
             return plan
         left = plan.budget_sec - elapsed
-        per_step = self.step_sec + self.eval_sec / cfg.eval_interval
+        per_step = self.step_sec + self.eval_sec / plan.eval_interval
         planned = (plan.steps - step) * per_step + self.eval_sec
         if abs(planned - left) <= max(REPLAN_TOLERANCE * left, 3 * per_step):
             return plan
-        end = step + steps_that_fit(cfg, left, self.step_sec, self.eval_sec)
+        end = step + steps_that_fit(left, self.step_sec, self.eval_sec, plan.eval_interval)
         return plan.ended_at(step, min(end, plan.steps if plan.data_limited_at else cfg.max_steps))
 
 
@@ -455,13 +464,15 @@ class RunState:
                                "torch_rng": torch.get_rng_state()})
 
     @classmethod
-    def restore(cls, state: dict, model: GPT, optimizer, sampler) -> RunState:
+    def restore(cls, state: dict, model: GPT, optimizer, sampler, cfg: TrainConfig) -> RunState:
+        """The run a checkpoint holds; one written before a field existed takes its default
+        (the plan's evaluation cadence: train.eval_interval's)."""
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.generator.set_state(state["sampler_rng"])
         torch.set_rng_state(state["torch_rng"])
-        run = cls(**{name: state[name] for name in cls.__dataclass_fields__})
-        run.plan = StepPlan(**run.plan)
+        run = cls(**{name: state[name] for name in cls.__dataclass_fields__ if name in state})
+        run.plan = StepPlan(**{"eval_interval": cfg.eval_interval, **run.plan})
         return run
 
     def evaluated(self, val_loss: float, model: GPT, optimizer) -> None:
@@ -479,10 +490,10 @@ class RunState:
         return bool(self.plan.budget_sec) and not self.plan.data_limited_at and (
             self.evals_since_best >= STALL_EVALS)
 
-    def end_for_data(self, cfg: TrainConfig) -> None:
+    def end_for_data(self) -> None:
         """Decay now, over FINAL_DECAY of the steps so far (or what the plan has left, if
         less), instead of overfitting to the end: `rewind` then goes back to the best weights."""
-        end = self.step + max(cfg.eval_interval, math.ceil(FINAL_DECAY * self.step))
+        end = self.step + max(self.plan.eval_interval, math.ceil(FINAL_DECAY * self.step))
         plan = self.plan.ended_at(self.step, min(end, self.plan.steps))
         self.plan = replace(plan, data_limited_at=self.step)
         log.info("validation has not improved since step %d: back to its weights, and the decay "
@@ -518,7 +529,8 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
     started = clock()  # the budget counts from here: calibration, steps, evaluations
 
     state = load_checkpoint(checkpoint_path, fingerprint) if checkpoint_path else None
-    run = RunState() if state is None else RunState.restore(state, model, optimizer, sampler)
+    run = RunState() if state is None else RunState.restore(state, model, optimizer, sampler,
+                                                             cfg)
     if state is not None:
         log.info("resuming from %s at step %d of %d", checkpoint_path, run.step, run.plan.steps)
     if not distributed.agree(run.step):
@@ -576,7 +588,9 @@ def _first_plan(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: sl
             rehearse(net)
 
     step_sec, eval_sec = calibrate(model, cfg, train_tokens, rows, device, evaluation)
-    plan = StepPlan.for_budget(cfg, elapsed(), step_sec, eval_sec)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * model.config.context_length
+    plan = StepPlan.for_budget(cfg, elapsed(), step_sec, eval_sec,
+                               epoch_steps=len(train_tokens) / tokens_per_step)
     # Every rank takes the shortest plan (and its warm-up), so all stop at the same step.
     steps = -distributed.max_over_ranks(-plan.steps)[0]
     plan = replace(plan, steps=steps, warmup_steps=warmup_for(cfg.warmup_steps, steps),
@@ -671,13 +685,13 @@ class _Loop:
                 time.perf_counter() - tick), tokens_seen=run.tokens_seen,
             elapsed_sec=elapsed, planned_steps=run.plan.steps)
         plan = run.plan
-        due = run.step % cfg.eval_interval == 0 or run.step == plan.steps
+        due = run.step % plan.eval_interval == 0 or run.step == plan.steps
         # Past the deadline, the best weights so far stand without a final evaluation.
         if (due or out_of_time) and not (past_deadline and run.best is not None):
             metrics.val_loss = self.validate()
             run.evaluated(metrics.val_loss, self.model, self.optimizer)
             if due and not out_of_time and run.stalled():
-                run.end_for_data(cfg)
+                run.end_for_data()
             run.rewind(self.model, self.optimizer)
         run.history.append(asdict(metrics))
         for callback in self.callbacks:

@@ -41,6 +41,7 @@ def summary_of(result: TrainResult, data_fingerprint: str) -> dict:
         "replans": len(result.plan.segments) - 1,  # moves of the end: the pace, a stall
         "plan_segments": [list(s) for s in result.plan.segments],  # replays every step's rate
         "data_limited_at_step": result.plan.data_limited_at,
+        "eval_interval": result.plan.eval_interval,  # at most an epoch's steps under a budget
         "stopped_by": result.stopped_by,
         "time_budget_seconds": result.plan.budget_sec,
         "unused_budget_seconds": round(max(0.0, result.plan.budget_sec - result.elapsed_sec), 1)
