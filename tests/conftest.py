@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 # Tiny models run fastest on one thread, and subprocesses (dvc, mlflow) inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -13,7 +15,14 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import numpy as np
 import pytest
 import torch
-from tiny_project import tiny_params, write_corpus
+from tiny_project import (
+    build_dvc_project,
+    copy_store,
+    dvc_env,
+    shared_dir,
+    tiny_params,
+    write_corpus,
+)
 
 from tinyllm.config import Params, TrainConfig, params_from_dict
 from tinyllm.model import GPT, GPTConfig
@@ -25,6 +34,12 @@ TINY_TEXT = (
     "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n"
     "Deny thy father and refuse thy name.\n"
 ) * 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's addopts): a worker per core, at most 4; much of a test's time is
+    subprocesses starting and waiting, so two cores gain from two workers."""
+    return min(os.cpu_count() or 1, 4)
 
 
 @pytest.fixture
@@ -72,3 +87,39 @@ def make_params(corpus_dir):
     def make(**overrides) -> Params:
         return params_from_dict(tiny_params(str(corpus_dir), **overrides))
     return make
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, created and migrated once per session (seconds of
+    migrations), which new_store copies (milliseconds)."""
+    from tinyllm import tracking
+
+    def create(directory: Path) -> None:
+        tracking.Store(f"sqlite:///{directory / 'mlflow.db'}")
+    return shared_dir(tmp_path_factory, "store-template", create) / "mlflow.db"
+
+
+@pytest.fixture
+def new_store(store_template):
+    """new_store(directory): a fresh, empty store at directory/mlflow.db; its sqlite URI.
+
+    Where a test's point is a store's creation (tests/faults/test_concurrency.py,
+    tests/integration/test_sweep.py) it creates its own instead.
+    """
+    return lambda directory: copy_store(store_template, Path(directory))
+
+
+@dataclass
+class BuiltProject:
+    root: Path  # shared by the session: copy it (tiny_project.copy_project) to change anything
+    output: str  # what its first `dvc repro`, from scratch, printed
+    env: dict  # the environment to run dvc in
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory, store_template) -> BuiltProject:
+    """The tiny DVC project after `dvc repro`, built once per session (a minute of dvc)."""
+    directory = shared_dir(tmp_path_factory, "dvc-built",
+                           lambda d: build_dvc_project(d, store_template))
+    return BuiltProject(directory / "project", (directory / "repro.log").read_text(), dvc_env())

@@ -15,7 +15,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from tiny_project import make_dvc_project, run
+from tiny_project import copy_project, run
 
 DVC = str(Path(sys.executable).parent / "dvc")
 # Every stage's outputs but validate's stamp, which validate itself removes before it fails.
@@ -24,15 +24,10 @@ OUTPUTS = ("data/prepared", "data/tokens", "models/model",
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(built_project, tmp_path_factory):
     """A tiny project after `dvc repro`, committed, with its MLflow store beside it."""
-    repo = tmp_path_factory.mktemp("integrity") / "project"
-    env = make_dvc_project(repo)
-    run(["dvc", "repro"], repo, env)
-    (repo / ".gitignore").write_text("mlflow.db*\nmlruns/\n")
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "built"], repo, env)
-    return repo, env
+    repo = copy_project(built_project.root, tmp_path_factory.mktemp("integrity") / "project")
+    return repo, built_project.env
 
 
 def snapshot(repo: Path) -> dict[str, str]:
