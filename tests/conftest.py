@@ -42,6 +42,20 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return min(os.cpu_count() or 1, 4)
 
 
+# The longest modules (a minute or more each), started first so that pytest-xdist's workers
+# finish together instead of one of them running a long test alone at the end.
+SLOW_FIRST = ("integration/test_sweep.py", "test_distributed.py", "integration/test_pipeline.py",
+              "faults/test_interruption.py", "test_train.py", "faults/test_pipeline_integrity.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> int:
+        path = item.path.as_posix()
+        return next((i for i, name in enumerate(SLOW_FIRST) if path.endswith(f"tests/{name}")),
+                    len(SLOW_FIRST))
+    items.sort(key=rank)  # stable: the order within a module and among the rest is kept
+
+
 @pytest.fixture
 def tiny_text() -> str:
     return TINY_TEXT
