@@ -12,6 +12,9 @@ run: $(VENV)/.installed
 	@echo
 	@echo "Done. Metrics: $(BIN)/dvc metrics show    Runs: $(BIN)/mlflow ui, then the address above"
 	@echo "Chat with the model: $(BIN)/tinyllm chat --model-uri models:/shakespeare/1"
+# mlflow execs uvicorn from PATH, so the venv's bin goes first (tests/cli/test_mlflow_serve.py
+# runs this line as printed).
+	@echo 'Serve it with MLflow: PATH="$(CURDIR)/$(BIN):$$PATH" mlflow models serve -m models:/shakespeare/1 --env-manager local -p 5001'
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -4,17 +4,32 @@ are asserted: the machine is shared)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import tinyllm
+
 
 def test_quick_bench_reports_positive_figures_and_identical_greedy_text(tmp_path):
+    """Run as from a source tree: a Python with the dependencies but without tinyllm installed
+    (no `tinyllm` command beside it or on PATH), the checkout on PYTHONPATH."""
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "tinyllm.bench", "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    bare = tmp_path / "venv"  # a venv of this one's Python, with nothing installed in it
+    (bare / "bin").mkdir(parents=True)
+    (bare / "bin" / "python").symlink_to(sys.executable)
+    shutil.copy(Path(sys.prefix) / "pyvenv.cfg", bare / "pyvenv.cfg")
+    checkout, dependencies = (Path(m.__file__).parent.parent for m in (tinyllm, torch))
+    env = {**os.environ, "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": os.pathsep.join(map(str, (checkout, dependencies)))}
+    done = subprocess.run([str(bare / "bin" / "python"), "-m", "tinyllm.bench", "--quick",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert json.loads(done.stdout) == report

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyllm.config import Params, load_params, params_from_dict
+from tinyllm.config import Params, load_params, params_from_dict, warmup_for
 from tinyllm.errors import TinyLLMError
 from tinyllm.recipes import recipe_for
 
@@ -38,8 +38,6 @@ def test_empty_params_give_defaults():
     ({"train": {"device": "tpu"}}, ["train.device", "auto, cpu, cuda, mps", "'tpu'"]),
     ({"data": {"unicode_normalization": "nfc"}}, ["data.unicode_normalization"]),
     ({"model": {"d_model": 130, "n_head": 4}}, ["model.d_model", "model.n_head"]),
-    ({"train": {"warmup_steps": 50, "max_steps": 50}},
-     ["train.warmup_steps", "train.max_steps"]),
     ({"train": "fast"}, ["'train'", "mapping"]),
 ])
 def test_invalid_params_name_the_key(raw, expected):
@@ -47,6 +45,17 @@ def test_invalid_params_name_the_key(raw, expected):
         params_from_dict(raw)
     for fragment in expected:
         assert fragment in str(excinfo.value)
+
+
+def test_a_warm_up_as_long_as_the_run_is_capped_not_refused():
+    """`dvc exp run -S train.max_steps=100` with the default warm-up of 100 steps trains."""
+    params = params_from_dict({"train": {"max_steps": 100, "learning_rate": 1e-2}})
+    assert params.train.warmup_steps == 100  # the key as written; the run takes warmup_for's
+    assert warmup_for(params.train.warmup_steps, params.train.max_steps) == 12
+    defaults = Params().train
+    assert warmup_for(defaults.warmup_steps, defaults.max_steps) == defaults.warmup_steps == 100
+    assert warmup_for(100, 1566) == 100  # a 1-minute budget's plan keeps its warm-up
+    assert warmup_for(0, 100) == 0 and warmup_for(100, 4) == 0
 
 
 def test_missing_params_file(tmp_path):
@@ -141,12 +150,13 @@ def test_the_recipes_default_model_is_the_defaults_but_for_the_budgets_keys():
     assert differing == {"train.max_steps", "train.eval_interval"}
 
 
-def test_the_readme_budget_table_names_each_budgets_recipe():
-    """The README's "(auto)" rows say which recipe each budget gets: they follow recipes.py."""
+def test_the_results_budget_table_names_each_budgets_recipe():
+    """The budget table's "(auto)" rows (docs/results.md) say which recipe each budget gets:
+    they follow recipes.py."""
     from tinyllm.recipes import BY_BUDGET
 
-    readme = (REPO_PARAMS.parent / "README.md").read_text(encoding="utf-8")
-    auto = re.findall(r"^\| (\d+) min \| \**(.+?)\** \(auto\) \|", readme, re.MULTILINE)
+    results = (REPO_PARAMS.parent / "docs" / "results.md").read_text(encoding="utf-8")
+    auto = re.findall(r"^\| (\d+) min \| \**(.+?)\** \(auto\) \|", results, re.MULTILINE)
     assert sorted(float(minutes) for minutes, _ in auto) == sorted(BY_BUDGET)
     defaults = Params()
     for minutes, name in auto:
@@ -158,3 +168,20 @@ def test_the_readme_budget_table_names_each_budgets_recipe():
             assert name == f"default model, {optimizer}"
         else:
             assert name == f"context {shape[0]}, batch {shape[1]}, {optimizer}"
+
+
+def test_recipe_auto_picks_the_recipe_of_the_device_it_will_train_on():
+    from tinyllm.recipes import BY_DEVICE
+
+    on_gpu = params_from_dict({"train": {"time_budget_minutes": 3, "device": "cuda"}})
+    assert on_gpu.flat() | BY_DEVICE["cuda"][1] == on_gpu.flat()  # the GPU's recipe, AdamW
+    assert on_gpu.train.optimizer == "adamw" and on_gpu.model.n_layer == 6
+    on_cpu = params_from_dict({"train": {"time_budget_minutes": 3, "device": "cpu"}})
+    assert on_cpu.flat() | BY_DEVICE["cpu"][2] == on_cpu.flat()
+    # auto: where training will run; this machine has no GPU, so the CPU's.
+    auto = params_from_dict({"train": {"time_budget_minutes": 3}})
+    assert auto.flat() | BY_DEVICE["cpu"][2] == auto.flat()
+    with pytest.raises(TinyLLMError, match=r"^train\.batch_size is 16, but train\.recipe auto "
+                                           r"sets it to 64 for a 3-minute budget on cuda"):
+        params_from_dict({"train": {"time_budget_minutes": 3, "device": "cuda",
+                                    "batch_size": 16}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from tinyllm.generate import (
     filter_logits,
     generate_text,
     sample_next,
+    sampling_logits,
     stream_text,
     stream_tokens,
 )
@@ -154,3 +156,45 @@ def test_unknown_id_is_never_generated_by_the_model(model, tokenizer):
     assert greedy == [1] * 5
     text = generate_text(model, tokenizer, "O", settings(60))
     assert len(text) == 60 and UNKNOWN_TEXT not in text
+
+
+def penalised(n, frequency=0.0, presence=0.0, **rest):
+    return SamplingConfig(**{"max_tokens": n, "seed": 3, "frequency_penalty": frequency,
+                             "presence_penalty": presence, **rest})
+
+
+def test_frequency_penalty_follows_openais_definition_over_the_generated_characters():
+    """logit - frequency_penalty x count - presence_penalty x (count > 0), only for what was
+    generated: a penalty-free step leaves the logits as they were (so output is unchanged)."""
+    logits = torch.tensor([0.0, 3.0, 2.5, 1.0, 0.5])
+    counts = torch.tensor([0.0, 2.0, 0.0, 1.0, 0.0])
+    scored = sampling_logits(logits, penalised(1, 0.5, 0.25, temperature=0), counts)
+    assert scored[1:].tolist() == [3.0 - 1.0 - 0.25, 2.5, 1.0 - 0.5 - 0.25, 0.5]
+    assert scored[UNKNOWN_ID] == -math.inf
+    assert torch.equal(sampling_logits(logits, penalised(1, temperature=0), counts)[1:],
+                       logits[1:])
+
+
+def test_penalties_cut_repeats_alike_with_cache_recompute_and_the_decoder(model, tokenizer):
+    """Greedy text from a random model repeats one character; a frequency penalty breaks the
+    loop. The KV-cache path, full recompute and the server's batched decoder agree."""
+    from tinyllm.batching import Decoder, Sequence
+
+    plain = generate_text(model, tokenizer, "O", penalised(60, temperature=0))
+    assert max(plain.count(c) for c in set(plain)) > 40
+    settings = penalised(60, frequency=1.5, presence=0.5, temperature=0)
+    text = generate_text(model, tokenizer, "O", settings)
+    assert max(text.count(c) for c in set(text)) < 20
+    assert text == generate_text(model, tokenizer, "O", settings, use_cache=False)
+    sampled = penalised(3 * model.config.context_length, frequency=0.8, presence=-0.4)
+    expected = list(stream_tokens(model, tokenizer.encode("O"), sampled))
+    assert expected == list(stream_tokens(model, tokenizer.encode("O"), sampled, use_cache=False))
+    got = []
+    decoder = Decoder(model, max_batch=2)
+    decoder.submit(Sequence(tokenizer.encode("O").tolist(), sampled, got.append))
+    deadline = time.monotonic() + 60
+    while not got or not isinstance(got[-1], str):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    decoder.stop()
+    assert got == [*expected, "length"]

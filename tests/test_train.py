@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import json
 import logging
 import math
 import random
@@ -12,6 +13,7 @@ import time
 
 import pytest
 import torch
+from conftest import TINY_TEXT
 
 from tinyllm.errors import TinyLLMError
 from tinyllm.model import GPTConfig
@@ -176,13 +178,24 @@ def test_a_budget_plan_lays_warmup_and_decay_over_its_steps(train_config):
                               min_lr_fraction=0.1, eval_interval=100, time_budget_minutes=1.0)
     # 60 s budget, 10 s spent, 1 s an evaluation: 49 s for steps of 0.09 s + 0.01 s of evals.
     plan = StepPlan.for_budget(cfg, spent_sec=10.0, step_sec=0.09, eval_sec=1.0)
-    assert plan.steps == 490 and plan.warmup_steps == 49  # warm-up: at most a tenth of the plan
-    assert plan.deadline_sec == 59.0  # the final evaluation fits before the budget ends
-    assert lr_at(48, cfg, plan) == pytest.approx(1e-2)
+    assert plan.steps == 490 and plan.warmup_steps == 61  # warm-up: at most an eighth of it
+    assert lr_at(60, cfg, plan) == pytest.approx(1e-2)
     assert lr_at(490, cfg, plan) == pytest.approx(1e-3)  # the floor, at the deadline
     assert lr_at(489, cfg, plan) > lr_at(490, cfg, plan)
     capped = StepPlan.for_budget(dataclasses.replace(cfg, max_steps=300), 10.0, 0.09, 1.0)
     assert capped.steps == 300  # max_steps still bounds a budget
+
+
+def test_fixed_and_budgeted_plans_follow_one_warm_up_rule(train_config):
+    """The defaults' 100 of 900 steps and a budget's thousands keep 100; 100 steps take 12."""
+    cfg = dataclasses.replace(train_config, warmup_steps=100, max_steps=900, eval_interval=300,
+                              time_budget_minutes=1.0)
+    assert StepPlan.fixed(cfg).warmup_steps == 100
+    assert StepPlan.fixed(dataclasses.replace(cfg, max_steps=100)).warmup_steps == 12
+    budgeted = StepPlan.for_budget(dataclasses.replace(cfg, max_steps=10**6), 5.0, 0.03, 1.0)
+    assert budgeted.steps > 1000 and budgeted.warmup_steps == 100
+    short = StepPlan.for_budget(cfg, spent_sec=0.0, step_sec=0.5, eval_sec=1.0)
+    assert short.steps == 117 and short.warmup_steps == 14
 
 
 def test_a_budget_below_a_step_and_an_evaluation_is_refused(train_config):
@@ -201,8 +214,9 @@ def test_a_budgeted_run_ends_with_an_evaluation_and_keeps_the_best_of_all(
 
     result = fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path,
                  callbacks=[slower_than_calibrated])
-    assert result.plan.budget_sec == 6.0 and result.steps < result.plan.steps
-    assert result.stopped_by == "time_budget" and result.elapsed_sec <= 6.0 + 1.0
+    assert result.plan.budget_sec == 6.0 and len(result.plan.segments) > 1  # re-planned
+    assert result.stopped_by in ("time_budget", "planned_steps")
+    assert result.elapsed_sec <= 6.0 + 1.0
     last = result.history[-1]
     assert last["step"] == result.steps and last["val_loss"] is not None  # evaluated at the stop
     evaluated = {h["step"]: h["val_loss"] for h in result.history if h["val_loss"] is not None}
@@ -276,3 +290,102 @@ def test_a_compiled_budgeted_run_compiles_in_its_calibration(gpt_config, train_c
     assert result.steps == 6 and result.stopped_by == "planned_steps"
     assert graphs[0] > 0  # the calibration compiled ...
     assert set(graphs) == {graphs[0]}  # ... and the run's steps reused what it compiled
+
+
+def test_a_budget_follows_a_machine_that_slows_down_after_the_calibration(
+        tmp_path, gpt_config, train_config, splits):
+    """Twice as slow from the first step on: the plan shrinks so that the decay still reaches
+    its floor and the final evaluation still happens by the deadline."""
+    cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=50, warmup_steps=5,
+                              time_budget_minutes=0.1)
+    tokens_per_step = cfg.batch_size * gpt_config.context_length
+
+    def twice_as_slow(metrics):  # sleeps as long as the step took
+        time.sleep(tokens_per_step / metrics.tokens_per_sec)
+
+    result = fit(gpt_config, cfg, *splits, callbacks=[twice_as_slow])
+    first, *replans = result.plan.segments
+    assert replans and result.steps < first[2]  # fewer steps than calibrated for
+    floor = cfg.learning_rate * cfg.min_lr_fraction
+    assert result.history[-1]["lr"] <= 1.1 * floor  # the decay landed
+    assert result.history[-1]["val_loss"] is not None  # evaluated at the stop
+    assert result.elapsed_sec <= 6.0 * 1.1
+    assert [lr_at(h["step"] - 1, cfg, result.plan) for h in result.history] == [
+        h["lr"] for h in result.history]  # the recorded plan replays every step's rate
+
+
+class StepClock:
+    """A clock that advances one second a training step (a callback too): budgeted runs made
+    deterministic, as a machine of exactly that pace would run them."""
+
+    now = 0.0
+
+    def __call__(self, metrics=None) -> float:
+        self.now += metrics is not None
+        return self.now
+
+
+def test_a_budgeted_run_whose_validation_stalls_decays_now_and_stops_early(
+        gpt_config, train_config, tokenizer, tokens):
+    """Data-limited: the validation text shares nothing with the training text but characters,
+    so validation soon gets worse; the run brings its decay forward instead of spending the
+    rest of the budget overfitting, and says how much of the budget it left."""
+    rng = random.Random(0)
+    val = tokenizer.encode("".join(rng.sample(TINY_TEXT, len(TINY_TEXT))))
+    cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=20, warmup_steps=5,
+                              learning_rate=1e-2, time_budget_minutes=10.0)
+    plan = StepPlan.for_budget(cfg, spent_sec=0.0, step_sec=1.0, eval_sec=0.0)
+    clock = StepClock()
+    result = fit(gpt_config, cfg, tokens, val, plan=plan, clock=clock, callbacks=[clock])
+    assert result.stopped_by == "data_limited" and result.plan.data_limited_at
+    assert result.steps == result.plan.steps < plan.steps // 4  # most of the budget saved
+    evaluated = {h["step"]: h["val_loss"] for h in result.history if h["val_loss"] is not None}
+    assert result.plan.data_limited_at - result.best_step == cfg.eval_interval  # one stall
+    assert result.history[-1]["lr"] <= 1.1 * cfg.learning_rate * cfg.min_lr_fraction
+    assert result.best_val_loss == min(evaluated.values())
+    # A fixed-step run never stops for its data: the default pipeline trains max_steps.
+    fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, max_steps=result.steps + 40)
+    assert fit(gpt_config, fixed, tokens, val).stopped_by == "max_steps"
+
+
+def test_a_slowdown_past_the_deadline_keeps_the_best_weights_without_a_last_evaluation(
+        gpt_config, train_config, splits):
+    """Bad input: a step that takes longer than all that is left ends the run at once."""
+    cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=10, warmup_steps=2,
+                              time_budget_minutes=1.0)
+    plan = StepPlan.for_budget(cfg, spent_sec=0.0, step_sec=1.0, eval_sec=0.0)
+    clock = StepClock()
+
+    def stalls_at_step_25(metrics):  # the machine stops for a minute
+        clock.now += 60 * (metrics.step == 25)
+
+    result = fit(gpt_config, cfg, *splits, plan=plan, clock=clock,
+                 callbacks=[clock, stalls_at_step_25])
+    assert result.stopped_by == "deadline" and result.steps == 26
+    assert result.history[-1]["val_loss"] is None  # no time was left to evaluate
+    assert result.best_step == 20  # the last evaluation's weights stand
+
+
+def test_a_replanned_run_replays_exactly_from_its_summary_as_fixed_steps(
+        gpt_config, train_config, splits):
+    """The pace moves the plan twice as slow from step 30 on; the summary's realised plan,
+    trained without a budget, gives the same rates, evaluations and weights."""
+    from tinyllm.train_outputs import summary_of
+
+    cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=10, warmup_steps=5,
+                              time_budget_minutes=2.0)
+    clock = StepClock()
+
+    def slower_from_step_30(metrics):
+        clock.now += metrics.step >= 30
+
+    result = fit(gpt_config, cfg, *splits, plan=StepPlan.for_budget(cfg, 0.0, 1.0, 0.0),
+                 clock=clock, callbacks=[clock, slower_from_step_30])
+    summary = json.loads(json.dumps(summary_of(result, "")))  # as summary.json holds it
+    assert summary["replans"] >= 1 and summary["steps"] < summary["first_planned_steps"]
+    fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, max_steps=summary["steps"])
+    replayed = fit(gpt_config, fixed, *splits, plan=StepPlan.replay(summary))
+    assert [h["lr"] for h in replayed.history] == [h["lr"] for h in result.history]
+    assert replayed.best_step == result.best_step
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, replayed.model.state_dict()[name]), name

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -120,26 +118,14 @@ def copy_store(template: Path, directory: Path) -> str:
 
 
 def copy_project(source: Path, target: Path) -> Path:
-    """A copy of a built project whose mlflow.db names the copy's paths.
+    """A copy of a built project, its mlflow.db re-homed to the copy's mlruns/ (as `tinyllm
+    rehome` does): the store records absolute artifact locations, and tinyllm refuses to log
+    into a store whose artifacts lie outside its directory."""
+    from tinyllm import tracking
 
-    The store records absolute artifact locations (and tinyllm refuses to log into a store
-    whose artifacts lie outside its directory), so every text value naming `source` is
-    rewritten to name `target`.
-    """
-    source, target = source.resolve(), target.resolve()
     shutil.copytree(source, target, symlinks=True)
-    db = target / "mlflow.db"
-    if not db.exists():
-        return target
-    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
-        tables = [t for (t,) in connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")]
-        for table in tables:
-            for column in [c[1] for c in connection.execute(f'PRAGMA table_info("{table}")')]:
-                connection.execute(
-                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?1, ?2) '
-                    f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?1) > 0',
-                    (str(source), str(target)))
+    if (target / "mlflow.db").exists():
+        tracking.rehome(tracking.Store(f"sqlite:///{target / 'mlflow.db'}"))
     return target
 
 

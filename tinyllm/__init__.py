@@ -1,13 +1,7 @@
 """tinyllm: a character-level GPT trained, tracked and served through DVC and MLflow."""
 
-from importlib.metadata import PackageNotFoundError, version
-
 from tinyllm.errors import TinyLLMError
-
-try:
-    __version__ = version("tinyllm")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+local"
+from tinyllm.version import __version__
 
 
 def load_model(uri=None, device: str = "cpu", tracking_uri: str | None = None):

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyllm.config import SamplingConfig
-from tinyllm.generate import sample_next
+from tinyllm.generate import Draw, Sampler
 from tinyllm.model import GPT, KVCache, attend_one, visible_slots
 from tinyllm.tokenizer import UNKNOWN_ID
 
@@ -44,16 +44,18 @@ LENGTH, TIMEOUT, CANCELLED, SHUTDOWN = "length", "timeout", "cancelled", "shutdo
 
 @dataclass(eq=False)
 class Sequence:
-    """One generation in progress. emit(token id or an end reason) runs in the decoder thread."""
+    """One generation in progress. emit(token id, a Draw when top_logprobs is a number (see
+    tinyllm.generate.Sampler), or an end reason) runs in the decoder thread."""
 
     prompt_ids: list[int]
     settings: SamplingConfig
-    emit: Callable[[int | str], None]
+    emit: Callable[[int | Draw | str], None]
     deadline: float = float("inf")  # time.monotonic() after which it ends with TIMEOUT
+    top_logprobs: int | None = None
     cancelled: bool = False
     window: list[int] = field(default_factory=list)
     cache: SlotCache | None = None
-    generator: torch.Generator | None = None
+    sampler: Sampler | None = None
     remaining: int = 0
 
     def cancel(self) -> None:
@@ -161,7 +163,8 @@ class Decoder:
             if sequence is None:
                 continue
             sequence.window = sequence.prompt_ids[-self.context:] or [UNKNOWN_ID]
-            sequence.generator = torch.Generator().manual_seed(sequence.settings.seed)
+            sequence.sampler = Sampler(sequence.settings, self.model.config.vocab_size,
+                                       sequence.top_logprobs)
             sequence.remaining = sequence.settings.max_tokens
             self.slots[id(sequence)] = self.free.pop()
             self.active.append(sequence)
@@ -220,8 +223,9 @@ class Decoder:
                 logits[id(sequence)] = rows[i]
         keep = max(1, self.context // 2)
         for sequence in live:
-            token = sample_next(logits[id(sequence)], sequence.settings, sequence.generator)
-            sequence.emit(token)
+            drawn = sequence.sampler.draw(logits[id(sequence)])
+            sequence.emit(drawn)
+            token = drawn.token if isinstance(drawn, Draw) else drawn
             sequence.remaining -= 1
             sequence.window.append(token)
             if len(sequence.window) > self.context:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import torch
 
 from tinyllm.config import DEVICES, SamplingConfig, TrainConfig, load_params_or_defaults
 from tinyllm.devices import autocast_for, compute_dtype, seconds, select_device
-from tinyllm.errors import TinyLLMError, exit_on_error
+from tinyllm.errors import exit_on_error
 from tinyllm.generate import compiled_for_generation, stream_tokens
 from tinyllm.model import GPT, GPTConfig, compiled
 from tinyllm.package import save_package
@@ -39,9 +38,9 @@ TOKENIZER = CharTokenizer([chr(c) for c in range(32, 116)])
 PROMPT = "ROMEO:"
 DEFAULT_STEPS = 50
 SHAPE = ("context_length", "n_layer", "n_head", "d_model", "batch_size")  # --context-length ...
-# The console script a user runs: beside this Python (its venv), else on PATH.
-_BESIDE = Path(sys.executable).with_name("tinyllm")
-TINYLLM = str(_BESIDE) if _BESIDE.exists() else shutil.which("tinyllm")
+# `tinyllm` as this Python runs it (tinyllm/__main__.py), the folder holding the package on its
+# path: the same start-up as the console script, installed or not (a source tree).
+TINYLLM = [sys.executable, "-m", "tinyllm"]
 
 
 @dataclass
@@ -166,11 +165,9 @@ def generation_speed(config: GPTConfig, device: torch.device, new_tokens: int, t
 def first_character(config: GPTConfig, device: torch.device, tries: int) -> dict:
     """Best time from spawning `tinyllm generate` on a saved package to its first generated
     character: start-up, imports and loading included, as a user waits for them."""
-    if TINYLLM is None:
-        raise TinyLLMError("the `tinyllm` command is not installed here (pip install -e .)")
     with tempfile.TemporaryDirectory() as tmp:
         package = save_package(Path(tmp) / "model", GPT(config), TOKENIZER)
-        command = [TINYLLM, "generate", "--model-uri", str(package), "--prompt", PROMPT,
+        command = [*TINYLLM, "generate", "--model-uri", str(package), "--prompt", PROMPT,
                    "--max-tokens", "1", "--device", device.type]
         best = min(_seconds_to_output(command, len(PROMPT) + 1) for _ in range(tries))
     return {"seconds": best, "tries": tries}
@@ -178,13 +175,17 @@ def first_character(config: GPTConfig, device: torch.device, tries: int) -> dict
 
 def _seconds_to_output(command: list[str], count: int) -> float:
     """Seconds until the command has written count bytes (the echoed prompt, then text)."""
+    source = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (source, os.environ.get("PYTHONPATH")) if p)}
     start = time.perf_counter()
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=env) as process:
         head = process.stdout.read(count)
         elapsed = time.perf_counter() - start
         _, errors = process.communicate()
     if process.returncode or len(head) < count:
-        raise RuntimeError(f"{command[0]} generate failed: {errors.decode()[-500:]}")
+        raise RuntimeError(f"tinyllm generate failed: {errors.decode()[-500:]}")
     return elapsed
 
 

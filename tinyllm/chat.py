@@ -3,6 +3,8 @@
 On a terminal: a banner, readline editing and history, slash commands, and Ctrl-C stops a
 generation without leaving. With piped stdin: one continuation per input line on stdout and
 nothing else there (messages go to stderr), so `printf 'ROMEO:\\n' | tinyllm chat` is scriptable.
+As a continuation may hold newlines, the JSON mode (`--json`) prints one JSON object per prompt
+instead, {"prompt", "text", "seed"} on one line, flushed at once, whatever stdin is.
 Each prompt gets its own draw, yet a session is reproducible from its seed: the first prompt
 after the start, `/seed N` or `/reset` uses the seed, the next one seed + 1, and so on.
 """
@@ -10,6 +12,7 @@ after the start, `/seed N` or `/reset` uses the seed, the next one seed + 1, and
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
@@ -49,7 +52,7 @@ class Console:
 
     def __init__(self, loaded, settings: SamplingConfig, title: str,
                  test_bits_per_char: float | None = None, *, stdin=None, stdout=None,
-                 stderr=None, history_file: Path = HISTORY_FILE):
+                 stderr=None, history_file: Path = HISTORY_FILE, as_json: bool = False):
         self.loaded, self.title, self.test_bits_per_char = loaded, title, test_bits_per_char
         self.start = self.settings = settings
         self.turn = 0  # prompts since the start, /seed or /reset: this one uses seed + turn
@@ -58,12 +61,13 @@ class Console:
         self.stderr = stderr or sys.stderr
         self.history_file = history_file
         self.interactive = False
+        self.as_json = as_json
 
     # --- the two modes ---------------------------------------------------------------------
 
     def run(self, interactive: bool) -> None:
-        self.interactive = interactive
-        if interactive:
+        self.interactive = interactive and not self.as_json
+        if self.interactive:
             self._interactive()
         else:
             self._piped()
@@ -129,6 +133,9 @@ class Console:
             seed = (self.settings.seed + self.turn) % (SEED_MAX + 1)
             self.turn += 1
             pieces = self.loaded.stream(prompt, settings=replace(self.settings, seed=seed))
+            if self.as_json:
+                self._json_line(prompt, "".join(pieces), seed)
+                return
             for piece in pieces:
                 self.stdout.write(piece)
                 if self.interactive:
@@ -143,6 +150,11 @@ class Console:
             if pieces is not None:
                 pieces.close()
         self.stdout.write("\n")
+        self.stdout.flush()
+
+    def _json_line(self, prompt: str, text: str, seed: int) -> None:
+        # ASCII only: no character of the text (e.g. U+2028) can split the line for a reader
+        self.stdout.write(json.dumps({"prompt": prompt, "text": text, "seed": seed}) + "\n")
         self.stdout.flush()
 
     # --- slash commands ----------------------------------------------------------------------

@@ -8,9 +8,9 @@ non-zero exit; the traceback is shown only with -v.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import click
 
-from tinyllm import __version__
 from tinyllm.config import (
     DEVICES,
+    MAX_TOKENS_CEILING,
     OPTIMIZERS,
     RECIPES,
     SEED_MAX,
@@ -31,8 +31,7 @@ from tinyllm.config import (
 from tinyllm.discovery import load_model, open_store, pinned_uri, test_bits_per_char, title_of
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
 from tinyllm.serving import MAX_DEFAULT_WORKERS
-
-log = logging.getLogger("tinyllm.cli")
+from tinyllm.version import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -86,6 +85,7 @@ def cli(ctx: click.Context, verbose: bool, tracking_uri: str | None) -> None:
     tinyllm models                      list the registered models
     tinyllm compare A B                 is model B really better than A? (95% interval)
     tinyllm runs                        mean ± sd of the test loss per recipe over seeds
+    tinyllm rehome                      after moving the project: mlflow.db uses its mlruns/
     """
     from tinyllm.logs import setup_logging
 
@@ -144,19 +144,24 @@ def settings_from(sampling: dict) -> SamplingConfig:
 # --- chat and generate ------------------------------------------------------------------------
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Read prompts line by line (slash commands too) and print one JSON object "
+                   'per prompt on one line, {"prompt", "text", "seed"}, flushed at once.')
 @model_options
 @sampling_options
 @click.pass_obj
-def chat(obj: Options, model_uri, device, compile_model, **sampling) -> None:
+def chat(obj: Options, as_json, model_uri, device, compile_model, **sampling) -> None:
     """Talk to a model: type a prompt and watch it continue the text.
 
     On a terminal: line editing, history (~/.tinyllm_history) and slash commands (/help).
     Ctrl-C stops a generation; Ctrl-C or Ctrl-D at the prompt leaves. With piped input every
     line is a prompt and stdout holds only the continuations, one per prompt, each followed by
-    a newline:
+    a newline; a continuation may itself hold newlines, so scripts take --json, one JSON line
+    per prompt:
 
     \b
         printf 'ROMEO:\\n' | tinyllm chat --seed 1
+        printf 'ROMEO:\\nJULIET:\\n' | tinyllm chat --json | jq -r .text
     """
     from tinyllm.chat import Console
 
@@ -165,7 +170,7 @@ def chat(obj: Options, model_uri, device, compile_model, **sampling) -> None:
     bits = test_bits_per_char(loaded, obj.tracking_uri)
     if hasattr(sys.stdin, "reconfigure"):  # undecodable input bytes: unknown characters
         sys.stdin.reconfigure(errors="replace")
-    console = Console(loaded, settings, title_of(loaded.source), bits)
+    console = Console(loaded, settings, title_of(loaded.source), bits, as_json=as_json)
     console.run(interactive=sys.stdin.isatty())
 
 
@@ -230,7 +235,7 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the model runs.")
-@click.option("--max-tokens-limit", type=click.IntRange(1, 100_000),
+@click.option("--max-tokens-limit", type=click.IntRange(1, MAX_TOKENS_CEILING),
               default=SERVED_MAX_TOKENS, show_default=True,
               help="The largest max_tokens a request may ask for.")
 @click.option("--request-seconds", type=click.FloatRange(0, min_open=True),
@@ -249,14 +254,17 @@ def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request
           max_prompt_chars, refresh_seconds, workers) -> None:
     """Serve a model: GET /v1/models, POST /v1/completions and /v1/chat/completions, with
     `"stream": true` as server-sent events. Requests take the sampling settings under the
-    names `generate` uses (max_tokens, temperature, top_k, top_p, min_p, seed), plus stop and n.
+    names `generate` uses (max_tokens, temperature, top_k, top_p, min_p, frequency_penalty,
+    presence_penalty, seed), plus stop, n and logprobs. A request without a seed gets a fresh
+    one; each response names it as `seed`, and sending it back replays the reply.
 
     \b
         tinyllm serve --port 8000 &
         curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
           -d '{"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 50, "seed": 1}'
     """
-    from tinyllm.serving import Limits, ServeOptions, default_workers
+    from tinyllm.config import Limits
+    from tinyllm.serving import ServeOptions, default_workers
     from tinyllm.serving import serve as run_server
 
     limits = Limits(max_tokens=max_tokens_limit, request_seconds=request_seconds,
@@ -314,11 +322,6 @@ def train_params(data_path: str, name: str, register: bool, options: dict):
     set_keys(raw, given)
     if "data.val_fraction" in given:
         raw["data"]["test_fraction"] = given["data.val_fraction"]
-    train = raw["train"]
-    if "train.max_steps" in given and train["warmup_steps"] >= train["max_steps"]:
-        train["warmup_steps"] = train["max_steps"] // 10
-        log.info("train.warmup_steps lowered to %d, a tenth of --max-steps",
-                 train["warmup_steps"])
     try:
         return params_from_dict(raw, "params.yaml and options")
     except TinyLLMError as exc:
@@ -347,10 +350,12 @@ def set_aside_checkpoint(checkpoints: Path, resume: bool) -> None:
 def describe_training(params, name: str, output: Path, source: str, resume: bool,
                       tracking_uri: str | None) -> str:
     from tinyllm import tracking
+    from tinyllm.config import warmup_for
 
     m, t, d = params.model, params.train, params.data
-    steps = (f"steps planned for {t.time_budget_minutes:g} min (recipe {t.recipe})"
-             if t.time_budget_minutes else f"{t.max_steps} steps")
+    steps = (f"steps planned for {t.time_budget_minutes:g} min (recipe {t.recipe}), warm-up "
+             f"at most {t.warmup_steps}" if t.time_budget_minutes else
+             f"{t.max_steps} steps, warm-up {warmup_for(t.warmup_steps, t.max_steps)}")
     where = (f"MLflow {tracking.tracking_uri(tracking_uri)}, registered as '{name}'"
              if params.tracking.enabled else "off (--no-register: nothing is tracked)")
     return "\n".join([
@@ -385,7 +390,7 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
                    "under --recipe auto the model, batch and learning rate fit the budget "
                    "(0 = train --max-steps).")
 @click.option("--recipe", type=click.Choice(RECIPES),
-              help="auto: with --time-budget, take the README's recipe for it; none: use the "
+              help="auto: with --time-budget, take the recipe fitted to that budget; none: use the "
                    "values given.")
 @click.option("--device", type=click.Choice(DEVICES),
               help="Where training runs.")
@@ -458,9 +463,6 @@ def runs(obj: Options, experiment: str | None, over: str, as_json: bool) -> None
     best first. Run a recipe over seeds with `dvc exp run --queue -S 'train.seed=1,2,3'`
     and `dvc queue start`.
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from tinyllm import sweep
 
     experiment = experiment or _experiment_name()
@@ -484,18 +486,46 @@ def runs(obj: Options, experiment: str | None, over: str, as_json: bool) -> None
     if not recipes:
         click.echo(f"No finished runs with a test loss in experiment '{experiment}' ({uri}).")
         return
-    keys = sweep.varying_keys(recipes)
     click.echo(f"Runs of experiment '{experiment}' in {store.uri}, by recipe over {over} "
                "(sd: sample standard deviation over the runs):")
-    table = Table()
-    for column in (*keys, "runs", over, "test loss (nats/char)", "test bits/char"):
-        table.add_column(column, no_wrap=True)
+    for corpus, group in sweep.by_corpus(recipes).items():
+        click.echo(f"\ncorpus {corpus}:")
+        print_whole(recipes_table(group, over))
+
+
+def recipes_table(recipes, over: str):
+    """One row a recipe: what sets it apart (key=value lines), its run count, the values of
+    `over` it ran with, and the mean ± sd of its test loss; cells wrap, headers never do."""
+    from rich.table import Table
+
+    from tinyllm import sweep
+
+    keys = [k for k in sweep.varying_keys(recipes) if k != sweep.CORPUS]
+    table = Table(box=None, header_style="bold")
+    if keys:
+        table.add_column("recipe", overflow="fold")
+    table.add_column("runs", justify="right")
+    table.add_column(over, overflow="fold")
+    for header in ("test loss (nats/char)", "test bits/char"):
+        table.add_column(header.replace(" (", "\n("), no_wrap=True)
     for recipe in recipes:
-        table.add_row(*(recipe.params.get(k, "-") for k in keys), str(len(recipe.runs)),
-                      ", ".join(recipe.runs),
+        differs = ["\n".join(f"{k}={recipe.params.get(k, '-')}" for k in keys)] if keys else []
+        table.add_row(*differs, str(len(recipe.runs)), ", ".join(recipe.runs),
                       sweep.plus_minus(*recipe.summary(sweep.TEST_LOSS)),
                       sweep.plus_minus(*recipe.summary(sweep.TEST_BITS)))
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    return table
+
+
+def print_whole(renderable) -> None:
+    """Print at the terminal's width (COLUMNS, or 80 in a pipe), widened rather than cutting
+    anything when the renderable cannot fit: a cut header or value misleads."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console()
+    needed = Measurement.get(console, console.options, renderable).minimum
+    console.width = max(console.width, needed)
+    console.print(renderable)
 
 
 # --- compare ----------------------------------------------------------------------------------
@@ -537,6 +567,54 @@ def compare(obj: Options, model_a: str, model_b: str, text_file: Path | None, se
                                **result.to_dict()}, indent=2))
     else:
         click.echo(comparing.describe(result, model_a, model_b, str(source)))
+
+
+# --- restore ----------------------------------------------------------------------------------
+
+def _registry_name(params_file: Path) -> str:
+    """tracking.registry_name of params.yaml, read leniently: after a refused `dvc exp run`
+    the file still holds the refused value, which must not stop the restore."""
+    import yaml
+
+    from tinyllm.config import TrackingConfig
+
+    try:
+        return str(yaml.safe_load(params_file.read_text("utf-8"))["tracking"]["registry_name"])
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return TrackingConfig.registry_name
+
+
+@cli.command(short_help="Put a registered model back into the pipeline's models/model.")
+@click.argument("model_uri", required=False, metavar="[MODEL_URI]")
+@click.pass_obj
+def restore(obj: Options, model_uri: str | None) -> None:
+    """Write the pipeline's models/model, and models/train/mlflow_run.json for evaluate, back
+    from the MLflow registry: `dvc exp run` deletes them when dvc.lock names a version the DVC
+    cache lacks (a dvc.lock from git, made on another machine). MODEL_URI defaults to
+    models:/NAME/latest, NAME being tracking.registry_name of params.yaml.
+    """
+    from tinyllm import tracking, workflow
+    from tinyllm.io import replace_directory, staging_directory
+
+    layout = workflow.Layout(tracking.project_root())
+    if layout.model.exists():
+        raise TinyLLMError(f"{layout.model} exists; move it aside to restore another model")
+    uri = model_uri or f"models:/{_registry_name(layout.root / 'params.yaml')}/latest"
+    store = tracking.Store(obj.tracking_uri)
+    model = tracking.resolve_model_uri(uri, store)
+    staging = staging_directory(layout.model)
+    shutil.copytree(model.path, staging, dirs_exist_ok=True)
+    replace_directory(staging, layout.model)
+    restored = [layout.model]
+    if model.run_id and not layout.run_handoff.exists():
+        from tinyllm.tracked_run import TrackedRun
+
+        run = store.client.get_run(model.run_id)
+        experiment = store.client.get_experiment(run.info.experiment_id).name
+        TrackedRun(store, model.run_id, experiment).write_handoff(layout.run_handoff)
+        restored.append(layout.run_handoff)
+    version = f" (version {model.version})" if model.version else ""
+    click.echo(f"restored {uri}{version} to {' and '.join(map(str, restored))}")
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -600,3 +678,24 @@ def _parameters(store, run_id: str | None) -> str:
     except MlflowException:
         return "-"
     return f"{int(value):,}" if value and value.isdigit() else "-"
+
+
+@cli.command(short_help="Point mlflow.db at this project's mlruns/ after the project moved.")
+@click.pass_obj
+def rehome(obj: Options) -> None:
+    """Rewrite the artifact locations the project's mlflow.db records to this project's mlruns/.
+
+    mlflow.db records absolute paths, so after the project is copied, moved or renamed MLflow's
+    own tools (mlflow ui, mlflow models serve) still read the old folder, and training refuses
+    to log there. tinyllm's commands that read models find them here anyway. Run it in the
+    project root; it is safe to run again.
+    """
+    from tinyllm import tracking
+
+    store = tracking.Store(obj.tracking_uri)
+    rewritten = tracking.rehome(store)
+    if not rewritten:
+        click.echo(f"Nothing to do: {store.uri} keeps its artifacts in {store.home / 'mlruns'}.")
+    for old, count in rewritten.items():
+        click.echo(f"Rewrote {count} artifact locations in {store.uri}: {old} -> "
+                   f"{store.home / 'mlruns'}")

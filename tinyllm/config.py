@@ -66,6 +66,17 @@ class ModelConfig:
     dropout: float = knob(0.0, min=0.0, max=0.9)
 
 
+def warmup_for(warmup_steps: int, steps: int) -> int:
+    """The warm-up of a run of `steps` steps: train.warmup_steps, but at most an eighth of them.
+
+    The one rule for `dvc repro`/`dvc exp run`, `tinyllm train` and time budgets (whose steps
+    are planned), so no entry point refuses a warm-up that another accepts. The cap leaves a
+    short run (`-S train.max_steps=100`, a one-minute budget) most of its steps for the decay;
+    it sits above the defaults' 100 of 900 steps, which keep their warm-up.
+    """
+    return min(warmup_steps, steps // 8)
+
+
 @dataclass
 class TrainConfig:
     """train: optimisation, schedule, evaluation cadence, checkpoints and the machine."""
@@ -77,7 +88,7 @@ class TrainConfig:
     optimizer: str = knob("muon", choices=OPTIMIZERS)
     learning_rate: float = knob(3e-3, min=0.0, max=1.0, min_exclusive=True)
     min_lr_fraction: float = knob(0.1, min=0.0, max=1.0)
-    warmup_steps: int = knob(100, min=0)
+    warmup_steps: int = knob(100, min=0)  # at most an eighth of the run: see warmup_for
     weight_decay: float = knob(0.1, min=0.0, max=1.0)
     beta1: float = knob(0.9, min=0.0, max=1.0)
     beta2: float = knob(0.99, min=0.0, max=1.0)
@@ -96,7 +107,19 @@ SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit intege
 # Served requests (tinyllm serve's default caps, the MLflow model's fixed ones): no request may
 # hold a worker for minutes.
 SERVED_MAX_TOKENS = 2000
+MAX_TOKENS_CEILING = 100_000  # the most one generation may ask for; a server's cap is lower
 SERVED_REQUEST_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side caps (the `tinyllm serve` options)."""
+
+    max_tokens: int = SERVED_MAX_TOKENS  # per choice
+    request_seconds: float = SERVED_REQUEST_SECONDS  # then it ends with finish_reason "length"
+    max_prompt_chars: int = 100_000
+    max_body_bytes: int = 16 << 20
+    max_n: int = 16
 
 
 @dataclass(frozen=True)
@@ -120,10 +143,18 @@ class SamplingConfig:
     min_p: float = knob(0.0, min=0.0, max=1.0, off=0.0, command="minp",
                         help="Drop characters less likely than this fraction of the most likely "
                              "one's probability; 0 = off.")
-    max_tokens: int = knob(300, min=1, max=100_000, command="tokens",
+    max_tokens: int = knob(300, min=1, max=MAX_TOKENS_CEILING, command="tokens",
                            help="Characters to generate per prompt.")
     seed: int = knob(1337, min=0, max=SEED_MAX, command="seed",
                      help="Random seed: the same seed and settings give the same text.")
+    frequency_penalty: float = knob(
+        0.0, min=-2.0, max=2.0, off=0.0, command="freq",
+        help="Lower each character's logit by this much per time it was generated so far "
+             "(OpenAI's frequency_penalty; negative: favour repeats); 0 = off.")
+    presence_penalty: float = knob(
+        0.0, min=-2.0, max=2.0, off=0.0, command="presence",
+        help="Lower by this much the logit of every character generated so far at least once "
+             "(OpenAI's presence_penalty); 0 = off.")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -194,10 +225,6 @@ class Params:
         if self.data.val_fraction + self.data.test_fraction >= 0.9:
             raise TinyLLMError("data.val_fraction + data.test_fraction must leave at least 10% "
                                "of the corpus for training")
-        if self.train.warmup_steps >= self.train.max_steps:
-            raise TinyLLMError(
-                f"train.warmup_steps ({self.train.warmup_steps}) must be below train.max_steps "
-                f"({self.train.max_steps})")
         if not all(isinstance(p, str) and p for p in self.evaluate.prompts):
             raise TinyLLMError("evaluate.prompts must be a list of non-empty strings")
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -15,10 +16,29 @@ class TinyLLMError(Exception):
     key: str | None = None  # the setting or field it is about, when it is about one
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception's message cut to one line (MLflow's can run to pages)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message as one line that ends with its detail (MLflow's run to pages).
+
+    A first line ending in a colon ("...failures occurred while downloading ...:") is followed
+    by the last meaningful line below it (the failure itself), or else by the exception's type.
+    A line over `limit` characters keeps its whole sentences up to the limit: never cut mid-way.
+    """
+    lines = [line.strip() for line in str(exc).splitlines()
+             if re.search(r"\w", line) and not line.strip().startswith("#")]
+    if not lines:
+        return type(exc).__name__
+    line = lines[0]
+    if line.endswith(":"):
+        line = f"{line} {lines[-1] if len(lines) > 1 else type(exc).__name__}"
+    return whole_sentences(line, limit)
+
+
+def whole_sentences(text: str, limit: int) -> str:
+    """text cut after its last sentence that ends within limit characters (all of it if none)."""
+    if len(text) <= limit:
+        return text
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s)", text[:limit + 1])]
+    return text[:ends[-1]] if ends else text
 
 
 def user_error_message(exc: BaseException) -> str | None:

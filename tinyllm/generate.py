@@ -1,4 +1,5 @@
-"""Sampling text from a GPT: greedy, temperature, top-k/p, min-p, seeds, stop strings, streaming.
+"""Sampling text from a GPT: greedy, temperature, top-k/p, min-p, frequency and presence penalties,
+log-probabilities, seeds, stop strings, streaming.
 
 Long conversations slide: when the window would outgrow the context, generation continues from
 the last half-context of tokens. The KV-cache path and the full-recompute path slide at the same
@@ -8,6 +9,7 @@ moments, so they condition on the same tokens and greedy decoding gives the same
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -37,17 +39,73 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
     return logits
 
 
-def sample_next(logits: torch.Tensor, settings: SamplingConfig,
-                generator: torch.Generator) -> int:
-    """One token id from the last position's logits (shape [vocab])."""
+def sampling_logits(logits: torch.Tensor, settings: SamplingConfig,
+                    counts: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits (shape [vocab]) of the distribution the next token is drawn from: the model's,
+    never the unknown-character placeholder, less the penalties over counts (how often each
+    token was generated so far), over the temperature, filtered. At temperature 0 (greedy
+    picks their argmax) they are the penalised logits at temperature 1, unfiltered."""
     logits = logits.float().cpu()
     logits[UNKNOWN_ID] = float("-inf")  # never emit the unknown-character placeholder
+    if counts is not None and (settings.frequency_penalty or settings.presence_penalty):
+        # OpenAI's definition: mu[j] - c[j] * frequency_penalty - (c[j] > 0) * presence_penalty
+        logits = logits - (settings.frequency_penalty * counts
+                           + settings.presence_penalty * (counts > 0))
+    if settings.temperature == 0:
+        return logits
+    return filter_logits(logits / settings.temperature, settings.top_k, settings.top_p,
+                         settings.min_p)
+
+
+def pick(logits: torch.Tensor, settings: SamplingConfig, generator: torch.Generator) -> int:
+    """One token id from sampling_logits: their argmax at temperature 0, else a draw."""
     if settings.temperature == 0:
         return int(torch.argmax(logits))
-    logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p,
-                           settings.min_p)
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_next(logits: torch.Tensor, settings: SamplingConfig,
+                generator: torch.Generator) -> int:
+    """One token id from the last position's logits (shape [vocab]), nothing generated yet."""
+    return pick(sampling_logits(logits, settings), settings, generator)
+
+
+class Draw(NamedTuple):
+    """A sampled token with log-probabilities of the distribution it was drawn from
+    (sampling_logits): its own, and the `top` most likely tokens' as (id, logprob), best first
+    (never a token that distribution could not give)."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+class Sampler:
+    """One generation's draws: its settings, its random generator and, when a penalty is on,
+    how often each token was generated so far. top_logprobs: with a number (0-20), each draw
+    is a Draw carrying that many of the most likely tokens; else a plain token id."""
+
+    def __init__(self, settings: SamplingConfig, vocab_size: int,
+                 top_logprobs: int | None = None):
+        self.settings, self.top_logprobs = settings, top_logprobs
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        penalised = settings.frequency_penalty or settings.presence_penalty
+        self.counts = torch.zeros(vocab_size) if penalised else None
+
+    def draw(self, logits: torch.Tensor) -> int | Draw:
+        """The next token from the last position's logits (shape [vocab])."""
+        scores = sampling_logits(logits, self.settings, self.counts)
+        token = pick(scores, self.settings, self.generator)
+        if self.counts is not None:
+            self.counts[token] += 1
+        if self.top_logprobs is None:
+            return token
+        logprobs = torch.log_softmax(scores, dim=-1)
+        possible = int(torch.isfinite(logprobs).sum())
+        best = torch.topk(logprobs, min(self.top_logprobs, possible))
+        return Draw(token, float(logprobs[token]),
+                    list(zip(best.indices.tolist(), best.values.tolist(), strict=True)))
 
 
 @torch.inference_mode()
@@ -59,7 +117,7 @@ def stream_tokens(model: GPT, prompt_ids: Sequence[int], settings: SamplingConfi
     keep = max(1, context // 2)
     device = model.tok_emb.weight.device
     window = [int(i) for i in prompt_ids][-context:] or [UNKNOWN_ID]
-    generator = torch.Generator().manual_seed(settings.seed)
+    sampler = Sampler(settings, model.config.vocab_size)
     cache = None
     for _ in range(settings.max_tokens):
         if not use_cache:
@@ -69,7 +127,7 @@ def stream_tokens(model: GPT, prompt_ids: Sequence[int], settings: SamplingConfi
             logits, _ = model(torch.tensor([window], device=device), cache=cache)
         else:
             logits, _ = model(torch.tensor([[window[-1]]], device=device), cache=cache)
-        token = sample_next(logits[0, -1], settings, generator)
+        token = sampler.draw(logits[0, -1])
         yield token
         window.append(token)
         if len(window) > context:

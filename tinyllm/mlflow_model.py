@@ -4,20 +4,21 @@ The logged model carries tinyllm's own code (TrackedRun.register logs it as code
 so it loads wherever torch and numpy are installed. Serving loads the model package through
 tinyllm's safe loader. Input: prompts (a list of strings or a one-column frame); output: their
 continuations, or with predict_stream the pieces of text as they are sampled. Params: the fields
-of tinyllm.config.SamplingConfig (max_tokens, temperature, top_k, top_p, min_p, seed), with its
-defaults and checks. A served request is bounded: at most MAX_TOKENS characters per prompt and
-REQUEST_SECONDS of generation, so no request holds a worker for minutes. Loaded inside a server
-that handles SIGTERM (`mlflow models serve`), generation in flight stops at the signal, so the
+of tinyllm.config.SamplingConfig (max_tokens, temperature, top_k, top_p, min_p, seed,
+frequency_penalty, presence_penalty), with its defaults and checks. A served request is
+bounded: at most MAX_TOKENS characters per prompt and REQUEST_SECONDS of generation, so no
+request holds a worker for minutes. Served by uvicorn (`mlflow models serve`), generation in
+flight stops once uvicorn is told to stop (SIGTERM or Ctrl-C): the request gets a 503, and the
 server's graceful shutdown does not wait for it.
 """
 
 import signal
-import threading
 import time
 
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from mlflow.pyfunc import PythonModel
 
 from tinyllm.config import SERVED_MAX_TOKENS as MAX_TOKENS
@@ -25,24 +26,18 @@ from tinyllm.config import SERVED_REQUEST_SECONDS as REQUEST_SECONDS
 from tinyllm.config import SamplingConfig
 from tinyllm.errors import TinyLLMError
 
-_shutting_down = threading.Event()
 
+def _server_stopping() -> bool:
+    """Whether the uvicorn server we run in has been told to stop (SIGTERM or SIGINT).
 
-def _stop_generating_on_sigterm() -> None:
-    """Chain a flag before the SIGTERM handler a server installed (uvicorn's); a process without
-    one keeps the default, which ends it at once anyway."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if not callable(previous) or getattr(previous, "tinyllm", False):
-        return
-
-    def handler(signum, frame):
-        _shutting_down.set()
-        previous(signum, frame)
-
-    handler.tinyllm = True
-    signal.signal(signal.SIGTERM, handler)
+    uvicorn handles both signals with a bound method of its Server that sets should_exit and then
+    waits for the requests in flight. No handler of ours can chain in front of it: MLflow runs
+    predict in a worker thread (where signal.signal is refused), and a single uvicorn process
+    loads the model before it installs its handler. So generation reads the flag of whatever
+    handler is installed now (getsignal works from any thread).
+    """
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return getattr(server, "should_exit", False) is True
 
 
 def _prompts(model_input) -> list[str]:
@@ -67,10 +62,9 @@ def settings_for(params: dict | None) -> SamplingConfig:
 
 class TinyLLMModel(PythonModel):
     def load_context(self, context):
-        import tinyllm
+        from tinyllm.discovery import load_model
 
-        self.loaded = tinyllm.load_model(context.artifacts["package"])
-        _stop_generating_on_sigterm()
+        self.loaded = load_model(context.artifacts["package"])
 
     # A DataFrame hint keeps the explicit signature (with its params) that tracked_run.py logs.
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
@@ -89,8 +83,9 @@ class TinyLLMModel(PythonModel):
         deadline = time.monotonic() + REQUEST_SECONDS
         for index, prompt in enumerate(_prompts(model_input)):
             for piece in self.loaded.stream(prompt, settings=settings):
-                if _shutting_down.is_set():
-                    raise MlflowException("the server is shutting down")
+                if _server_stopping():
+                    raise MlflowException("the server is shutting down; send the request again "
+                                          "once it is back", error_code=TEMPORARILY_UNAVAILABLE)
                 if time.monotonic() > deadline:
                     raise MlflowException.invalid_parameter_value(
                         f"the request ran past {REQUEST_SECONDS:g} s; ask for fewer prompts or "

@@ -3,7 +3,7 @@
 Muon (Jordan et al., 2024) replaces each matrix's momentum by its nearest semi-orthogonal matrix,
 found by a few Newton-Schulz iterations; the embeddings and the norms' gains keep Adam with
 decoupled weight decay. On a CPU, in the same training time, it reaches a lower test loss than
-AdamW despite its dearer steps (README, "Training for a time budget").
+AdamW despite its dearer steps (docs/results.md, "Test loss by training budget").
 
 torch.optim.Muon iterates in bfloat16, which CPUs without native bfloat16 (AVX2) emulate: about
 1 s a step for the 4-layer model. Here the iteration runs in float32, over all same-shaped matrices

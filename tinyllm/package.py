@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from tinyllm.config import SamplingConfig
-from tinyllm.errors import TinyLLMError, first_line
+from tinyllm.errors import TinyLLMError, first_line, whole_sentences
 from tinyllm.generate import compiled_for_generation, stream_text
 from tinyllm.io import (
     atomic_write_json,
@@ -41,7 +41,7 @@ PACKAGE_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, META_FILE)
 
 
 def runtime_versions() -> dict[str, str]:
-    from tinyllm import __version__
+    from tinyllm.version import __version__
 
     return {"tinyllm": __version__, "torch": torch.__version__,
             "python": platform.python_version()}
@@ -117,10 +117,9 @@ def load_weights(path: Path, config: GPTConfig) -> GPT:
         found = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
         reason = found[0] if found else "not a plain state_dict"
         raise TinyLLMError(f"refusing to load {path}: it holds objects other than tensors "
-                           f"({reason[:160]})") from None
+                           f"({whole_sentences(reason, 160)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise TinyLLMError(f"{path} is truncated or corrupt: {first_line(exc)[:160]}"
-                           ) from None
+        raise TinyLLMError(f"{path} is truncated or corrupt: {first_line(exc)}") from None
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise TinyLLMError(f"{path} does not hold a state_dict of named tensors")

@@ -1,8 +1,11 @@
-"""Recipes fitted to a training budget: what `train.recipe: auto` sets for N minutes of training.
+"""Recipes fitted to a training budget and a device: what `train.recipe: auto` sets for N minutes.
 
-Each row is the best recipe scripts/budget_sweep.py found for that budget on a 2-core CPU (the
-README's "Training for a time budget" table holds the test losses and what was tried). A budget
-between rows takes the row of the largest budget it covers (the first row below 1 minute).
+Each CPU row is the best recipe scripts/budget_sweep.py found for that budget on a 2-core CPU
+(docs/results.md, "Test loss by training budget", holds the test losses and what was tried).
+The CUDA row is the larger configuration measured on one H100 (docs/results.md): no GPU sweep
+over budgets has been run yet, so it serves every budget there. Other devices (MPS) take the CPU
+rows. A budget between rows takes the row of the largest budget it covers (the first row below
+1 minute).
 
 Under `recipe: auto` a budgeted run takes these values for the keys below; a key the user set to
 something else than both its default and the recipe's value contradicts the recipe and is refused,
@@ -17,25 +20,39 @@ from tinyllm.errors import TinyLLMError
 
 # The default model (Muon included) with the budget deciding the steps.
 _DEFAULT_MODEL = {"model.context_length": 128, "model.n_layer": 4, "model.n_head": 4,
-                  "model.d_model": 128, "train.max_steps": 1_000_000, "train.batch_size": 32,
-                  "train.optimizer": "muon", "train.learning_rate": 3e-3,
+                  "model.d_model": 128, "train.max_steps": 1_000_000,
+                  "train.batch_size": 32, "train.optimizer": "muon", "train.learning_rate": 3e-3,
                   "train.warmup_steps": 100, "train.eval_interval": 300, "train.eval_batches": 16}
 # A quarter of the context and half the batch: 3.5x the steps in the same time.
 _SHORT = {**_DEFAULT_MODEL, "model.context_length": 64, "train.batch_size": 16}
-# minutes of training -> params keys; every row sets RECIPE_KEYS.
-BY_BUDGET: dict[float, dict[str, int | float | str]] = {
-    1: _SHORT,
-    2: _SHORT,
-    5: _SHORT,
-    10: _DEFAULT_MODEL,
+# A GPU's: six layers of width 384 with dropout, fused AdamW (Muon's many small matmuls leave a
+# GPU waiting), context 256, batch 64.
+_GPU = {**_DEFAULT_MODEL, "model.context_length": 256, "model.n_layer": 6, "model.n_head": 6,
+        "model.d_model": 384, "model.dropout": 0.2, "train.batch_size": 64,
+        "train.optimizer": "adamw", "train.learning_rate": 1e-3, "train.warmup_steps": 200,
+        "train.eval_interval": 500}
+# device kind -> minutes of training -> params keys.
+BY_DEVICE: dict[str, dict[float, dict[str, int | float | str]]] = {
+    "cpu": {1: _SHORT, 2: _SHORT, 5: _SHORT, 10: _DEFAULT_MODEL},
+    "cuda": {1: _GPU},
 }
-RECIPE_KEYS = tuple(BY_BUDGET[min(BY_BUDGET)])
+BY_BUDGET = BY_DEVICE["cpu"]
 
 
-def recipe_for(minutes: float) -> tuple[float, dict[str, int | float]]:
-    """(the row's budget, its values) for a budget of `minutes`."""
-    row = max((b for b in BY_BUDGET if b <= minutes), default=min(BY_BUDGET))
-    return row, BY_BUDGET[row]
+def recipe_for(minutes: float, device: str = "cpu") -> tuple[float, dict[str, int | float]]:
+    """(the row's budget, its values) for a budget of `minutes` on a device kind."""
+    rows = BY_DEVICE.get(device, BY_BUDGET)
+    row = max((b for b in rows if b <= minutes), default=min(rows))
+    return row, rows[row]
+
+
+def recipe_device(train) -> str:
+    """The device kind whose recipes a budgeted run takes: train.device, or where auto lands."""
+    if train.device != "auto":
+        return train.device
+    from tinyllm.devices import select_device  # torch: only for a budgeted auto run
+
+    return select_device("auto", key="train.device").type
 
 
 def apply_recipe(params):
@@ -43,7 +60,8 @@ def apply_recipe(params):
     train = params.train
     if train.recipe != "auto" or not train.time_budget_minutes:
         return params
-    row, values = recipe_for(train.time_budget_minutes)
+    device = recipe_device(train)
+    row, values = recipe_for(train.time_budget_minutes, device)
     sections = {}
     for key, value in values.items():
         section, name = key.split(".")
@@ -52,7 +70,8 @@ def apply_recipe(params):
         if current not in (default, value):
             raise TinyLLMError(
                 f"{key} is {current}, but train.recipe auto sets it to {value} for a "
-                f"{train.time_budget_minutes:g}-minute budget (the {row:g}-minute recipe); leave "
+                f"{train.time_budget_minutes:g}-minute budget on {device} (the {row:g}-minute "
+                f"{device} recipe); leave "
                 f"{key} at its default {default} or set train.recipe: none")
         sections.setdefault(section, {})[name] = value
     return dataclasses.replace(params, **{

@@ -5,9 +5,19 @@
     POST /v1/chat/completions    messages -> reply; see chat_prompt for how they become a prompt
 
 Requests take the sampling settings of tinyllm.config.SamplingConfig under the same names and
-defaults (max_tokens, temperature, top_k, top_p, min_p, seed), plus stop, n and stream. With
-`stream: true` the reply is server-sent events, `data: {json}` chunks ending in `data: [DONE]`.
-usage counts characters. Every response names the exact model version (`models:/NAME/VERSION`).
+defaults (max_tokens, temperature, top_k, top_p, min_p, frequency_penalty, presence_penalty,
+seed), plus stop, n, stream and logprobs (chat: logprobs and top_logprobs). They speak the
+dialect OpenAI's clients send: null for any field means its default, chat's
+max_completion_tokens is max_tokens, content may be a list of text parts, user is ignored, and
+a field that cannot be honoured (tools, images, JSON modes) is refused naming it unless its
+value asks for nothing (`tools: []`, `response_format: {"type": "text"}`). A request without
+a seed draws a fresh one; every response (and every streamed chunk) names it as `seed`, so
+sending it back replays the reply. Log-probabilities are those of the distribution each
+character was drawn from (tinyllm.generate.sampling_logits: after the penalties, the temperature
+and top-k/top-p/min-p; at temperature 0 the model's own, penalised), so a character those
+filters removed is never listed. With `stream: true` the reply is server-sent events,
+`data: {json}` chunks ending in `data: [DONE]`. usage counts characters. Every response names
+the exact model version (`models:/NAME/VERSION`).
 
 Concurrent requests share one model through tinyllm.batching.Decoder: one forward pass per step
 for every sequence in flight, each giving exactly what `tinyllm generate` gives alone. When the
@@ -22,28 +32,30 @@ import asyncio
 import collections
 import json
 import logging
+import re
+import secrets
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException
 
 from tinyllm.balancing import SharedLoads
 from tinyllm.batching import CANCELLED, Decoder, Sequence
-from tinyllm.config import SEED_MAX, SamplingConfig
+from tinyllm.config import SEED_MAX, Limits, SamplingConfig
 from tinyllm.discovery import load_resolved, pinned_uri
 from tinyllm.errors import TinyLLMError
-from tinyllm.generate import StopFilter, prompt_ids
-from tinyllm.serving import Limits
+from tinyllm.generate import Draw, StopFilter, prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +76,36 @@ def error_body(message: str, param: str | None = None, code: str | None = None,
 
 # --- requests -----------------------------------------------------------------------------------
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
+FRESH_SEEDS = 2**32  # an unseeded request draws its seed below this (exact in any JSON reader)
+NO_TOOLS = "this server's model only continues text; it has no tools or functions"
+
+
+def refused(field: str, message: str) -> PydanticCustomError:
+    """A validation error that _validation_error turns into a 400 `FIELD: message`, FIELD
+    named in full (field is relative to where it was raised)."""
+    return PydanticCustomError("tinyllm_refused", message, {"field": field})
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request object as OpenAI clients send it. null for any field means its default; a
+    field in UNSUPPORTED is dropped when its value asks for nothing, else refused naming it;
+    any other unknown field is refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is no number, 1 no bool
+    # field -> (the values that ask for nothing, why any other cannot be honoured)
+    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_clients_send_it(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {key: value for key, value in data.items() if value is not None}
+        for name, (nothing, why) in cls.UNSUPPORTED.items():
+            if name in data and data.pop(name) not in nothing:
+                raise refused(name, f"not supported ({why})")
+        return data
 
 
 class StreamOptions(_Strict):
@@ -79,28 +119,112 @@ class _Common(_Strict):
     stop: str | list[str] | None = None
     n: int = 1
     user: str | None = None  # accepted and ignored, as clients often send it
+    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
+        "logit_bias": ([{}], "the model's tokens are characters, not a tokenizer's ids"),
+        "response_format": ([{"type": "text"}], 'only {"type": "text"} is; the model cannot '
+                                                "be held to JSON")}
+
+    def param(self, name: str) -> str:
+        """The request field a sampling setting came from."""
+        return name
 
 
-# The sampling fields, derived from the one definition (names, types, defaults, help).
+# The sampling fields, derived from the one definition (names, types, defaults, help). An
+# omitted (or null) seed draws a fresh one; each response names the seed it used.
 _Sampled = create_model(
     "Sampled", __base__=_Common,
     **{f.name: (int if f.type == "int" else float,
                 Field(f.default, description=f.metadata["help"]))
-       for f in fields(SamplingConfig)})
+       for f in fields(SamplingConfig) if f.name != "seed"},
+    seed=(int | None, Field(None, description="Random seed; omitted or null: a fresh one. The "
+                                              "response's seed replays the reply.")))
 
 
 class CompletionRequest(_Sampled):
     prompt: str | list[str]
+    logprobs: int | None = None  # how many of the most likely characters to list per position
+    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
+        **_Common.UNSUPPORTED, "echo": ([False], "the reply never repeats the prompt"),
+        "best_of": ([1], "use n"), "suffix": ([""], "the model only continues text")}
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _no_token_ids(cls, prompt: Any) -> Any:
+        if isinstance(prompt, list) and prompt and all(isinstance(p, (int, list))
+                                                       for p in prompt):
+            raise refused("", "token ids are not supported (send text: this model's tokens "
+                              "are its own characters)")
+        return prompt
+
+    def top_logprobs_wanted(self) -> int | None:
+        return _check_top_logprobs(self.logprobs, "logprobs")
+
+
+def _check_top_logprobs(value: int | None, param: str) -> int | None:
+    if value is not None and not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise RequestError(f"{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {value}",
+                           param)
+    return value
 
 
 class Message(_Strict):
     role: Literal["system", "user", "assistant", "developer"]
     content: str
     name: str | None = None
+    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
+        "tool_calls": ([[]], NO_TOOLS), "function_call": ([], NO_TOOLS),
+        "refusal": ([""], "the model never refuses")}
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, content: Any) -> Any:
+        """Content as a list of text parts ({"type": "text", "text": ...}) is their texts, one
+        line each; any other kind of part (an image, audio, a file) is refused."""
+        if not isinstance(content, list):
+            return content
+        texts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise refused(f"[{j}].type", f"parts of type {kind!r} are not supported "
+                                             "(this model reads text only)")
+            if set(part) != {"type", "text"} or not isinstance(part["text"], str):
+                raise refused(f"[{j}]", 'a text part is {"type": "text", "text": "..."}')
+            texts.append(part["text"])
+        return "\n".join(texts)
 
 
 class ChatRequest(_Sampled):
     messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = None  # with logprobs: the most likely characters per position
+    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
+        **_Common.UNSUPPORTED, "tools": ([[]], NO_TOOLS), "functions": ([[]], NO_TOOLS),
+        "tool_choice": (["none"], NO_TOOLS), "function_call": (["none"], NO_TOOLS),
+        "parallel_tool_calls": ([True, False], NO_TOOLS),
+        "modalities": ([["text"]], "the model writes text only"),
+        "audio": ([], "the model writes text only")}
+
+    @model_validator(mode="after")
+    def _one_max_tokens(self) -> ChatRequest:
+        if self.max_completion_tokens is not None:
+            if "max_tokens" in self.model_fields_set and (
+                    self.max_tokens != self.max_completion_tokens):
+                raise refused("max_completion_tokens", "differs from max_tokens; give one "
+                              "(max_completion_tokens is the newer name for it)")
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+    def param(self, name: str) -> str:
+        renamed = name == "max_tokens" and self.max_completion_tokens is not None
+        return "max_completion_tokens" if renamed else name
+
+    def top_logprobs_wanted(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
+        top = _check_top_logprobs(self.top_logprobs, "top_logprobs")
+        return (top or 0) if self.logprobs else None
 
 
 def chat_prompt(messages: list[Message]) -> str:
@@ -111,15 +235,20 @@ def chat_prompt(messages: list[Message]) -> str:
     return "".join(lines) + "ASSISTANT:\n"
 
 
-def settings_of(body: _Common, limits: Limits) -> SamplingConfig:
+def settings_of(body: _Sampled, limits: Limits) -> SamplingConfig:
+    """The request's sampling settings, an unseeded one with a fresh seed; errors name the
+    request's own field (max_completion_tokens when it gave that)."""
     values = {f.name: getattr(body, f.name) for f in fields(SamplingConfig)}
+    if values["seed"] is None:
+        values["seed"] = secrets.randbelow(FRESH_SEEDS)
+    if values["max_tokens"] > limits.max_tokens:  # the server's cap, however large the value
+        raise RequestError(f"{body.param('max_tokens')} must be <= {limits.max_tokens} on this "
+                           f"server, got {values['max_tokens']}", body.param("max_tokens"))
     try:
         settings = SamplingConfig(**values)
     except TinyLLMError as exc:
-        raise RequestError(str(exc), exc.key) from None
-    if settings.max_tokens > limits.max_tokens:
-        raise RequestError(f"max_tokens must be <= {limits.max_tokens} on this server, got "
-                           f"{settings.max_tokens}", "max_tokens")
+        raise RequestError(str(exc).replace(exc.key, body.param(exc.key), 1),
+                           body.param(exc.key)) from None
     if not 1 <= body.n <= limits.max_n:
         raise RequestError(f"n must be between 1 and {limits.max_n}, got {body.n}", "n")
     if settings.seed + body.n - 1 > SEED_MAX:
@@ -189,23 +318,27 @@ class Models:
 # --- one request's generations ------------------------------------------------------------------
 
 class Job:
-    """The choices of one request, generated by the shared decoder, read here as they come."""
+    """The choices of one request, generated by the shared decoder, read here as they come.
+    top_logprobs: a number when the request asked for log-probabilities (each token then comes
+    as a tinyllm.generate.Draw)."""
 
     def __init__(self, served: Served, prompts: list[str], settings: SamplingConfig, n: int,
-                 stops: list[str], deadline: float, wake):
-        self.served, self.wake = served, wake
+                 stops: list[str], deadline: float, wake, top_logprobs: int | None = None):
+        self.served, self.wake, self.settings = served, wake, settings
         self.ready = asyncio.Event()
         self.events: collections.deque = collections.deque()
-        self.prompt_chars = sum(len(p) for p in prompts) * n
-        self.filters = [StopFilter(stops) for _ in range(len(prompts) * n)]
+        self.prompts = [p for p in prompts for _ in range(n)]  # each choice's
+        self.filters = [StopFilter(stops) for _ in self.prompts]
         self.finish: list[str | None] = [None] * len(self.filters)
+        self.draws: list[list[Draw]] = [[] for _ in self.filters]  # with top_logprobs
+        self.sent = [0] * len(self.filters)  # characters each choice has handed out
         self.sequences = []
         ids = [prompt_ids(served.loaded.tokenizer, p) for p in prompts]
         for index in range(len(self.filters)):
             emit = self._emitter(index)
             self.sequences.append(served.decoder.submit(Sequence(
                 ids[index // n], replace(settings, seed=settings.seed + index % n), emit,
-                deadline)))
+                deadline, top_logprobs)))
 
     def _emitter(self, index: int):
         def emit(item):  # in the decoder thread
@@ -221,8 +354,8 @@ class Job:
     def done(self) -> bool:
         return all(self.finish)
 
-    async def pieces(self, request: Request | None = None) -> AsyncIterator[tuple[int, str]]:
-        """(choice index, text) as generated; text '' marks the choice's end (see finish)."""
+    async def pieces(self, request: Request | None = None) -> AsyncIterator[Piece]:
+        """Each choice's text as generated; a Piece with text '' marks its end (see finish)."""
         decode = self.served.loaded.tokenizer.decode
         while not self.done:
             if request is None:  # streaming: Starlette cancels us when the client goes
@@ -239,9 +372,11 @@ class Job:
             texts, ended = self._drain(decode)
             for index, text in texts.items():  # all that came since the last wake, at once
                 if text:
-                    yield index, text
+                    start = self.sent[index]
+                    self.sent[index] += len(text)  # a character is a token: one Draw each
+                    yield Piece(index, text, start, self.draws[index][start:self.sent[index]])
             for index in ended:
-                yield index, ""
+                yield Piece(index, "", self.sent[index], [])
 
     def _drain(self, decode) -> tuple[dict[int, str], list[int]]:
         """The text each choice got from the decoder's events so far, and the choices that
@@ -257,6 +392,9 @@ class Job:
                 texts[index] += pieces.flush()
                 self.finish[index] = "length"
             else:
+                if isinstance(item, Draw):
+                    self.draws[index].append(item)
+                    item = item.token
                 texts[index] += pieces.push(decode([item]))
                 if pieces.stopped:
                     self.sequences[index].cancel()
@@ -266,18 +404,64 @@ class Job:
         return texts, ended
 
     def usage(self) -> dict:
+        prompt = sum(len(p) for p in self.prompts)
         completion = sum(len(f.text) for f in self.filters)
-        return {"prompt_tokens": self.prompt_chars, "completion_tokens": completion,
-                "total_tokens": self.prompt_chars + completion}
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}
+
+
+@dataclass
+class Piece:
+    """Text one choice generated: from character `start` of its reply on, with a Draw per
+    character when the request asked for log-probabilities."""
+
+    index: int
+    text: str
+    start: int
+    draws: list[Draw]
+
+
+def _entry(decode, token: int, logprob: float) -> dict:
+    text = decode([token])
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def chat_logprobs(decode, draws: list[Draw]) -> dict:
+    """OpenAI's chat `logprobs` for draws: each character with its log-probability, its UTF-8
+    bytes and the most likely characters at its position."""
+    return {"content": [{**_entry(decode, d.token, d.logprob),
+                         "top_logprobs": [_entry(decode, *best) for best in d.top]}
+                        for d in draws], "refusal": None}
+
+
+def completion_logprobs(decode, draws: list[Draw], offset: int) -> dict:
+    """The legacy completions' `logprobs` for draws: tokens, their log-probabilities, the most
+    likely ones at each position (with the chosen one) and text_offset, the position of each
+    character in prompt + reply text (offset: where the first one is)."""
+    tops = []
+    for d in draws:
+        top = {decode([token]): logprob for token, logprob in d.top}
+        top.setdefault(decode([d.token]), d.logprob)
+        tops.append(top)
+    return {"tokens": [decode([d.token]) for d in draws],
+            "token_logprobs": [d.logprob for d in draws], "top_logprobs": tops,
+            "text_offset": list(range(offset, offset + len(draws)))}
 
 
 # --- the app ------------------------------------------------------------------------------------
 
+UNION_MEMBERS = re.compile(r"^(str|int|float|bool|.*\[.*\])$")  # pydantic's tags in a loc
+
+
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0]
-    param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
-                    for p in first.get("loc", ()) if p != "body").lstrip(".") or None
+    loc = [p for p in first.get("loc", ()) if p != "body" and not (
+        isinstance(p, str) and UNION_MEMBERS.match(p))]  # `prompt`, not `prompt.str`
+    param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
     kind = first.get("type", "")
+    if kind == "tinyllm_refused":  # see refused(): the field is relative to where it was raised
+        param = ".".join(filter(None, [param, first["ctx"]["field"]])).replace(".[", "[")
+        return JSONResponse(error_body(f"{param}: {first['msg']}", param), status_code=400)
     if kind == "json_invalid":
         message = f"malformed JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
         param = None
@@ -288,7 +472,9 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     elif kind == "model_attributes_type" or not param:
         message = f"the body must be a JSON object: {first.get('msg')}"
     else:
-        message = f"{param}: {first.get('msg')}"
+        given = first.get("input")
+        shown = f", got {json.dumps(given)[:40]}" if isinstance(given, (str, int, float)) else ""
+        message = f"{param}: {first.get('msg')}{shown}"
     return JSONResponse(error_body(message, param), status_code=400)
 
 
@@ -368,7 +554,7 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
             {"id": served.id, "object": "model", "created": 0, "owned_by": "tinyllm",
              "version": served.uri}]}
 
-    def start(body: _Common, prompts: list[str], param: str) -> Job:
+    def start(body: _Sampled, prompts: list[str], param: str, top_logprobs: int | None) -> Job:
         served = models.check_name(body.model)
         settings = settings_of(body, limits)
         for prompt in prompts:
@@ -376,30 +562,33 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
                 raise RequestError(f"{param} is {len(prompt)} characters; this server takes "
                                    f"at most {limits.max_prompt_chars}", param)
         return Job(served, prompts, settings, body.n, stops_of(body),
-                   time.monotonic() + limits.request_seconds, wake)
+                   time.monotonic() + limits.request_seconds, wake, top_logprobs)
 
     async def reply(job: Job, body: _Common, request: Request, kind: str, chunk, whole):
         """The whole response, or with stream its server-sent events; kind: OpenAI's object
-        name (chunks add `.chunk` for chat)."""
+        name (chunks add `.chunk` for chat). Each names the model version and the seed, which
+        replays the reply (choice i used seed + i)."""
         head = {"id": uuid.uuid4().hex[:24], "created": int(time.time()),
-                "model": job.served.uri}
+                "model": job.served.uri, "seed": job.settings.seed}
         if not body.stream:
-            texts = [""] * len(job.filters)
-            async for index, piece in job.pieces(request):
-                texts[index] += piece
-            choices = [whole(i, text, job.finish[i]) for i, text in enumerate(texts)]
+            texts, draws = [""] * len(job.filters), [[] for _ in job.filters]
+            async for piece in job.pieces(request):
+                texts[piece.index] += piece.text
+                draws[piece.index] += piece.draws
+            choices = [whole(Piece(i, text, 0, draws[i]), job.finish[i])
+                       for i, text in enumerate(texts)]
             return {**head, "object": kind, "choices": choices, "usage": job.usage()}
 
         async def events():
             head["object"] = f"{kind}.chunk" if kind == "chat.completion" else kind
             try:
                 for index in range(len(job.filters)):
-                    first = chunk(index, None, None)
+                    first = chunk(Piece(index, "", 0, []), None, opening=True)
                     if first is not None:
                         yield f"data: {json.dumps({**head, 'choices': [first]})}\n\n"
-                async for index, piece in job.pieces():
-                    done = job.finish[index] if not piece else None
-                    data = {**head, "choices": [chunk(index, piece, done)]}
+                async for piece in job.pieces():
+                    done = job.finish[piece.index] if not piece.text else None
+                    data = {**head, "choices": [chunk(piece, done)]}
                     yield f"data: {json.dumps(data)}\n\n"
                 if body.stream_options and body.stream_options.include_usage:
                     yield f"data: {json.dumps({**head, 'choices': [], 'usage': job.usage()})}\n\n"
@@ -415,32 +604,40 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
             raise RequestError("prompt must not be an empty list", "prompt")
-        job = start(body, prompts, "prompt")
+        top = body.top_logprobs_wanted()
+        job = start(body, prompts, "prompt", top)
+        decode = job.served.loaded.tokenizer.decode
 
-        def chunk(index, piece, finish):
-            if piece is None:
+        def whole(piece: Piece, finish, opening: bool = False):
+            if opening:
                 return None
-            return {"index": index, "text": piece, "finish_reason": finish, "logprobs": None}
+            logprobs = None if top is None else completion_logprobs(
+                decode, piece.draws, len(job.prompts[piece.index]) + piece.start)
+            return {"index": piece.index, "text": piece.text, "finish_reason": finish,
+                    "logprobs": logprobs}
 
-        def whole(index, text, finish):
-            return {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
-
-        return await reply(job, body, request, "text_completion", chunk, whole)
+        return await reply(job, body, request, "text_completion", whole, whole)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        job = start(body, [chat_prompt(body.messages)], "messages")
+        top = body.top_logprobs_wanted()
+        job = start(body, [chat_prompt(body.messages)], "messages", top)
+        decode = job.served.loaded.tokenizer.decode
 
-        def chunk(index, piece, finish):
-            if piece is None:  # the opening chunk names the role
+        def logprobs(piece: Piece):
+            return None if top is None else chat_logprobs(decode, piece.draws)
+
+        def chunk(piece: Piece, finish, opening: bool = False):
+            if opening:  # the opening chunk names the role
                 delta = {"role": "assistant", "content": ""}
             else:
-                delta = {"content": piece} if piece else {}
-            return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+                delta = {"content": piece.text} if piece.text else {}
+            return {"index": piece.index, "delta": delta, "finish_reason": finish,
+                    "logprobs": None if opening or not piece.text else logprobs(piece)}
 
-        def whole(index, text, finish):
-            return {"index": index, "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish, "logprobs": None}
+        def whole(piece: Piece, finish):
+            return {"index": piece.index, "message": {"role": "assistant", "content": piece.text},
+                    "finish_reason": finish, "logprobs": logprobs(piece)}
 
         return await reply(job, body, request, "chat.completion", chunk, whole)
 

@@ -17,21 +17,10 @@ import time
 from dataclasses import dataclass
 
 from tinyllm.balancing import LOADING, SharedLoads
-from tinyllm.config import SERVED_MAX_TOKENS, SERVED_REQUEST_SECONDS
+from tinyllm.config import Limits
 from tinyllm.errors import TinyLLMError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Server-side caps (the `tinyllm serve` options)."""
-
-    max_tokens: int = SERVED_MAX_TOKENS  # per choice
-    request_seconds: float = SERVED_REQUEST_SECONDS  # then it ends with finish_reason "length"
-    max_prompt_chars: int = 100_000
-    max_body_bytes: int = 16 << 20
-    max_n: int = 16
 
 
 @dataclass(frozen=True)

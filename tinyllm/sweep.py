@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 
 RECIPE_SECTIONS = ("data.", "tokenizer.", "model.", "train.")
+CORPUS = "data.corpus"  # recipes on different corpora are never compared: one table each
 TEST_LOSS, TEST_BITS = "eval_test_loss", "eval_test_bits_per_char"
 
 
@@ -44,6 +45,14 @@ def group_runs(runs, over: str) -> list[Recipe]:
     return sorted(recipes.values(), key=lambda r: r.summary(TEST_LOSS)[0])
 
 
+def by_corpus(recipes: list[Recipe]) -> dict[str, list[Recipe]]:
+    """The recipes of each corpus, best first; corpora in the order of their best recipe."""
+    groups: dict[str, list[Recipe]] = {}
+    for recipe in recipes:
+        groups.setdefault(recipe.params.get(CORPUS, "?"), []).append(recipe)
+    return groups
+
+
 def varying_keys(recipes: list[Recipe]) -> list[str]:
     """The recipe keys whose values differ between recipes: what the sweep changed."""
     keys = sorted({k for r in recipes for k in r.params})
@@ -60,7 +69,8 @@ def as_dicts(recipes: list[Recipe], over: str) -> list[dict]:
     for recipe in recipes:
         loss, loss_sd = recipe.summary(TEST_LOSS)
         bits, bits_sd = recipe.summary(TEST_BITS)
-        out.append({"recipe": {k: recipe.params.get(k) for k in keys}, "over": over,
+        out.append({"corpus": recipe.params.get(CORPUS), "over": over,
+                    "recipe": {k: recipe.params.get(k) for k in keys},
                     "values": list(recipe.runs), "runs": len(recipe.runs),
                     "run_ids": [r.info.run_id for r in recipe.runs.values()],
                     "test_loss_mean": loss, "test_loss_sd": loss_sd,

@@ -243,6 +243,11 @@ class TrackedRun:
 
         return runs_page(self.store, self.experiment)
 
+    def ui_page(self, route: str) -> str:
+        from tinyllm.tracking import ui_page
+
+        return ui_page(self.store, route)
+
     def register(self, package_dir: Path, name: str, test_loss: float,
                  test_bits_per_char: float, data_fingerprint: str,
                  alias: str = "champion") -> Registration:

@@ -5,6 +5,11 @@ Default store: sqlite:///<project root>/mlflow.db with artifacts in <project roo
 what `mlflow ui` started in the project root shows. MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI)
 point elsewhere, e.g. a team server. The project root is DVC_ROOT when DVC runs a stage (also in
 `dvc exp run --temp/--queue` workspaces), so no run is lost in a temporary directory.
+
+mlflow.db records artifact locations as absolute paths. When the project is copied, moved or
+renamed, reading a model finds its files in this project's mlruns/ anyway (Store.artifacts_here);
+`tinyllm rehome` rewrites the recorded locations (rehome) so that MLflow's own tools (mlflow ui,
+mlflow models serve) and new runs use this folder too.
 """
 
 from __future__ import annotations
@@ -73,6 +78,68 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise TinyLLMError(f"unsupported MLflow tracking URI {uri}")
 
 
+REHOME_COMMAND = "tinyllm rehome"
+# Where MLflow's sqlite schema keeps artifact locations: (table, column).
+ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                    ("model_versions", "source"), ("model_versions", "storage_location"),
+                    ("logged_models", "artifact_location"))
+
+
+def _local_path(location: str) -> Path | None:
+    """The local path of a file: URI or an absolute path; None for any other location."""
+    from urllib.parse import unquote, urlparse
+
+    if location.startswith("file:"):
+        return Path(unquote(urlparse(location).path))
+    return Path(location) if location.startswith("/") else None
+
+
+def _foreign_mlruns(location: str, home: Path) -> tuple[Path, tuple[str, ...]] | None:
+    """(the mlruns folder, the parts below it) of a local location outside home under a folder
+    named mlruns (a store made where the project was before); None for any other location."""
+    path = _local_path(location)
+    if path is None or path.resolve().is_relative_to(home) or "mlruns" not in path.parts:
+        return None
+    last = len(path.parts) - 1 - path.parts[::-1].index("mlruns")
+    return Path(*path.parts[:last + 1]), path.parts[last + 1:]
+
+
+def rehomed(location: str, home: Path) -> str | None:
+    """A foreign location (see _foreign_mlruns) at the same place under home/mlruns, in the same
+    form (file: URI or path); None for any other location."""
+    foreign = _foreign_mlruns(location, home)
+    if foreign is None:
+        return None
+    moved = home.joinpath("mlruns", *foreign[1])
+    return moved.as_uri() if location.startswith("file:") else str(moved)
+
+
+def rehome(store: Store) -> dict[str, int]:
+    """Rewrite every foreign artifact location a local mlflow.db records (a project copied,
+    moved or renamed) to this project's mlruns/, so MLflow's own tools find the files here.
+    Returns {old mlruns folder: locations rewritten}."""
+    import sqlite3
+
+    if not store.is_local_sqlite:
+        raise TinyLLMError(f"{REHOME_COMMAND} rewrites a local sqlite store; {store.uri} is not "
+                           "one")
+    if not (store.home / "mlruns").is_dir():
+        raise TinyLLMError(f"{store.home / 'mlruns'} does not exist: copy the project's mlruns/ "
+                           f"beside {store.home / 'mlflow.db'}, then run `{REHOME_COMMAND}`")
+    database = store.uri.removeprefix("sqlite:///")
+    rewritten: dict[str, int] = {}
+    with (exclusive_lock(f"{database}.lock"), contextlib.closing(sqlite3.connect(database)) as db,
+          db):  # one transaction: all locations or none
+        for table, column in ARTIFACT_COLUMNS:
+            for row, location in db.execute(f"SELECT rowid, {column} FROM {table}").fetchall():
+                foreign = location and _foreign_mlruns(location, store.home)
+                if foreign:
+                    db.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?",
+                               (rehomed(location, store.home), row))
+                    rewritten[str(foreign[0])] = rewritten.get(str(foreign[0]), 0) + 1
+    return rewritten
+
+
 class Store:
     """An MLflow client bound to one tracking/registry URI, checked before use."""
 
@@ -104,6 +171,11 @@ class Store:
     def is_local_sqlite(self) -> bool:
         return self.uri.startswith("sqlite:///")
 
+    @property
+    def home(self) -> Path:
+        """The directory of a local mlflow.db: its artifacts belong in home/mlruns."""
+        return Path(self.uri.removeprefix("sqlite:///")).parent.resolve()
+
     def check_artifacts_beside(self, artifact_uri: str, what: str) -> None:
         """Refuse to write artifacts outside the directory of a local mlflow.db.
 
@@ -112,15 +184,26 @@ class Store:
         """
         if not (self.is_local_sqlite and artifact_uri.startswith("file:")):
             return
-        from urllib.parse import unquote, urlparse
-
-        home = Path(self.uri.removeprefix("sqlite:///")).parent.resolve()
-        location = Path(unquote(urlparse(artifact_uri).path)).resolve()
-        if not location.is_relative_to(home):
+        location = _local_path(artifact_uri).resolve()
+        if not location.is_relative_to(self.home):
             raise TinyLLMError(
-                f"{what} in {self.uri} keeps its artifacts in {location}, outside {home}: "
-                f"this project was copied or moved; move {home / 'mlflow.db'} and "
-                f"{home / 'mlruns'} aside to start a new store here, or work in the original")
+                f"{what} in {self.uri} keeps its artifacts in {location}, outside "
+                f"{self.home}: this project was copied or moved; run `{REHOME_COMMAND}` in "
+                f"{self.home} to point mlflow.db at {self.home / 'mlruns'}")
+
+    def artifacts_here(self, artifact_uri: str) -> str:
+        """artifact_uri, or its copy in this project's mlruns/ when a local mlflow.db was made
+        where the project was before (copied, moved or renamed) and the copy is there."""
+        moved = rehomed(artifact_uri, self.home) if self.is_local_sqlite else None
+        if moved is None or not _local_path(moved).exists():
+            return artifact_uri
+        if not getattr(self, "_told_moved", False):
+            self._told_moved = True
+            log.warning("%s records artifacts in %s, where the project was before; reading "
+                        "them from %s (run `%s` so that mlflow ui and mlflow models serve do "
+                        "too)", self.uri, _foreign_mlruns(artifact_uri, self.home)[0],
+                        self.home / "mlruns", REHOME_COMMAND)
+        return moved
 
     def experiment_id(self, name: str) -> str:
         """The experiment's id, creating it (artifacts beside mlflow.db) if it is new.
@@ -148,13 +231,22 @@ class Store:
 
 # --- reading the store ------------------------------------------------------------------------
 
-def runs_page(store: Store, experiment: str) -> str:
-    """Where a browser shows the experiment's runs: MLflow 3 opens experiments on its GenAI
-    view unless the address (or the switch at the top left) asks for model training."""
-    page = f"#/experiments/{store.experiment_id(experiment)}?workflowType=machine_learning"
+def ui_page(store: Store, route: str) -> str:
+    """The address of an `mlflow ui` page, opening on its model-training layout.
+
+    MLflow 3.17's UI ignores EXPERIMENT_KIND: every page (runs, a run, a model version) takes
+    its layout from the address's workflowType, else from the GenAI / Model training switch at
+    the top left, which the browser remembers, else GenAI.
+    """
+    page = f"#/{route}?workflowType=machine_learning"
     if store.uri.startswith(("http://", "https://")):
         return f"{store.uri.rstrip('/')}/{page}"
     return f"http://127.0.0.1:5000/{page} (after `mlflow ui` in the project root)"
+
+
+def runs_page(store: Store, experiment: str) -> str:
+    """Where a browser shows the experiment's runs."""
+    return ui_page(store, f"experiments/{store.experiment_id(experiment)}")
 
 
 
@@ -236,6 +328,13 @@ def _package_in(directory: Path, uri: str) -> Path:
 def _download(artifact_uri: str, uri: str, store: Store) -> Path:
     import mlflow
 
+    path = _local_path(artifact_uri)
+    if path is not None and not path.exists():
+        moved = store.is_local_sqlite and _foreign_mlruns(artifact_uri, store.home)
+        hint = (f"; {store.uri} was made in {moved[0].parent} and {store.home / 'mlruns'} has "
+                f"no copy either: copy {moved[0]} there, then run `{REHOME_COMMAND}`"
+                if moved else "")
+        raise TinyLLMError(f"cannot download {uri}: {path} does not exist{hint}")
     destination = Path(tempfile.mkdtemp(prefix="tinyllm-model-"))
     atexit.register(shutil.rmtree, destination, ignore_errors=True)
     try:
@@ -243,8 +342,22 @@ def _download(artifact_uri: str, uri: str, store: Store) -> Path:
                                                     dst_path=str(destination),
                                                     tracking_uri=store.uri)
     except Exception as exc:  # MLflow raises several types for a missing artifact
-        raise TinyLLMError(f"cannot download {uri}: {first_line(exc)[:200]}") from None
+        raise TinyLLMError(f"cannot download {uri}: {first_line(exc)}") from None
     return _package_in(Path(local), uri)
+
+
+def _run_source(store: Store, run, uri: str, inner: str) -> str:
+    """What to download for runs:/RUN/INNER: the URI, or in a moved project (Store.artifacts_here)
+    this project's copy of the run's artifact INNER or of the run's logged model named so."""
+    locations = [f"{run.info.artifact_uri.rstrip('/')}/{inner}".rstrip("/")]
+    name, _, rest = inner.partition("/")
+    if store.is_local_sqlite and name and "'" not in name:
+        models = store.client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"name = '{name}'")
+        locations += [f"{m.artifact_location.rstrip('/')}/{rest}".rstrip("/") for m in models
+                      if m.source_run_id == run.info.run_id]
+    moved = [here for here in map(store.artifacts_here, locations) if here not in locations]
+    return moved[0] if moved else uri
 
 
 def resolve_model_uri(uri: str, store: Store | None = None) -> ResolvedModel:
@@ -263,7 +376,7 @@ def resolve_model_uri(uri: str, store: Store | None = None) -> ResolvedModel:
         store = store or Store()
         mv = _version_for(store, uri, match["name"], match["version"], match["alias"])
         source = store.client.get_model_version_download_uri(match["name"], mv.version)
-        path = _download(source, uri, store)
+        path = _download(store.artifacts_here(source), uri, store)
         return ResolvedModel(path=path, uri=uri, name=match["name"], version=str(mv.version),
                              run_id=mv.run_id)
     if uri.startswith("runs:/"):
@@ -277,11 +390,11 @@ def resolve_model_uri(uri: str, store: Store | None = None) -> ResolvedModel:
         from mlflow.exceptions import MlflowException
 
         try:
-            store.client.get_run(match["run"])
+            run = store.client.get_run(match["run"])
         except MlflowException as exc:
             reason = "no such run" if _missing(exc) else first_line(exc)
             raise TinyLLMError(f"cannot use {uri}: {reason} in {store.uri}") from None
-        path = _download(uri, uri, store)
+        path = _download(_run_source(store, run, uri, inner), uri, store)
         return ResolvedModel(path=path, uri=uri, run_id=match["run"])
     raise TinyLLMError(f"unsupported model URI {uri!r}; use models:/NAME/VERSION, "
                        "models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH or a directory")

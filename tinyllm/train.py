@@ -1,5 +1,9 @@
 """The training loop: seeded windows, Muon or AdamW, warmup + cosine, clipping, checkpoints, resume.
 
+A time budget is followed by the clock: the run re-plans its remaining steps whenever the pace it
+measures drifts from the plan, and it ends its decay early when validation stops improving (the
+data supports no more), so warm-up, decay and the final evaluation land at the deadline or sooner.
+
 Resuming is exact on CPU: a checkpoint holds the weights, optimizer, step, best-so-far weights and
 every random state, so training N steps equals training k, resuming, and training N - k. A
 checkpoint whose fingerprint (model shape, training recipe, data) differs from the current run is
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 
 from tinyllm import distributed
-from tinyllm.config import TrainConfig
+from tinyllm.config import TrainConfig, warmup_for
 from tinyllm.devices import autocast_for, seconds, select_device
 from tinyllm.errors import TinyLLMError, first_line
 from tinyllm.io import atomic_write, set_aside
@@ -69,7 +73,7 @@ class TrainResult:
     best_val_loss: float
     best_step: int
     elapsed_sec: float  # the whole run's training seconds, sessions before a resume included
-    stopped_by: str  # "max_steps", "planned_steps" (what fit the budget), "time_budget" (deadline)
+    stopped_by: str  # see _Loop.train
     resumed_from: int
     plan: StepPlan
     history: list[dict] = field(default_factory=list)
@@ -90,13 +94,15 @@ class TrainingInterrupted(TinyLLMError):
 
 @dataclass(frozen=True)
 class StepPlan:
-    """The steps the schedule spans, fixed once per run and kept in its checkpoint.
+    """The steps the schedule spans, kept in the run's checkpoint and summary.
 
-    Without a time budget it is train.max_steps. With one, a short calibration on throwaway
+    Without a time budget it is train.max_steps, fixed. With one, a short calibration on throwaway
     copies measures a step and an evaluation, and the steps that fit the budget (at most
-    max_steps) become the plan: warm-up and cosine decay are laid over them, so the learning rate
-    reaches its floor at the deadline. A resumed run keeps its plan, so it ends with the
-    uninterrupted run's weights; a run slower than its calibration stops at the deadline.
+    max_steps) become the first plan. While training, the plan's end moves (`ended_at`) when the
+    measured pace says the deadline will be missed or wasted, or when validation stalls; each
+    move is a segment, over which the decay's progress runs on from where it was to 1 at the new
+    end. The segments are the realised schedule: lr_at replays every step's learning rate from
+    them, and a resumed run continues them.
     """
 
     steps: int
@@ -104,31 +110,64 @@ class StepPlan:
     budget_sec: float = 0.0  # 0: no deadline
     step_sec: float = 0.0  # measured by the calibration (budgeted runs only)
     eval_sec: float = 0.0
+    # (first step, decay progress there, last step) of each stretch of the decay; the first
+    # starts after the warm-up at progress 0, each later one where its re-plan happened.
+    segments: tuple[tuple[int, float, int], ...] = ()
+    data_limited_at: int = 0  # the evaluation's step whose stall started the final decay
 
-    @property
-    def deadline_sec(self) -> float:
-        """When training stops at the latest, leaving time for the evaluation it ends with."""
-        return self.budget_sec - self.eval_sec if self.budget_sec else math.inf
+    def __post_init__(self) -> None:
+        if not self.segments:  # the first plan: one stretch from the warm-up's end
+            object.__setattr__(self, "segments", ((self.warmup_steps, 0.0, self.steps),))
+        object.__setattr__(self, "segments", tuple(tuple(s) for s in self.segments))
 
     @classmethod
     def fixed(cls, cfg: TrainConfig) -> StepPlan:
-        return cls(steps=cfg.max_steps, warmup_steps=cfg.warmup_steps)
+        return cls(steps=cfg.max_steps, warmup_steps=warmup_for(cfg.warmup_steps, cfg.max_steps))
 
     @classmethod
     def for_budget(cls, cfg: TrainConfig, spent_sec: float, step_sec: float,
                    eval_sec: float) -> StepPlan:
         """The steps that fit what is left of the budget, evaluations and the final one included."""
         budget = cfg.time_budget_minutes * 60
-        left = budget - spent_sec - eval_sec
-        steps = min(cfg.max_steps, int(left / (step_sec + eval_sec / cfg.eval_interval)))
+        steps = min(cfg.max_steps, steps_that_fit(cfg, budget - spent_sec, step_sec, eval_sec))
         if steps < 1:
             raise TinyLLMError(
                 f"train.time_budget_minutes ({cfg.time_budget_minutes:g}) is too short: one "
                 f"training step and one evaluation take {step_sec + eval_sec:.1f} s here, "
                 f"{spent_sec:.1f} s went on start-up; give at least "
                 f"{(spent_sec + 2 * (step_sec + eval_sec)) / 60:.2f} minutes")
-        return cls(steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10),
+        return cls(steps=steps, warmup_steps=warmup_for(cfg.warmup_steps, steps),
                    budget_sec=budget, step_sec=step_sec, eval_sec=eval_sec)
+
+    @classmethod
+    def replay(cls, summary: dict) -> StepPlan:
+        """A finished run's realised schedule (from its summary.json) as a fixed plan: trained
+        with train.time_budget_minutes 0 it gives that run's every learning rate and weights."""
+        return cls(steps=summary["steps"], warmup_steps=summary["planned_warmup_steps"],
+                   segments=summary["plan_segments"])
+
+    def progress(self, step: int) -> float:
+        """How far the decay has got at step: 0 after the warm-up, 1 at the plan's end."""
+        first, start, last = next(s for s in reversed(self.segments) if s[0] <= step)
+        return start + (1 - start) * (step - first) / max(1, last - first)
+
+    def ended_at(self, step: int, end: int, data_limited: bool = False) -> StepPlan:
+        """This plan with its decay running from where it is at step to its end at `end`."""
+        if step < self.warmup_steps or step >= self.steps:  # warming up, or done
+            return self
+        end = max(end, step + 1)
+        if end == self.steps:
+            return self
+        kept = tuple(s for s in self.segments if s[0] < step)  # one segment a step at most
+        segment = (step, min(1.0, self.progress(step)), end)
+        return replace(self, steps=end, segments=(*kept, segment),
+                       data_limited_at=step if data_limited else self.data_limited_at)
+
+
+def steps_that_fit(cfg: TrainConfig, seconds_left: float, step_sec: float,
+                   eval_sec: float) -> int:
+    """Steps that fit seconds_left at this pace, their evaluations and a final one included."""
+    return int((seconds_left - eval_sec) / (step_sec + eval_sec / cfg.eval_interval))
 
 
 def lr_at(step: int, cfg: TrainConfig, plan: StepPlan | None = None) -> float:
@@ -136,9 +175,52 @@ def lr_at(step: int, cfg: TrainConfig, plan: StepPlan | None = None) -> float:
     plan = plan or StepPlan.fixed(cfg)
     if step < plan.warmup_steps:
         return cfg.learning_rate * (step + 1) / plan.warmup_steps
-    progress = (step - plan.warmup_steps) / max(1, plan.steps - plan.warmup_steps)
     floor = cfg.learning_rate * cfg.min_lr_fraction
-    return floor + 0.5 * (cfg.learning_rate - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+    return floor + 0.5 * (cfg.learning_rate - floor) * (
+        1 + math.cos(math.pi * min(1.0, plan.progress(step))))
+
+
+@dataclass
+class Pace:
+    """What a step and an evaluation cost now, from the run's own clock (budgeted runs).
+
+    The step time is a moving average over the last few dozen steps, so a machine that slows
+    down (or speeds up) after the calibration is noticed within seconds.
+    """
+
+    step_sec: float
+    eval_sec: float
+    SMOOTHING = 0.05  # weight of each new step's time
+
+    def observe(self, seconds: float, evaluated: bool) -> None:
+        """One loop iteration's wall time; an evaluation's share is what exceeds a step."""
+        if evaluated:
+            self.eval_sec = max(seconds - self.step_sec, 0.0)
+        else:
+            self.step_sec += self.SMOOTHING * (seconds - self.step_sec)
+
+    def replanned(self, plan: StepPlan, step: int, elapsed: float, cfg: TrainConfig) -> StepPlan:
+        """plan, or plan ended where the steps that fit what is left of the budget end.
+
+        A drift under REPLAN_TOLERANCE of what is left (or a few steps' time) is let be, so a
+        steady run keeps one plan. After a data-limited stop the end only moves earlier.
+        """
+        if not plan.budget_sec or step < plan.warmup_steps:
+            return plan
+        left = plan.budget_sec - elapsed
+        per_step = self.step_sec + self.eval_sec / cfg.eval_interval
+        planned = (plan.steps - step) * per_step + self.eval_sec
+        if abs(planned - left) <= max(REPLAN_TOLERANCE * left, 3 * per_step):
+            return plan
+        end = step + steps_that_fit(cfg, left, self.step_sec, self.eval_sec)
+        return plan.ended_at(step, min(end, plan.steps if plan.data_limited_at else cfg.max_steps))
+
+
+# Re-plan when the plan's projected end misses the deadline by more than this share of what is
+# left; validation that has not improved for STALL_EVALS evaluations ends the run with a decay
+# over FINAL_DECAY of the steps so far (at least one evaluation interval).
+REPLAN_TOLERANCE = 0.05
+STALL_EVALS, FINAL_DECAY = 1, 0.2
 
 
 class WindowSampler:
@@ -209,7 +291,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
         if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
             reason = "it was made under other params or data"
     except Exception as exc:  # a damaged checkpoint must not stop a fresh start
-        reason = f"it cannot be read ({first_line(exc)[:120]})"
+        reason = f"it cannot be read ({first_line(exc)})"
     if reason is None:
         return state
     if not distributed.is_main():  # rank 0 sets it aside; every rank starts from step 0
@@ -259,9 +341,13 @@ def estimate_loss(model: GPT, batches, batch_size: int, autocast) -> float:
 
 def fit(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
           val_tokens: np.ndarray, *, checkpoint_dir: Path | None = None,
-          data_fingerprint: str = "", callbacks: Iterable[Callable[[StepMetrics], None]] = ()
+          data_fingerprint: str = "", callbacks: Iterable[Callable[[StepMetrics], None]] = (),
+          plan: StepPlan | None = None, clock: Callable[[], float] = time.monotonic
           ) -> TrainResult:
     """Train a GPT from scratch or from this run's checkpoint; returns the best model.
+
+    A budgeted run calibrates its plan and follows `clock` (seconds); a sweep that plans as
+    another machine would passes that plan and a clock that advances as that machine's would.
 
     Each callback gets every step's StepMetrics. One with an on_start(history, model) method
     is first given the run so far (a checkpoint's on resume) and the model being trained; it
@@ -276,7 +362,7 @@ def fit(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
         torch.set_num_threads(cfg.threads)
     with distributed.process_group(select_device(cfg.device, key="train.device")) as device:
         return _train_on(device, model_cfg, cfg, train_tokens, val_tokens, checkpoint_dir,
-                         data_fingerprint, callbacks)
+                         data_fingerprint, callbacks, plan, clock)
 
 
 def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -340,10 +426,68 @@ def calibrate(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: slic
     return statistics.fmean(timed), eval_sec
 
 
+@dataclass
+class RunState:
+    """Where a run stands: everything its checkpoint holds besides the modules' own states.
+
+    Its fields are the one list of what a checkpoint saves and restores (`save`, `restore`).
+    """
+
+    step: int = 0
+    tokens_seen: int = 0
+    best_val: float = math.inf
+    best_step: int = 0
+    best: dict | None = None  # the best-by-validation weights
+    evals_since_best: int = 0
+    history: list[dict] = field(default_factory=list)
+    plan: StepPlan | None = None
+    train_seconds: float = 0.0  # sessions before this one, at a restore
+
+    def save(self, path: Path, fingerprint: str, model: GPT, optimizer, sampler) -> None:
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        save_checkpoint(path, {**fields, "plan": asdict(self.plan), "fingerprint": fingerprint,
+                               "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "sampler_rng": sampler.generator.get_state(),
+                               "torch_rng": torch.get_rng_state()})
+
+    @classmethod
+    def restore(cls, state: dict, model: GPT, optimizer, sampler) -> RunState:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.generator.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        run = cls(**{name: state[name] for name in cls.__dataclass_fields__})
+        run.plan = StepPlan(**run.plan)
+        return run
+
+    def evaluated(self, val_loss: float, model: GPT) -> None:
+        """Keep the weights when they are the best so far; count evaluations without progress."""
+        if val_loss < self.best_val:
+            self.best_val, self.best_step, self.evals_since_best = val_loss, self.step, 0
+            self.best = copy.deepcopy(model.state_dict())
+        else:
+            self.evals_since_best += 1
+
+    def stalled(self) -> bool:
+        """Validation stopped improving in a budgeted run not already in its final decay."""
+        return bool(self.plan.budget_sec) and not self.plan.data_limited_at and (
+            self.evals_since_best >= STALL_EVALS)
+
+    def end_for_data(self, cfg: TrainConfig) -> None:
+        """Decay now, over FINAL_DECAY of the steps so far, instead of overfitting to the end
+        (a plan that ends sooner than that anyway is kept)."""
+        end = self.step + max(cfg.eval_interval, math.ceil(FINAL_DECAY * self.step))
+        if end < self.plan.steps:
+            self.plan = self.plan.ended_at(self.step, end, data_limited=True)
+            log.info("validation has not improved since step %d: the decay ends the run at "
+                     "step %d", self.best_step, end)
+
+
 def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
               train_tokens: np.ndarray, val_tokens: np.ndarray, checkpoint_dir: Path | None,
-              data_fingerprint: str, callbacks: Iterable[Callable[[StepMetrics], None]]
-              ) -> TrainResult:
+              data_fingerprint: str, callbacks: Iterable[Callable[[StepMetrics], None]],
+              plan: StepPlan | None, clock: Callable[[], float]) -> TrainResult:
+    """Build the run (fresh or from its checkpoint), plan it, train it and return the result."""
     autocast = autocast_for(device)
     callbacks = list(callbacks)
     fingerprint = run_fingerprint(model_cfg, cfg, data_fingerprint)
@@ -358,29 +502,19 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
                             rows)
     val_batches = tuple(t.to(device) for t in fixed_windows(
         val_tokens, model_cfg.context_length, cfg.eval_batches * cfg.batch_size, rows))
-    step, tokens_seen, best_val, best_step, best_state = 0, 0, math.inf, 0, None
-    history: list[dict] = []
-    plan, spent_before = None, 0.0
-    started = time.monotonic()  # the budget counts from here: calibration, steps, evaluations
+    started = clock()  # the budget counts from here: calibration, steps, evaluations
 
     state = load_checkpoint(checkpoint_path, fingerprint) if checkpoint_path else None
+    run = RunState() if state is None else RunState.restore(state, model, optimizer, sampler)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.generator.set_state(state["sampler_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        step, tokens_seen = state["step"], state["tokens_seen"]
-        best_val, best_step, best_state = state["best_val"], state["best_step"], state["best"]
-        history, plan = state["history"], StepPlan(**state["plan"])
-        spent_before = state["train_seconds"]
-        log.info("resuming from %s at step %d of %d", checkpoint_path, step, plan.steps)
-    if not distributed.agree(step):
+        log.info("resuming from %s at step %d of %d", checkpoint_path, run.step, run.plan.steps)
+    if not distributed.agree(run.step):
         raise TinyLLMError(f"the training processes found different checkpoints in "
                            f"{checkpoint_dir}: every rank must see rank 0's checkpoint directory "
                            f"(use a shared filesystem)")
     if distributed.rank() > 0:  # its own dropout masks; rank 0's RNG state is the checkpoint's
-        torch.manual_seed(cfg.seed + 7919 * distributed.rank() + step)
-    resumed_from = step
+        torch.manual_seed(cfg.seed + 7919 * distributed.rank() + run.step)
+    spent_before = run.train_seconds
 
     def validate(net: GPT = model) -> float:
         """Each rank scores its share of the fixed batches; all agree on the mean."""
@@ -389,83 +523,149 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
 
     def elapsed() -> float:
         """Seconds this run has trained, sessions before a resume included."""
-        return spent_before + time.monotonic() - started
+        return spent_before + clock() - started
 
-    if plan is None and not cfg.time_budget_minutes:
-        plan = StepPlan.fixed(cfg)
-    elif plan is None:
-        rehearsals = [c.rehearse for c in callbacks if hasattr(c, "rehearse")]
+    if run.plan is None and plan is not None:
+        run.plan = plan
+    elif run.plan is None:
+        run.plan = _first_plan(model, cfg, train_tokens, rows, device, validate, callbacks,
+                               elapsed)
+    loop = _Loop(cfg, model, optimizer, sampler, device, autocast, run, validate, elapsed,
+                 clock, callbacks, tokens_per_step=cfg.batch_size * cfg.grad_accum_steps
+                 * model_cfg.context_length)
 
-        def evaluation(net: GPT) -> None:
-            validate(net)
-            for rehearse in rehearsals:
-                rehearse(net)
+    def checkpoint() -> None:
+        if checkpoint_path is not None and distributed.is_main():
+            run.train_seconds = elapsed()
+            run.save(checkpoint_path, fingerprint, model, optimizer, sampler)
 
-        step_sec, eval_sec = calibrate(model, cfg, train_tokens, rows, device, evaluation)
-        plan = StepPlan.for_budget(cfg, elapsed(), step_sec, eval_sec)
-        # Every rank takes the shortest plan, so all stop at the same step.
-        plan = replace(plan, steps=-distributed.max_over_ranks(-plan.steps)[0])
-        log.info("train.time_budget_minutes %g: planned %d steps (%.3f s a step, %.2f s an "
-                 "evaluation)", cfg.time_budget_minutes, plan.steps, step_sec, eval_sec)
-
-    def checkpoint():
-        if checkpoint_path is None or not distributed.is_main():
-            return
-        save_checkpoint(checkpoint_path, {
-            "fingerprint": fingerprint, "step": step, "tokens_seen": tokens_seen,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "sampler_rng": sampler.generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "best_val": best_val, "best_step": best_step, "best": best_state,
-            "history": history, "plan": asdict(plan), "train_seconds": elapsed()})
-
-    net = distributed.data_parallel(model, device)  # the model itself in a plain run
-    step_fn = compiled(net) if cfg.compile else net
-    for callback in callbacks:  # the run so far (a checkpoint's on resume) and the live model
-        if hasattr(callback, "on_start"):
-            callback.on_start(history, model)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * model_cfg.context_length
-    stopped_by = "planned_steps" if plan.budget_sec else "max_steps"
-    model.train()
-    with stop_requests() as stop:
-        while step < plan.steps:
-            tick = time.perf_counter()
-            lr = lr_at(step, cfg, plan)
-            loss, grad_norm = optimizer_step(step_fn, model, optimizer, sampler, cfg, lr,
-                                             device, autocast)
-            step += 1
-            tokens_seen += tokens_per_step
-            # A signal or the clock may reach the ranks at different steps: all stop together.
-            signum, out_of_time = distributed.max_over_ranks(stop[0] if stop else 0,
-                                                             elapsed() >= plan.deadline_sec)
-            metrics = StepMetrics(
-                step=step, train_loss=distributed.mean_over_ranks(loss), lr=lr,
-                grad_norm=float(grad_norm), tokens_per_sec=tokens_per_step / (
-                    time.perf_counter() - tick), tokens_seen=tokens_seen,
-                elapsed_sec=elapsed(), planned_steps=plan.steps)
-            if step % cfg.eval_interval == 0 or step == plan.steps or out_of_time:
-                metrics.val_loss = validate()
-                if metrics.val_loss < best_val:
-                    best_val, best_step = metrics.val_loss, step
-                    best_state = copy.deepcopy(model.state_dict())
-            history.append(asdict(metrics))
-            for callback in callbacks:
-                callback(metrics)
-            if signum or out_of_time or step % cfg.checkpoint_interval == 0 or (
-                    step == plan.steps):
-                checkpoint()
-            if signum:
-                # Once one rank exits, torchrun stops the rest: wait for rank 0's checkpoint.
-                distributed.barrier()
-                where = f"; checkpoint written to {checkpoint_path}" if checkpoint_path else ""
-                raise TrainingInterrupted(f"training interrupted by signal {signum} at step "
-                                          f"{step}{where}", signum)
-            if out_of_time:
-                stopped_by = "time_budget"
-                log.warning("train.time_budget_minutes (%g) reached at step %d of %d planned",
-                            cfg.time_budget_minutes, step, plan.steps)
-                break
-    model.load_state_dict(best_state)
+    resumed_from = run.step
+    stopped_by = loop.train(checkpoint, checkpoint_path)
+    if run.best is not None:
+        model.load_state_dict(run.best)
     model.eval()
-    return TrainResult(model=model, steps=step, tokens_seen=tokens_seen, best_val_loss=best_val,
-                       best_step=best_step, elapsed_sec=elapsed(), stopped_by=stopped_by,
-                       resumed_from=resumed_from, plan=plan, history=history)
+    return TrainResult(model=model, steps=run.step, tokens_seen=run.tokens_seen,
+                       best_val_loss=run.best_val, best_step=run.best_step,
+                       elapsed_sec=elapsed(), stopped_by=stopped_by, resumed_from=resumed_from,
+                       plan=run.plan, history=run.history)
+
+
+def _first_plan(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: slice,
+                device: torch.device, validate, callbacks: list, elapsed) -> StepPlan:
+    """train.max_steps, or the steps a calibration says fit the budget (the same on every rank)."""
+    if not cfg.time_budget_minutes:
+        return StepPlan.fixed(cfg)
+    rehearsals = [c.rehearse for c in callbacks if hasattr(c, "rehearse")]
+
+    def evaluation(net: GPT) -> None:
+        validate(net)
+        for rehearse in rehearsals:
+            rehearse(net)
+
+    step_sec, eval_sec = calibrate(model, cfg, train_tokens, rows, device, evaluation)
+    plan = StepPlan.for_budget(cfg, elapsed(), step_sec, eval_sec)
+    # Every rank takes the shortest plan (and its warm-up), so all stop at the same step.
+    steps = -distributed.max_over_ranks(-plan.steps)[0]
+    plan = replace(plan, steps=steps, warmup_steps=warmup_for(cfg.warmup_steps, steps),
+                   segments=())
+    log.info("train.time_budget_minutes %g: planned %d steps, warm-up %d (%.3f s a step, "
+             "%.2f s an evaluation)", cfg.time_budget_minutes, plan.steps, plan.warmup_steps,
+             step_sec, eval_sec)
+    return plan
+
+
+@dataclass
+class _Loop:
+    """The steps of one session of a run, from its RunState to the plan's end or a stop."""
+
+    cfg: TrainConfig
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    sampler: WindowSampler
+    device: torch.device
+    autocast: Callable
+    run: RunState
+    validate: Callable[[], float]
+    elapsed: Callable[[], float]
+    clock: Callable[[], float]
+    callbacks: list
+    tokens_per_step: int
+
+    def train(self, checkpoint: Callable[[], None], checkpoint_path: Path | None) -> str:
+        """Steps until the plan ends, the deadline comes or a signal arrives; returns why it
+        stopped: max_steps, planned_steps, data_limited (validation stalled, the decay was brought
+        forward), time_budget (the clock stopped it, with a final evaluation) or deadline (past
+        the budget before that evaluation: the best weights so far stand, unevaluated again)."""
+        run, cfg = self.run, self.cfg
+        net = distributed.data_parallel(self.model, self.device)  # the model itself, plainly
+        step_fn = compiled(net) if cfg.compile else net
+        pace = Pace(run.plan.step_sec, run.plan.eval_sec)
+        for callback in self.callbacks:  # the run so far (a checkpoint's on resume), the model
+            if hasattr(callback, "on_start"):
+                callback.on_start(run.history, self.model)
+        self.model.train()
+        with stop_requests() as stop:
+            while run.step < run.plan.steps:
+                tick, started = time.perf_counter(), self.clock()
+                signum, stop_now, end = self._step(step_fn, stop, pace, tick)
+                if signum or stop_now or run.step % cfg.checkpoint_interval == 0 or (
+                        run.step == run.plan.steps):
+                    checkpoint()
+                if signum:
+                    # Once one rank exits, torchrun stops the rest: wait for rank 0's checkpoint.
+                    distributed.barrier()
+                    where = (f"; checkpoint written to {checkpoint_path}" if checkpoint_path
+                             else "")
+                    raise TrainingInterrupted(f"training interrupted by signal {signum} at step "
+                                              f"{run.step}{where}", signum)
+                if stop_now:
+                    log.warning("train.time_budget_minutes (%g) reached at step %d of %d "
+                                "planned", cfg.time_budget_minutes, run.step, run.plan.steps)
+                    return stop_now
+                pace.observe(self.clock() - started, run.history[-1].get("val_loss")
+                             is not None)
+                # Every rank moves its plan's end to the earliest any rank asks for.
+                run.plan = run.plan.ended_at(run.step, end) if end else run.plan
+        if run.plan.data_limited_at:
+            return "data_limited"
+        return "planned_steps" if run.plan.budget_sec else "max_steps"
+
+    def _step(self, step_fn, stop: list[int], pace: Pace, tick: float
+              ) -> tuple[int, str, int]:
+        """One optimizer step, its metrics and callbacks, and an evaluation when one is due.
+
+        Returns (a signal that arrived, why the run must stop now or "", the plan end the pace
+        asks for or 0), agreed by every rank."""
+        run, cfg = self.run, self.cfg
+        lr = lr_at(run.step, cfg, run.plan)
+        loss, grad_norm = optimizer_step(step_fn, self.model, self.optimizer, self.sampler, cfg,
+                                         lr, self.device, self.autocast)
+        run.step += 1
+        run.tokens_seen += self.tokens_per_step
+        elapsed = self.elapsed()
+        budget = run.plan.budget_sec or math.inf
+        wanted = pace.replanned(run.plan, run.step, elapsed, cfg).steps
+        # Out of time: another step and the final evaluation would not fit before the deadline.
+        # A signal or the clock may reach the ranks at different steps: all stop together.
+        signum, out_of_time, past_deadline, neg_end = distributed.max_over_ranks(
+            stop[0] if stop else 0, elapsed + pace.step_sec + pace.eval_sec >= budget,
+            elapsed >= budget, -wanted)
+        metrics = StepMetrics(
+            step=run.step, train_loss=distributed.mean_over_ranks(loss), lr=lr,
+            grad_norm=float(grad_norm), tokens_per_sec=self.tokens_per_step / (
+                time.perf_counter() - tick), tokens_seen=run.tokens_seen,
+            elapsed_sec=elapsed, planned_steps=run.plan.steps)
+        plan = run.plan
+        due = run.step % cfg.eval_interval == 0 or run.step == plan.steps
+        # Past the deadline, the best weights so far stand without a final evaluation.
+        if (due or out_of_time) and not (past_deadline and run.best is not None):
+            metrics.val_loss = self.validate()
+            run.evaluated(metrics.val_loss, self.model)
+            if due and not out_of_time and run.stalled():
+                run.end_for_data(cfg)
+        run.history.append(asdict(metrics))
+        for callback in self.callbacks:
+            callback(metrics)
+        stop_now = "deadline" if past_deadline else "time_budget" if out_of_time else ""
+        end = -neg_end  # the pace's wish, unless validation just moved the plan
+        return signum, stop_now, end if run.plan is plan and end != plan.steps else 0

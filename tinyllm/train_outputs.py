@@ -18,6 +18,7 @@ from tinyllm.io import atomic_write_json, atomic_write_text
 if TYPE_CHECKING:  # the trainer (and torch) only for type hints
     from tinyllm.train import StepMetrics, TrainResult
 
+SUMMARY_FILE = "summary.json"  # the run's facts, the realised plan among them
 STEP_COLUMNS = ("step", "train_loss", "lr", "grad_norm", "tokens_per_sec")
 EVAL_COLUMNS = ("step", "val_loss")
 
@@ -36,8 +37,14 @@ def summary_of(result: TrainResult, data_fingerprint: str) -> dict:
         "best_step": result.best_step,
         "planned_steps": result.plan.steps,  # the schedule's end: max_steps, or the budget's fit
         "planned_warmup_steps": result.plan.warmup_steps,
+        "first_planned_steps": result.plan.segments[0][2],  # the calibration's plan
+        "replans": len(result.plan.segments) - 1,  # moves of the end: the pace, a stall
+        "plan_segments": [list(s) for s in result.plan.segments],  # replays every step's rate
+        "data_limited_at_step": result.plan.data_limited_at,
         "stopped_by": result.stopped_by,
         "time_budget_seconds": result.plan.budget_sec,
+        "unused_budget_seconds": round(max(0.0, result.plan.budget_sec - result.elapsed_sec), 1)
+        if result.plan.budget_sec else 0.0,
         "resumed_from_step": result.resumed_from,
         "train_seconds": round(result.elapsed_sec, 2),
         "tokens_per_sec": round(result.tokens_per_sec, 1),
@@ -70,7 +77,7 @@ def write_curves(directory: Path, history: list[dict]) -> None:
 def write_history(directory: Path, history: list[dict], summary: dict) -> None:
     """The curves and summary.json of a finished run."""
     write_curves(directory, history)
-    atomic_write_json(Path(directory) / "summary.json", summary)
+    atomic_write_json(Path(directory) / SUMMARY_FILE, summary)
 
 
 class LiveCurves:

@@ -132,8 +132,12 @@ def tokenize(params: Params, layout: Layout) -> dict:
     return stats
 
 
-def train(params: Params, layout: Layout, tracking_uri: str | None = None):
+def train(params: Params, layout: Layout, tracking_uri: str | None = None, *,
+          callbacks: tuple = (), **fit_options):
     """Train (resuming this run's checkpoint if there is one) and write the model package.
+
+    callbacks and fit_options go to tinyllm.train.fit besides the pipeline's own (a sweep's
+    plan and simulated clock).
 
     With tracking on, the MLflow store is checked before any work, and the run id is handed to
     evaluate through layout.run_handoff. Under torchrun every rank trains; rank 0 alone tracks
@@ -147,7 +151,7 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None):
     from tinyllm.tokenizer import CharTokenizer, load_tokens
     from tinyllm.tracked_run import run_name, training_run
     from tinyllm.train import check_batch_split, fit
-    from tinyllm.train_outputs import LiveCurves, summary_of, write_history
+    from tinyllm.train_outputs import SUMMARY_FILE, LiveCurves, summary_of, write_history
     from tinyllm.train_samples import SAMPLES_FILE, TrainingSamples
 
     tokenizer = CharTokenizer.load(_require(layout.tokenizer, "tokenize"))
@@ -172,11 +176,12 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None):
                          Path(params.data.corpus).stem)
         callbacks = [ProgressReporter(), LiveCurves(layout.train_dir), *run.callbacks,
                      TrainingSamples(layout.train_dir, tokenizer, params.evaluate.prompts,
-                                     run.log_samples)] if main else []
+                                     run.log_samples), *callbacks] if main else []
         with run.system_metrics():
             result = fit(model_cfg, params.train, train_tokens, val_tokens,
                                   checkpoint_dir=layout.checkpoints,
-                                  data_fingerprint=fingerprint, callbacks=callbacks)
+                                  data_fingerprint=fingerprint, callbacks=callbacks,
+                                  **fit_options)
         if not main:
             return result
         summary = summary_of(result, fingerprint)
@@ -185,11 +190,17 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None):
         run.log_metrics({f"train.{k}": v for k, v in summary.items()
                          if isinstance(v, (int, float))})
         run.set_tag("tinyllm.stopped_by", summary["stopped_by"])
-        run.log_artifacts([layout.train_dir / SAMPLES_FILE], "train")
+        # summary.json holds the realised plan (plan_segments): the run replays from it.
+        run.log_artifacts([layout.train_dir / SAMPLES_FILE, layout.train_dir / SUMMARY_FILE],
+                          "train")
         run.write_handoff(layout.run_handoff)
     log.info("train: %d of %d planned steps (%s), best val loss %.4f at step %d, %.0f tokens/s "
              "-> %s", result.steps, result.plan.steps, result.stopped_by, result.best_val_loss,
              result.best_step, summary["tokens_per_sec"], layout.model)
+    if summary["replans"] or summary["unused_budget_seconds"]:
+        log.info("train: the plan of %d steps moved %d time(s) with the pace and validation; "
+                 "%.1f of the budget's minutes left unused", summary["first_planned_steps"],
+                 summary["replans"], summary["unused_budget_seconds"] / 60)
     return result
 
 
@@ -234,6 +245,8 @@ def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) ->
         log.info("evaluate: %s models:/%s/%s%s", verb, registration.name, registration.version,
                  f" (@{tracked.champion_alias})" if registration.champion else "")
         log.info("evaluate: runs at %s", run.runs_page())
+        log.info("evaluate: the model at %s", run.ui_page(
+            f"models/{registration.name}/versions/{registration.version}"))
         metrics["registered"] = {"name": registration.name, "version": registration.version}
     return metrics
 
@@ -262,6 +275,33 @@ def run_stage(step) -> None:
 
     def main():
         setup_logging()
-        step(load_params("params.yaml"), Layout())
+        try:
+            step(load_params("params.yaml"), Layout())
+        except TinyLLMError as exc:  # validate refuses before any stage removes outputs
+            hint = removed_model_hint(Layout()) if step is validate else None
+            if hint is None:
+                raise
+            raise TinyLLMError(f"{exc}; {hint}") from None
 
     exit_on_error(main)
+
+
+RESTORE_COMMAND = "tinyllm restore"
+
+
+def removed_model_hint(layout: Layout) -> str | None:
+    """Why the model package is gone, when DVC removed it, and the command that brings it back.
+
+    `dvc exp run` checks out dvc.lock's outputs before any stage runs, and deletes an output
+    whose locked version its cache lacks (a dvc.lock from git that another machine made), so a
+    refused experiment can leave a pipeline that ran here without models/model. The model is
+    still registered in MLflow.
+    """
+    lock, cache = layout.root / "dvc.lock", layout.root / ".dvc/cache"
+    named = f"path: {layout.model.relative_to(layout.root).as_posix()}\n"
+    if layout.model.exists() or not lock.is_file() or named not in lock.read_text("utf-8"):
+        return None
+    if not cache.is_dir() or not any(cache.iterdir()):  # nothing ran here: nothing was lost
+        return None
+    return (f"DVC removed {layout.model.relative_to(layout.root)} (dvc.lock names a version its "
+            f"cache lacks); `{RESTORE_COMMAND}` writes the latest registered model back")

@@ -3,6 +3,7 @@ terminal session driven through a pseudo-terminal."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,31 @@ def test_piped_prompts_give_only_continuations_on_stdout(invoke, tiny_model):
     expected = [continuation(tiny_model, p, seed=s) for p, s in (("ROMEO:", 1), ("JULIET:", 2))]
     assert result.stdout == "".join(text + "\n" for text in expected)
     assert "tinyllm chat:" in result.stderr  # the banner goes to stderr when piped
+
+
+def test_json_mode_prints_one_line_per_prompt_in_a_real_pipe(tiny_model):
+    """Continuations hold newlines; --json keeps each answer on its own line, flushed as soon
+    as it is ready (the first answer arrives while the pipe is still open)."""
+    chat = subprocess.Popen([tiny_model.command, "chat", "--model-uri", str(tiny_model.package),
+                             "--json", "--seed", "3", "--max-tokens", "40"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=tiny_model.env())
+    try:
+        chat.stdin.write("ROMEO:\n")
+        chat.stdin.flush()
+        first = json.loads(chat.stdout.readline())  # before stdin is closed: flushed
+        chat.stdin.write("/freq 2\n\nJULIET: é\n")
+        out, err = chat.communicate(timeout=120)
+    finally:
+        chat.kill()
+    assert chat.returncode == 0, err
+    second = json.loads(out)  # one line left
+    expected = continuation(tiny_model, "ROMEO:", seed=3, max_tokens=40)
+    assert first == {"prompt": "ROMEO:", "text": expected, "seed": 3}
+    assert "\n" in expected  # what plain piped output cannot tell apart
+    assert second == {"prompt": "JULIET: é", "seed": 4, "text": continuation(
+        tiny_model, "JULIET: é", seed=4, max_tokens=40, frequency_penalty=2.0)}
+    assert "frequency-penalty 2" in err and "characters outside the vocabulary" in err
 
 
 def test_slash_commands_change_settings_and_never_fail(invoke, tiny_model):

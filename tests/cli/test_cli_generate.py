@@ -32,7 +32,8 @@ def test_json_has_every_prompt_and_sample(invoke, tiny_model):
         ("ROMEO:", 5), ("ROMEO:", 6), ("JULIET:", 5), ("JULIET:", 6)]
     assert all(i["model_uri"] == "models:/tiny/1" for i in items)  # pinned to the version
     assert items[0]["settings"] == {"max_tokens": 15, "temperature": 0.8, "top_k": 3,
-                                    "top_p": 1.0, "min_p": 0.0, "seed": 5}
+                                    "top_p": 1.0, "min_p": 0.0, "frequency_penalty": 0.0,
+                                    "presence_penalty": 0.0, "seed": 5}
     assert items[0]["text"] != items[1]["text"]
     loaded = load_package(tiny_model.package)
     assert items[3]["text"] == loaded.generate("JULIET:", max_tokens=15, temperature=0.8,

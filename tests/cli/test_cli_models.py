@@ -62,3 +62,17 @@ def test_empty_store_says_so(invoke, tiny_model, tmp_path, own_store):
 def test_unreachable_server_is_named(invoke, error_line):
     result = invoke("--tracking-uri", "http://127.0.0.1:9", "models")
     assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in error_line(result)
+
+
+def test_restore_writes_the_registered_package_back_and_never_over_a_model(
+        invoke, error_line, tiny_model):
+    Path("params.yaml").write_text("tracking:\n  registry_name: tiny\nmodel:\n  n_head: 0\n")
+    result = invoke("restore")  # the refused n_head left in params.yaml does not matter
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("restored models:/tiny/latest (version 1) to ")
+    for file in tiny_model.package.iterdir():
+        assert (Path("models/model") / file.name).read_bytes() == file.read_bytes(), file.name
+    handoff = Path("models/train/mlflow_run.json").read_text()
+    assert tracking.Store(tiny_model.uri).client.get_model_version("tiny", "1").run_id in handoff
+    assert error_line(invoke("restore", "models:/tiny/1")) == (
+        f"error: {Path.cwd() / 'models/model'} exists; move it aside to restore another model")

@@ -16,7 +16,7 @@ def test_trains_registers_under_the_data_name_and_can_be_chatted_with(invoke, ti
     out = result.stdout
     assert "training 'my_text' on data/my_text.txt (from scratch)" in out
     assert "1 layers, 2 heads, width 16, context 16" in out  # options over params.yaml
-    assert "12 steps, batch 8" in out  # batch size from params.yaml
+    assert "12 steps, warm-up 1, batch 8" in out  # batch from params.yaml; warm-up 5 capped
     assert "registered as 'my_text'" in out and "defaults: ./params.yaml" in out
     version = tracking.Store().client.get_registered_model("my_text")
     assert version.latest_versions or version.aliases
@@ -36,7 +36,7 @@ def test_no_register_fresh_start_sets_the_checkpoint_aside_and_resume_continues(
     assert "training 'data' on data (from scratch)" in first.stdout  # a directory's name
     assert "tracking: off (--no-register" in first.stdout
     assert "chat with it:  tinyllm chat --model-uri runs/data/models/model" in first.stdout
-    assert "warmup_steps lowered to 0" in first.stderr
+    assert "4 steps, warm-up 0, batch" in first.stdout  # warm-up 5 capped, not refused
     checkpoints = Path("runs/data/models/checkpoints")
     assert (checkpoints / "last.pt").is_file()
     with_store = tracking.Store().client

@@ -63,7 +63,40 @@ def test_refused_params_stop_dvc_exp_run_before_any_output_is_removed(built, set
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+    assert "tinyllm restore" not in result.stderr  # outputs present and cached: nothing lost
     assert snapshot(repo) == before
+
+
+def lock_from_elsewhere(lock: str, paths: tuple[str, ...]) -> str:
+    """dvc.lock as another machine's run left it: paths locked at versions this cache lacks."""
+    for n, path in enumerate(paths):
+        start = lock.index("md5: ", lock.index(f"- path: {path}\n")) + len("md5: ")
+        lock = lock.replace(lock[start:start + 32], "abcdef"[n] * 32)
+    return lock
+
+
+def test_a_refused_exp_run_under_a_lock_from_elsewhere_names_the_one_command_back(built):
+    """After `git checkout -- .` following `make run`, dvc.lock names another machine's outputs.
+    `dvc exp run` then deletes models/model and the MLflow hand-off before validate runs (DVC
+    checks out what dvc.lock names); the refusal names `tinyllm restore`, which writes the same
+    files back from the registry."""
+    repo, env = built
+    before = snapshot(repo)
+    lock = (repo / "dvc.lock").read_text()
+    (repo / "dvc.lock").write_text(
+        lock_from_elsewhere(lock, ("models/model", "models/train/mlflow_run.json")))
+    try:
+        result = dvc(["exp", "run", "-S", "model.n_head=0"], repo, env)
+        assert result.returncode != 0
+        assert ("error: model.n_head must be >= 1, got 0; DVC removed models/model (dvc.lock "
+                "names a version its cache lacks); `tinyllm restore` writes the latest "
+                "registered model back") in result.stdout + result.stderr
+        assert not (repo / "models/model").exists()  # DVC's checkout, before any stage ran
+        restored = run([str(Path(sys.executable).parent / "tinyllm"), "restore"], repo, env)
+        assert restored.startswith("restored models:/tiny/latest (version 1) to ")
+    finally:
+        (repo / "dvc.lock").write_text(lock)
+    assert snapshot(repo) == before  # the same weights, package and MLflow run hand-off
 
 
 def bare_python(directory: Path) -> Path:

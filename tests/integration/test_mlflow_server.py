@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -84,20 +82,10 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
                                "--server", "mlflow"],
                               capture_output=True, text=True, timeout=300)
         too_many = invocation(url, ["ROMEO:"], {"max_tokens": 100000})  # the CLI's maximum
-        # SIGTERM with generation in flight: the pyfunc stops it, the server exits at once.
-        busy = threading.Thread(target=invocation, args=(url, ["ROMEO:"] * 20,
-                                                          {"max_tokens": 2000}))
-        busy.start()
-        time.sleep(1)
-        started = time.monotonic()
-        server_process.stop(serving)
-        stopped_after = time.monotonic() - started
-        busy.join()
-    finally:
+    finally:  # SIGTERM with generation in flight: tests/cli/test_mlflow_serve.py
         server_process.stop(serving)
     assert too_many[0] == 400
     assert too_many[1].endswith("max_tokens must be <= 2000 when served, got 100000")
-    assert stopped_after < 5
     assert len(predictions) == 2
     assert predictions[0] == expected
     assert load.returncode == 0, load.stderr

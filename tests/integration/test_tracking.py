@@ -72,8 +72,19 @@ def test_experiments_open_on_their_runs_in_mlflow_ui_also_those_made_before(stor
     assert store.experiment_id("older") == older
 
 
-def test_a_copied_project_refuses_to_log_into_the_originals_store(tmp_path, make_params,
-                                                                  monkeypatch, new_store):
+def test_every_page_tinyllm_links_to_asks_mlflow_ui_for_the_model_training_layout(store_uri):
+    """MLflow 3.17's UI reads the layout from the address (or the browser's last switch), not
+    from the experiment's tag: a run or model page opened without it shows the GenAI layout."""
+    store = tracking.Store()
+    runs = tracking.runs_page(store, "new")
+    model = tracking.ui_page(store, "models/tiny/versions/1")
+    assert f"#/experiments/{store.experiment_id('new')}?workflowType=machine_learning " in runs
+    assert model.startswith("http://127.0.0.1:5000/#/models/tiny/versions/1?workflowType="
+                            "machine_learning (after `mlflow ui` in the project root)")
+
+
+def test_a_copied_project_refuses_to_log_into_the_originals_store_until_rehomed(
+        tmp_path, make_params, monkeypatch, new_store):
     """mlflow.db holds absolute artifact paths: a copy would write into the original's mlruns/."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     original, copy = tmp_path / "original", tmp_path / "copy"
@@ -86,11 +97,15 @@ def test_a_copied_project_refuses_to_log_into_the_originals_store(tmp_path, make
     monkeypatch.chdir(copy)
     message = (rf"MLflow (experiment 'tests'|run \w+) in sqlite:///{copy}/mlflow.db keeps its "
                rf"artifacts in {original}/mlruns\S*, outside {copy}: this project was copied or "
-               rf"moved; move {copy}/mlflow.db and {copy}/mlruns aside")
+               rf"moved; run `tinyllm rehome` in {copy} to point mlflow.db at {copy}/mlruns")
     for step in (workflow.train, workflow.evaluate):
         with pytest.raises(TinyLLMError, match=message):
             step(params, workflow.Layout(copy))
     assert sorted((original / "mlruns").rglob("*")) == written
+    tracking.rehome(tracking.Store())  # what the message says to run
+    workflow.evaluate(params, workflow.Layout(copy))  # logs and registers into the copy
+    assert sorted((original / "mlruns").rglob("*")) == written
+    assert len(list((copy / "mlruns").rglob("*"))) > len(written)  # the evaluation run's files
 
 
 def test_champion_moves_only_for_better_models_and_same_weights_do_not_duplicate(
