@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_project import (
+    TINY_TEXT,
     build_dvc_project,
     copy_store,
     dvc_env,
@@ -27,13 +28,6 @@ from tiny_project import (
 from tinyllm.config import Params, TrainConfig, params_from_dict
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.tokenizer import CharTokenizer
-
-TINY_TEXT = (
-    "ROMEO:\nBut soft, what light through yonder window breaks?\n"
-    "It is the east, and Juliet is the sun.\n\n"
-    "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n"
-    "Deny thy father and refuse thy name.\n"
-) * 4
 
 
 def pytest_xdist_auto_num_workers(config) -> int:

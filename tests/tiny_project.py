@@ -21,6 +21,15 @@ SPEAKERS = ("ROMEO", "JULIET", "NURSE", "FRIAR", "TYBALT")
 WORDS = ("love", "night", "light", "sweet", "death", "fair", "heaven", "hath", "thou", "doth")
 
 
+# A short text for unit tests (a fixture, tiny_text); test modules import it from here.
+TINY_TEXT = (
+    "ROMEO:\nBut soft, what light through yonder window breaks?\n"
+    "It is the east, and Juliet is the sun.\n\n"
+    "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n"
+    "Deny thy father and refuse thy name.\n"
+) * 4
+
+
 def tiny_work(seed: int, lines: int = 120) -> str:
     """A few KB of play-like text: speaker lines followed by verse."""
     rng = random.Random(seed)

@@ -15,7 +15,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from tiny_project import copy_project, run
+from tiny_project import build_dvc_project, dvc_env, run
 
 DVC = str(Path(sys.executable).parent / "dvc")
 # Every stage's outputs but validate's stamp, which validate itself removes before it fails.
@@ -23,11 +23,18 @@ OUTPUTS = ("data/prepared", "data/tokens", "models/model",
            "models/train", "models/eval", "models/tokenizer.json")
 
 
+# One worker builds the module's project once (--dist loadgroup); its tests change it in turn.
+pytestmark = pytest.mark.xdist_group("pipeline_integrity")
+
+
 @pytest.fixture(scope="module")
-def built(built_project, tmp_path_factory):
-    """A tiny project after `dvc repro`, committed, with its MLflow store beside it."""
-    repo = copy_project(built_project.root, tmp_path_factory.mktemp("integrity") / "project")
-    return repo, built_project.env
+def built(tmp_path_factory, store_template):
+    """A tiny project after `dvc repro`, committed, with its MLflow store beside it. Built here,
+    not copied from built_project: the MLflow hand-off names its store's absolute path, and
+    `tinyllm restore` must write back the very same file."""
+    directory = tmp_path_factory.mktemp("integrity")
+    build_dvc_project(directory, store_template)
+    return directory / "project", dvc_env()
 
 
 def snapshot(repo: Path) -> dict[str, str]:
