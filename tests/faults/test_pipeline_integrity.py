@@ -23,15 +23,13 @@ OUTPUTS = ("data/prepared", "data/tokens", "models/model",
            "models/train", "models/eval", "models/tokenizer.json")
 
 
-# One worker builds the module's project once (--dist loadgroup); its tests change it in turn.
-pytestmark = pytest.mark.xdist_group("pipeline_integrity")
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def built(tmp_path_factory, store_template):
-    """A tiny project after `dvc repro`, committed, with its MLflow store beside it. Built here,
-    not copied from built_project: the MLflow hand-off names its store's absolute path, and
-    `tinyllm restore` must write back the very same file."""
+    """A tiny project after `dvc repro`, committed, with its MLflow store beside it; the tests
+    of this module change it in turn. Built here, not copied from built_project: the MLflow
+    hand-off names its store's absolute path, and `tinyllm restore` must write back the very
+    same file. Session scope: once per xdist worker (a module fixture is torn down and built
+    again whenever a worker runs another module's test in between)."""
     directory = tmp_path_factory.mktemp("integrity")
     build_dvc_project(directory, store_template)
     return directory / "project", dvc_env()
