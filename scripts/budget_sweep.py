@@ -154,8 +154,7 @@ def main() -> None:
     base["tracking"] = {"enabled": False}
     data = workflow.Layout(args.work / "data")
     if not (data.tokens / "test.bin").exists():
-        workflow.prepare(project, data)
-        workflow.tokenize(project, data)
+        workflow.build(project, data, through=workflow.tokenize)
     variants = ([] if args.no_auto else [("auto", {})]) + [parse_variant(v) for v in args.variant]
     rows = []
     for minutes in args.budgets:

@@ -25,8 +25,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,74 +34,29 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tinyllm import server_process
+from tinyllm.server_process import ServerNotUp, wait_until_up
+
 BIN = Path(sys.executable).parent
 MAX_SETTLE_SEC = 600
 SEEDS = 16  # request i asks for seed i % SEEDS, so its text can be checked against generate
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_tinyllm(model_uri: str, workers: int | None,
                   log_path: Path) -> tuple[subprocess.Popen, str]:
     """`tinyllm serve` in its own session, on a free port (workers None: its default)."""
-    port = free_port()
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [str(BIN / "tinyllm"), "serve", "--model-uri", model_uri, "--port", str(port),
-             *(["--workers", str(workers)] if workers else [])],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return server, f"http://127.0.0.1:{port}"
+    return server_process.start([str(BIN / "tinyllm"), "serve", "--model-uri", model_uri,
+                                 *(["--workers", str(workers)] if workers else [])], log_path)
 
 
 def start_server(model_uri: str, workers: int, log_path: Path) -> tuple[subprocess.Popen, str]:
     from tinyllm.tracking import tracking_uri
 
-    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(),
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # the server execs uvicorn
-    with log_path.open("w") as log:  # the server keeps its own copy of the handle
-        server = subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return server, f"http://127.0.0.1:{port}"
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    """SIGTERM the server's whole session (uvicorn workers too); SIGKILL what lingers."""
-    for sig, seconds in ((signal.SIGTERM, 30), (signal.SIGKILL, None)):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:  # the whole session has already gone
-            break
-        try:
-            server.wait(timeout=seconds)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-
-
-class ServerNotUp(RuntimeError):
-    """The server died, or never answered its health URL."""
-
-
-def wait_until_up(probe_url: str, server: subprocess.Popen | None, log_path: Path | None,
-                  seconds: float = 120) -> float:
-    """Seconds until probe_url (e.g. .../ping) answers; ServerNotUp if the server dies first."""
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        if server is not None and server.poll() is not None:
-            raise ServerNotUp(f"the server exited with {server.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(probe_url, timeout=2):
-                return time.monotonic() - started
-        except OSError:
-            time.sleep(0.25)
-    raise ServerNotUp(f"{probe_url} did not answer in {seconds:.0f} s")
+    return server_process.start([str(BIN / "mlflow"), "models", "serve", "-m", model_uri,
+                                 "--env-manager", "local", "--host", "127.0.0.1", "--workers",
+                                 str(workers)], log_path, env)
 
 
 def mlflow_request(url: str, prompt: str, max_tokens: int, seed: int, expected) -> tuple:
@@ -309,7 +262,7 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     finally:
         if server is not None:
-            stop_server(server)
+            server_process.stop(server)
     shutil.rmtree(scratch, ignore_errors=True)
     report = {"server": args.server, "model_uri": None if args.url else model_uri,
               "random_model": args.random_model, "url": url, "startup_s": startup,

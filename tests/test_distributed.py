@@ -91,11 +91,12 @@ def stop_after_first_checkpoint(layout: workflow.Layout, launcher: list[str]) ->
     return err
 
 
-def test_two_process_run_stopped_early_resumes_in_one_process(tmp_path, corpus):
+def test_two_process_run_stopped_early_resumes_in_one_process(tmp_path, corpus, new_store):
     long_run = {"train.max_steps": 600, "train.checkpoint_interval": 5}
     reference = make_project(tmp_path / "reference", corpus, **long_run)
     assert train_stage(reference, ONE)[0] == 0
     layout = make_project(tmp_path / "project", corpus, **long_run, **{"tracking.enabled": True})
+    new_store(layout.root)
     stop_after_first_checkpoint(layout, TWO)
     with sqlite3.connect(layout.root / "mlflow.db") as db:  # rank 0 alone tracked the run
         assert db.execute("SELECT status FROM runs").fetchall() == [("KILLED",)]

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -18,12 +19,14 @@ import torch
 from click.testing import CliRunner
 from tiny_project import tiny_work
 
+from tinyllm import server_process
 from tinyllm.batching import Decoder, Sequence, SlotCache, decode_step, transposed_weights
 from tinyllm.cli import cli
 from tinyllm.config import SamplingConfig
 from tinyllm.generate import stream_tokens
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.package import save_package
+from tinyllm.server_process import free_port, stop
 from tinyllm.tokenizer import CharTokenizer
 
 TINYLLM = str(Path(sys.executable).with_name("tinyllm"))
@@ -44,35 +47,13 @@ BAD = [  # (body changes, status, param, part of the message)
 ]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(package: Path, *options: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([TINYLLM, "serve", "--model-uri", str(package), "--port",
-                                str(port), *options], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180  # a loaded machine imports torch slowly
-    while True:
-        assert process.poll() is None, process.stdout.read()
-        assert time.monotonic() < deadline, "the server did not come up"
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1).close()
-            return process, url
-        except OSError:
-            time.sleep(0.1)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    """`tinyllm serve` of package, up and answering /health; its output in a temporary log."""
+    log = Path(tempfile.mkstemp(prefix="tinyllm-serve-", suffix=".log")[1])
+    process, url = server_process.start([TINYLLM, "serve", "--model-uri", str(package),
+                                         *options], log)
+    server_process.wait_until_up(f"{url}/health", process, log)
+    return process, url
 
 
 @pytest.fixture(scope="module")
@@ -363,8 +344,13 @@ def test_a_model_that_cannot_load_is_one_error_line_and_no_worker_outlives_it(pa
 
 @pytest.mark.parametrize("workers", ["0", "-1", str(2**64), "many"])
 def test_a_bad_workers_count_is_one_error_line_naming_the_option(workers):
-    result = subprocess.run([TINYLLM, "serve", "--workers", workers], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 2 and result.stdout == ""
+    """Option checks need no server process: `tinyllm` in-process, on a port in use so that a
+    count let through fails fast instead of serving."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(cli, ["serve", "--workers", workers, "--port", port])
+    assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith("error: Invalid value for '--workers': ")
     assert len(result.stderr.splitlines()) == 1

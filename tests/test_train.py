@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY_TEXT
+from tiny_project import TINY_TEXT
 
 from tinyllm.errors import TinyLLMError
 from tinyllm.model import GPTConfig

@@ -14,10 +14,20 @@ import yaml
 
 from tinyllm import workflow
 from tinyllm.config import params_from_dict, set_keys
+from tinyllm.io import exclusive_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEAKERS = ("ROMEO", "JULIET", "NURSE", "FRIAR", "TYBALT")
 WORDS = ("love", "night", "light", "sweet", "death", "fair", "heaven", "hath", "thou", "doth")
+
+
+# A short text for unit tests (a fixture, tiny_text); test modules import it from here.
+TINY_TEXT = (
+    "ROMEO:\nBut soft, what light through yonder window breaks?\n"
+    "It is the east, and Juliet is the sun.\n\n"
+    "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n"
+    "Deny thy father and refuse thy name.\n"
+) * 4
 
 
 def tiny_work(seed: int, lines: int = 120) -> str:
@@ -66,10 +76,18 @@ def run(args, cwd, env, timeout: float = 300) -> str:
     return result.stdout + result.stderr
 
 
-def make_dvc_project(repo: Path) -> dict:
-    """A fresh git+DVC repo at `repo` holding the pipeline, the library and a tiny corpus.
+def dvc_env() -> dict:
+    """The environment to run dvc in: this venv first on PATH, no MLFLOW_/DVC_ leaks."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    return env
 
-    Returns the environment to run dvc in: this venv first on PATH, no MLFLOW_/DVC_ leaks.
+
+def make_dvc_project(repo: Path, store: Path | None = None) -> dict:
+    """A fresh git+DVC repo at `repo` holding the pipeline, the library and a tiny corpus; with
+    `store` (an empty mlflow.db), a copy of it as the project's, uncommitted. Returns dvc_env().
     """
     repo.mkdir(parents=True)
     for name in ("dvc.yaml", "pipeline", "tinyllm"):
@@ -80,15 +98,61 @@ def make_dvc_project(repo: Path) -> dict:
             shutil.copy(source, repo / name)
     write_corpus(repo / "data/raw/tiny")
     write_params(repo / "params.yaml", tiny_params("data/raw/tiny"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t")
+    env = dvc_env()
     run(["git", "init", "-q"], repo, env)
     run(["dvc", "init", "-q"], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "init"], repo, env)
+    if store is not None:
+        copy_store(store, repo)
     return env
+
+
+def build_dvc_project(directory: Path, store: Path) -> None:
+    """directory/project: make_dvc_project, then `dvc repro` (its output in directory/repro.log)
+    and a commit "built" of the results, the MLflow store beside them and ignored by git."""
+    repo = directory / "project"
+    env = make_dvc_project(repo, store)
+    (directory / "repro.log").write_text(run(["dvc", "repro"], repo, env))
+    (repo / ".gitignore").write_text("mlflow.db*\nmlruns/\n")
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "built"], repo, env)
+
+
+def copy_store(template: Path, directory: Path) -> str:
+    """A copy of the store file `template` as directory/mlflow.db; its sqlite URI."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template, directory / "mlflow.db")
+    return f"sqlite:///{directory / 'mlflow.db'}"
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """A copy of a built project, its mlflow.db re-homed to the copy's mlruns/ (as `tinyllm
+    rehome` does): the store records absolute artifact locations, and tinyllm refuses to log
+    into a store whose artifacts lie outside its directory."""
+    from tinyllm import tracking
+
+    shutil.copytree(source, target, symlinks=True)
+    if (target / "mlflow.db").exists():
+        tracking.rehome(tracking.Store(f"sqlite:///{target / 'mlflow.db'}"))
+    return target
+
+
+def shared_dir(tmp_path_factory, name: str, build) -> Path:
+    """A directory built once per test session (build(directory)) and shared by its
+    pytest-xdist workers: the first to take the lock builds it, the others wait for it.
+    Tests only read it, or copy it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's, the same for every worker
+    directory, done = root / name, root / f"{name}.done"
+    with exclusive_lock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            build(directory)
+            done.touch()
+    return directory
 
 
 def wait_for_checkpoint(process: subprocess.Popen, path: Path, timeout: float = 120) -> None:
@@ -107,8 +171,7 @@ def make_project(root: Path, corpus: Path, **overrides) -> workflow.Layout:
     write_params(root / "params.yaml", raw)
     layout = workflow.Layout(root)
     params = params_from_dict(raw)
-    workflow.prepare(params, layout)
-    workflow.tokenize(params, layout)
+    workflow.build(params, layout, through=workflow.tokenize)
     return layout
 
 

@@ -429,14 +429,11 @@ def train(obj: Options, data_path: str, output_dir: Path | None, name: str | Non
     layout = workflow.Layout(output)
     set_aside_checkpoint(layout.checkpoints, resume)
     click.echo(describe_training(params, name, output, source, resume, obj.tracking_uri))
-    workflow.prepare(params, layout)
-    workflow.tokenize(params, layout)
     try:
-        workflow.train(params, layout, obj.tracking_uri)
+        metrics = workflow.build(params, layout, obj.tracking_uri)
     except TrainingInterrupted as exc:
         raise TrainingInterrupted(f"{exc}; run the same command with --resume to continue",
                                   exc.exit_code - 128) from None
-    metrics = workflow.evaluate(params, layout, obj.tracking_uri)
     test = metrics["test"]
     uri = (f"models:/{metrics['registered']['name']}/{metrics['registered']['version']}"
            if "registered" in metrics else str(layout.model))

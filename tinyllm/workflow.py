@@ -251,6 +251,22 @@ def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) ->
     return metrics
 
 
+def build(params: Params, layout: Layout, tracking_uri: str | None = None, *,
+          through=evaluate):
+    """Prepare -> tokenize -> train -> evaluate in one call, as `dvc repro` runs them; stops
+    after `through` (e.g. tokenize: the data alone) and returns that step's result.
+
+    For `tinyllm train`, scripts and tests: one place says which steps make a model, in order.
+    """
+    steps = (prepare, tokenize, train, evaluate)
+    if through not in steps:
+        raise ValueError(f"through must be one of the workflow's steps, got {through!r}")
+    for step in steps[:steps.index(through) + 1]:
+        tracked = step in (train, evaluate)
+        result = step(params, layout, tracking_uri) if tracked else step(params, layout)
+    return result
+
+
 def run_stage(step) -> None:
     """Entry point of a DVC stage script: params.yaml in, the default Layout, clean errors."""
     from tinyllm.config import load_params

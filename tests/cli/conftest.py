@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tiny_project import tiny_params, tiny_work, write_corpus, write_params
+from tiny_project import copy_store, shared_dir, tiny_params, tiny_work, write_corpus, write_params
 
 from tinyllm import workflow
 from tinyllm.cli import cli
 from tinyllm.config import params_from_dict
 
 NAME = "tiny"  # the registry name tiny_params gives
+PRISTINE = "pristine.db"  # the session's store as built, before any test ran
 TINYLLM = str(Path(sys.executable).with_name("tinyllm"))
 CLI_PARAMS = {"tracking.experiment": "cli-tests"}
 
@@ -42,22 +44,35 @@ class TinyModel:
         return {**os.environ, "MLFLOW_TRACKING_URI": self.uri, **extra}
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> TinyModel:
-    root = tmp_path_factory.mktemp("cli-store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    corpus = write_corpus(root / "corpus")
-    layout = workflow.Layout(root / "build")
-    params = params_from_dict(tiny_params(str(corpus), **CLI_PARAMS))
+def build_tiny_model(root: Path, store_template: Path) -> None:
+    """Train, evaluate and register the tiny model in a new store at root/mlflow.db, and keep a
+    copy of that store as built (root/pristine.db)."""
+    uri = copy_store(store_template, root)
+    params = params_from_dict(tiny_params(str(write_corpus(root / "corpus")), **CLI_PARAMS))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         patch.chdir(root)
-        workflow.prepare(params, layout)
-        workflow.tokenize(params, layout)
-        workflow.train(params, layout)
-        workflow.evaluate(params, layout)
-    return TinyModel(root=root, uri=uri, package=layout.model, corpus=corpus)
+        workflow.build(params, workflow.Layout(root / "build"))
+    shutil.copy(root / "mlflow.db", root / PRISTINE)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, store_template) -> TinyModel:
+    """Shared by the session (and its xdist workers): tests read it; what writes to a store gets
+    its own (own_store, tiny_project)."""
+    root = shared_dir(tmp_path_factory, "cli-model", lambda d: build_tiny_model(d, store_template))
+    return TinyModel(root=root, uri=f"sqlite:///{root / 'mlflow.db'}",
+                     package=workflow.Layout(root / "build").model, corpus=root / "corpus")
+
+
+@pytest.fixture
+def own_store(tiny_model, tmp_path, monkeypatch) -> str:
+    """A copy of the session's store as it was built, for this test alone: its URI, also set as
+    MLFLOW_TRACKING_URI. What other tests did to the session's store does not show here."""
+    uri = copy_store(tiny_model.root / PRISTINE, tmp_path / "own-store")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
 
 
 @pytest.fixture(autouse=True)
@@ -108,8 +123,10 @@ def error_line():
 
 
 @pytest.fixture
-def tiny_project(cli_env) -> Path:
-    """The working directory as a tiny project: params.yaml and data/my_text.txt."""
+def tiny_project(cli_env, new_store, tmp_path, monkeypatch) -> Path:
+    """The working directory as a tiny project: params.yaml and data/my_text.txt, with a new
+    empty store of its own as MLFLOW_TRACKING_URI (what it trains is registered there)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path / "store"))
     raw = tiny_params("unused", **CLI_PARAMS)
     del raw["data"]["corpus"]
     write_params(Path("params.yaml"), raw)

@@ -19,9 +19,7 @@ def barely_trained(tiny_model, tmp_path_factory) -> Path:
     layout = workflow.Layout(tmp_path_factory.mktemp("ten-steps"))
     params = params_from_dict(tiny_params(str(tiny_model.corpus), **{
         "train.max_steps": 10, "train.eval_interval": 5, "tracking.enabled": False}))
-    workflow.prepare(params, layout)
-    workflow.tokenize(params, layout)
-    workflow.train(params, layout)
+    workflow.build(params, layout, through=workflow.train)
     return layout.model
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tinyllm import tracking
 from tinyllm.package import load_package
+
+pytestmark = pytest.mark.usefixtures("own_store")  # the registry as built: one model
 
 
 def test_table_lists_versions_with_their_facts(invoke, tiny_model):
@@ -44,9 +48,9 @@ def test_no_store_yet_says_so_without_creating_one(invoke, monkeypatch):
     assert not Path("mlflow.db").exists()
 
 
-def test_empty_store_says_so(invoke, tiny_model, tmp_path):
+def test_empty_store_says_so(invoke, tiny_model, tmp_path, own_store):
     empty = tmp_path / "empty.db"
-    shutil.copy(tiny_model.uri.removeprefix("sqlite:///"), empty)
+    shutil.copy(own_store.removeprefix("sqlite:///"), empty)
     tracking.Store(f"sqlite:///{empty}").client.delete_registered_model("tiny")
     result = invoke("--tracking-uri", f"sqlite:///{empty}", "models")
     assert result.exit_code == 0

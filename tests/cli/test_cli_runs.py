@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from tinyllm import tracking
+from tinyllm.io import exclusive_lock
 
 # Two corpora; on the first, two recipes of one key pair apart, one of them over three seeds.
 SWEEP = [("data/raw/plays", "0.001", "900", seed, loss)
@@ -22,7 +23,9 @@ SWEEP = [("data/raw/plays", "0.001", "900", seed, loss)
 def sweep_experiment(tiny_model) -> str:
     """Finished runs as a sweep leaves them (params and test metrics), without training."""
     client, name = tracking.Store(tiny_model.uri).client, "sweep-80-columns"
-    if client.get_experiment_by_name(name) is None:
+    with exclusive_lock(tiny_model.root / f"{name}.lock"):  # xdist's workers share the store
+        if client.get_experiment_by_name(name) is not None:
+            return name
         experiment = client.create_experiment(name)
         for corpus, rate, steps, seed, loss in SWEEP:
             run = client.create_run(experiment).info.run_id

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import torch
 import yaml
-from test_serve import free_port, worker_processes
+from test_serve import worker_processes
 
-from tinyllm import tracking
+from tinyllm import server_process, tracking
 from tinyllm.package import load_package, save_package
 from tinyllm.tracked_run import TrackedRun
 
@@ -31,28 +30,18 @@ def complete(url: str, seed: int) -> dict:
 
 
 def test_serve_takes_the_champion_and_follows_the_alias_without_a_restart(tiny_model, tmp_path,
-                                                                          monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+                                                                          monkeypatch, new_store):
+    uri = new_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     store = tracking.Store(uri)
     assert register(store, tiny_model.package, 2.0) == "1"
     Path("params.yaml").write_text(yaml.safe_dump({"tracking": {"registry_name": "served"}}))
-    port = free_port()
-    server = subprocess.Popen([tiny_model.command, "serve", "--port", str(port),
-                               "--refresh-seconds", "0.2"], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    server, url = server_process.start([tiny_model.command, "serve", "--refresh-seconds", "0.2"],
+                                       log)
     try:
-        deadline = time.monotonic() + 180  # a loaded machine imports torch slowly
-        while True:
-            assert server.poll() is None, server.stdout.read()
-            assert time.monotonic() < deadline
-            try:
-                first = complete(url, seed=4)
-                break
-            except OSError:
-                time.sleep(0.1)
-        assert first["model"] == "models:/served/1"
+        server_process.wait_until_up(f"{url}/health", server, log)
+        assert complete(url, seed=4)["model"] == "models:/served/1"
 
         loaded = load_package(tiny_model.package)
         with torch.no_grad():
@@ -68,9 +57,9 @@ def test_serve_takes_the_champion_and_follows_the_alias_without_a_restart(tiny_m
         assert reply["choices"][0]["text"] == expected
         workers = worker_processes(server.pid)
     finally:
-        server.kill()
-        output = server.communicate()[0]
-    assert "using models:/served@champion" in output
+        server.kill()  # outright: its workers must notice by themselves
+        server.wait()
+    assert "using models:/served@champion" in log.read_text()
     deadline = time.monotonic() + 30  # killed outright, the server cannot stop its workers:
     while [p for p in workers if Path(f"/proc/{p}").exists()]:  # they notice it is gone
         assert time.monotonic() < deadline, "worker processes outlived the server"

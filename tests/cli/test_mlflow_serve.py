@@ -17,7 +17,7 @@ from pathlib import Path
 from test_serve import free_port
 from tiny_project import ROOT
 
-from tinyllm import tracking
+from tinyllm import server_process, tracking
 from tinyllm.tracked_run import TrackedRun
 
 BIN = Path(sys.executable).parent
@@ -64,8 +64,8 @@ def invoke(url: str, reply: dict) -> None:
 
 
 def test_the_banner_command_serves_and_sigterm_stops_generation_and_the_server(
-        tiny_model, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        tiny_model, tmp_path, new_store):
+    uri = new_store(tmp_path)
     with TrackedRun.start(tracking.Store(uri), "serve-tests", "served", {}, {}) as run:
         run.register(tiny_model.package, "served", 2.0, 2.0, "data")
     port = free_port()
@@ -79,15 +79,7 @@ def test_the_banner_command_serves_and_sigterm_stops_generation_and_the_server(
                                   start_new_session=True)
     url, reply = f"http://127.0.0.1:{port}", {}
     try:
-        deadline = time.monotonic() + 180  # a loaded machine imports torch slowly
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the server did not answer /ping"
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.25)
+        server_process.wait_until_up(f"{url}/ping", server, tmp_path / "serve.log")
         busy = threading.Thread(target=invoke, args=(url, reply))
         busy.start()
         time.sleep(1)  # generation is under way

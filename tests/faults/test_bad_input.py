@@ -55,8 +55,7 @@ def test_corpus_shorter_than_the_context_stops_before_training(tmp_path):
     params = params_from_dict(tiny_params(str(corpus), **{"model.context_length": 128,
                                                           "tracking.enabled": False}))
     layout = workflow.Layout(tmp_path)
-    workflow.prepare(params, layout)
-    workflow.tokenize(params, layout)
+    workflow.build(params, layout, through=workflow.tokenize)
     with pytest.raises(TinyLLMError, match=r"the val split has \d+ tokens.*model.context_length"):
         workflow.train(params, layout)
     assert not layout.model.exists() and not layout.checkpoints.exists()
@@ -71,8 +70,7 @@ def test_a_single_huge_line_is_split_and_trained(tmp_path):
     stats = workflow.prepare(params, layout)
     assert stats["split_by"] == "contiguous slices"
     assert all(s["characters"] > 1000 for s in stats["splits"].values())
-    workflow.tokenize(params, layout)
-    workflow.train(params, layout)
+    workflow.build(params, layout, through=workflow.train)
     assert (layout.model / "weights.pt").exists()
 
 
@@ -82,9 +80,7 @@ def test_the_same_params_twice_from_scratch_give_identical_metrics(tmp_path, cor
     results = []
     for name in ("first", "second"):
         layout = workflow.Layout(tmp_path / name)
-        for step in (workflow.prepare, workflow.tokenize, workflow.train):
-            step(params, layout)
-        results.append(workflow.evaluate(params, layout))
+        results.append(workflow.build(params, layout))
     assert results[0] == results[1]
     samples = [(tmp_path / n / "models/eval/samples.md").read_text() for n in ("first", "second")]
     assert samples[0] == samples[1]
@@ -104,9 +100,9 @@ def test_enormous_prompt_keeps_the_last_context(tmp_path, model, tokenizer):
 
 def test_a_corrupt_mlflow_store_stops_training_in_one_line_and_is_left_as_it_was(tmp_path,
                                                                                  corpus_dir):
-    write_params(tmp_path / "params.yaml", tiny_params(str(corpus_dir)))
-    for stage in ("prepare", "tokenize"):
-        assert run_stage(stage, tmp_path).returncode == 0
+    raw = tiny_params(str(corpus_dir))
+    write_params(tmp_path / "params.yaml", raw)
+    workflow.build(params_from_dict(raw), workflow.Layout(tmp_path), through=workflow.tokenize)
     garbage = b"this is not an sqlite database" * 100
     (tmp_path / "mlflow.db").write_bytes(garbage)
     result = run_stage("train", tmp_path)

@@ -6,21 +6,28 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import time
 
+PROCESSES = 4
 OPEN_STORE = """
 import sys, time
+from pathlib import Path
+import mlflow, mlflow.store.db.utils, mlflow.store.tracking.sqlalchemy_store  # imports done
 from tinyllm import tracking
-time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start together, imports done
-tracking.Store(sys.argv[1])
+uri, ready, count = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+(ready / sys.argv[4]).touch()
+while len(list(ready.iterdir())) < count:  # all processes touch the new store together
+    time.sleep(0.001)
+tracking.Store(uri)
 """
 
 
 def test_processes_opening_a_new_sqlite_store_at_the_same_moment_all_succeed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    start = time.time() + 8
-    processes = [subprocess.Popen([sys.executable, "-c", OPEN_STORE, uri, str(start)],
-                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    processes = [subprocess.Popen([sys.executable, "-c", OPEN_STORE, uri, str(ready),
+                                   str(PROCESSES), str(i)], stderr=subprocess.PIPE, text=True)
+                 for i in range(PROCESSES)]
     failures = [err for p in processes for err in [p.communicate(timeout=120)[1]] if p.returncode]
     assert failures == []
     with sqlite3.connect(tmp_path / "mlflow.db") as db:

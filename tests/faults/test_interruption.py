@@ -31,10 +31,7 @@ SCRIPT = textwrap.dedent("""
             "train.max_steps": 300, "train.checkpoint_interval": 20, "train.eval_interval": 100,
             "model.dropout": 0.1, "tracking.enabled": False}}))
         layout = workflow.Layout({root!r})
-        workflow.prepare(params, layout)
-        workflow.tokenize(params, layout)
-        workflow.train(params, layout)
-        workflow.evaluate(params, layout)
+        workflow.build(params, layout)
 
     exit_on_error(main)
 """)
@@ -101,7 +98,7 @@ def test_a_stop_signal_writes_a_checkpoint_and_exits_promptly_with_one_line(tmp_
 
 
 def test_a_resume_with_nothing_left_to_train_keeps_the_real_timings(tmp_path, corpus_dir,
-                                                                    monkeypatch):
+                                                                    monkeypatch, new_store):
     """Outputs lost after training finished: the rerun restores the weights and its summary and
     MLflow run report the time the training took, not zeros."""
     import json
@@ -111,11 +108,11 @@ def test_a_resume_with_nothing_left_to_train_keeps_the_real_timings(tmp_path, co
     from tinyllm import workflow
     from tinyllm.config import params_from_dict
 
-    monkeypatch.chdir(tmp_path)  # the MLflow store lands here
+    new_store(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the MLflow store is here
     params = params_from_dict(tiny_params(str(corpus_dir)))
     layout = workflow.Layout(tmp_path)
-    for step in (workflow.prepare, workflow.tokenize, workflow.train):
-        step(params, layout)
+    workflow.build(params, layout, through=workflow.train)
     first = json.loads((layout.train_dir / "summary.json").read_text())
     for lost in ("summary.json", "steps.csv", "eval.csv"):
         (layout.train_dir / lost).unlink()

@@ -15,7 +15,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from tiny_project import make_dvc_project, run
+from tiny_project import build_dvc_project, dvc_env, run
 
 DVC = str(Path(sys.executable).parent / "dvc")
 # Every stage's outputs but validate's stamp, which validate itself removes before it fails.
@@ -23,16 +23,16 @@ OUTPUTS = ("data/prepared", "data/tokens", "models/model",
            "models/train", "models/eval", "models/tokenizer.json")
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A tiny project after `dvc repro`, committed, with its MLflow store beside it."""
-    repo = tmp_path_factory.mktemp("integrity") / "project"
-    env = make_dvc_project(repo)
-    run(["dvc", "repro"], repo, env)
-    (repo / ".gitignore").write_text("mlflow.db*\nmlruns/\n")
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "built"], repo, env)
-    return repo, env
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, store_template):
+    """A tiny project after `dvc repro`, committed, with its MLflow store beside it; the tests
+    of this module change it in turn. Built here, not copied from built_project: the MLflow
+    hand-off names its store's absolute path, and `tinyllm restore` must write back the very
+    same file. Session scope: once per xdist worker (a module fixture is torn down and built
+    again whenever a worker runs another module's test in between)."""
+    directory = tmp_path_factory.mktemp("integrity")
+    build_dvc_project(directory, store_template)
+    return directory / "project", dvc_env()
 
 
 def snapshot(repo: Path) -> dict[str, str]:

@@ -39,14 +39,12 @@ def site_without_tinyllm(directory: Path) -> Path:
 
 
 def test_registered_model_loads_and_predicts_without_tinyllm_installed(tmp_path, make_params,
-                                                                        monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+                                                                        monkeypatch, new_store):
+    uri = new_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     params = make_params()
     layout = workflow.Layout(tmp_path / "project")
-    for step in (workflow.prepare, workflow.tokenize, workflow.train):
-        step(params, layout)
-    workflow.evaluate(params, layout)
+    workflow.build(params, layout)
     import tinyllm
 
     expected = tinyllm.load_model("models:/tiny/1").generate("ROMEO:", max_tokens=12,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -14,7 +15,7 @@ import pytest
 from tiny_project import ROOT
 
 import tinyllm
-from tinyllm import tracking, workflow
+from tinyllm import server_process, tracking, workflow
 
 BIN = Path(sys.executable).parent
 # The load-test script's server helpers, so the test starts and stops servers the same way.
@@ -24,21 +25,20 @@ _spec.loader.exec_module(serve_load)
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    port = serve_load.free_port()
-    with (tmp_path / "server.log").open("w") as log:
-        process = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri",
-             f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-             str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+def server(tmp_path, monkeypatch, new_store):
+    backend = new_store(tmp_path)  # the server would otherwise create and migrate it
+    process, uri = server_process.start(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", backend,
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
+         "--workers", "1"], tmp_path / "server.log",
+        # no job runner: seven more processes importing MLflow, for jobs tinyllm never queues
+        {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
-        serve_load.wait_until_up(f"{uri}/health", process, tmp_path / "server.log")
+        server_process.wait_until_up(f"{uri}/health", process, tmp_path / "server.log")
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         yield uri
     finally:
-        serve_load.stop_server(process)
+        server_process.stop(process)
 
 
 def invocation(url: str, prompts: list[str], params: dict) -> tuple[int, str]:
@@ -59,8 +59,7 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
                                                                   server):
     params = make_params()
     layout = workflow.Layout(tmp_path / "project")
-    for step in (workflow.prepare, workflow.tokenize, workflow.train, workflow.evaluate):
-        step(params, layout)
+    workflow.build(params, layout)
     store = tracking.Store()
     assert store.uri == server
     assert str(store.client.get_model_version_by_alias("tiny", "champion").version) == "1"
@@ -71,7 +70,7 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
 
     serving, url = serve_load.start_server("models:/tiny/1", 1, tmp_path / "serve.log")
     try:
-        serve_load.wait_until_up(f"{url}/ping", serving, tmp_path / "serve.log")
+        server_process.wait_until_up(f"{url}/ping", serving, tmp_path / "serve.log")
         body = json.dumps({"inputs": ["ROMEO:", "JULIET:"],
                            "params": {"max_tokens": 10, "temperature": 0.0}}).encode()
         request = urllib.request.Request(f"{url}/invocations", data=body,
@@ -84,7 +83,7 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
                               capture_output=True, text=True, timeout=300)
         too_many = invocation(url, ["ROMEO:"], {"max_tokens": 100000})  # the CLI's maximum
     finally:  # SIGTERM with generation in flight: tests/cli/test_mlflow_serve.py
-        serve_load.stop_server(serving)
+        server_process.stop(serving)
     assert too_many[0] == 400
     assert too_many[1].endswith("max_tokens must be <= 2000 when served, got 100000")
     assert len(predictions) == 2

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 import yaml
-from tiny_project import make_dvc_project, run, tiny_params, write_params
+from tiny_project import copy_project, make_dvc_project, run, tiny_params, write_params
+
+from tinyllm import tracking
 
 
 @pytest.fixture
@@ -23,9 +25,9 @@ def ran_stages(output: str) -> set[str]:
             if line.startswith("Running stage '")}
 
 
-def test_repro_builds_everything_then_reruns_only_what_a_param_touches(project):
-    repo, env = project
-    first = run(["dvc", "repro"], repo, env)
+def test_repro_builds_everything_then_reruns_only_what_a_param_touches(built_project, tmp_path):
+    first = built_project.output  # the session's `dvc repro` from scratch
+    repo, env = copy_project(built_project.root, tmp_path / "project"), built_project.env
     assert ran_stages(first) == {"validate", "prepare", "tokenize", "train", "evaluate"}
     metrics = json.loads((repo / "models/eval/metrics.json").read_text())
     vocab = json.loads((repo / "models/model/config.json").read_text())["vocab_size"]
@@ -38,8 +40,9 @@ def test_repro_builds_everything_then_reruns_only_what_a_param_touches(project):
     assert "ROMEO:" in (repo / "models/eval/samples.md").read_text()
     assert (repo / "models/train/steps.csv").read_text().count("\n") == 31  # header + 30 steps
     assert (repo / "models/checkpoints/last.pt").exists()
-    assert (repo / "mlflow.db").exists()  # the DVC root's store, what `mlflow ui` there shows
     assert "models:/tiny/1" in first
+    # registered in the DVC root's store, what `mlflow ui` there shows
+    assert tracking.Store(f"sqlite:///{repo / 'mlflow.db'}").client.get_model_version("tiny", "1")
 
     status = json.loads(run(["dvc", "status", "--json"], repo, env))
     assert status == {}

@@ -5,13 +5,14 @@ by recipe, in `tinyllm runs`."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import statistics
 import sys
 import time
 
 import pytest
-from tiny_project import make_dvc_project, run
+from tiny_project import copy_project, run
 
 
 def wait_for_queue(repo, env, timeout: float = 400) -> str:
@@ -29,15 +30,13 @@ def tinyllm(repo, env, *args) -> str:
     return run([sys.executable, "-c", "from tinyllm.cli import main; main()", *args], repo, env)
 
 
-def test_a_sweep_on_two_workers_lands_in_one_store_and_each_result_is_tracked(tmp_path):
-    repo = tmp_path / "project"
-    env = make_dvc_project(repo)
-    # The stages both experiments share are built once first, as the README advises: two
-    # workers writing the same new outputs into DVC's cache at once can collide inside DVC.
-    run(["dvc", "repro", "tokenize"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "data"], repo, env)
-    assert not (repo / "mlflow.db").exists()  # the workers create the store together
+def test_a_sweep_on_two_workers_lands_in_one_store_and_each_result_is_tracked(built_project,
+                                                                              tmp_path):
+    # The stages both experiments share are built and committed first, as the README advises:
+    # two workers writing the same new outputs into DVC's cache at once can collide inside DVC.
+    repo, env = copy_project(built_project.root, tmp_path / "project"), built_project.env
+    (repo / "mlflow.db").unlink()  # the workers create the store together
+    shutil.rmtree(repo / "mlruns")
     queued = run(["dvc", "exp", "run", "--queue", "-S", "train.learning_rate=0.001,0.004"],
                  repo, env)
     assert queued.count("Queued experiment") == 2

@@ -16,19 +16,15 @@ from tinyllm.errors import TinyLLMError
 
 
 @pytest.fixture
-def store_uri(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def store_uri(tmp_path, monkeypatch, new_store):
+    uri = new_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 
 
 def build(params, root):
     """Run all four steps into root, as `dvc repro` would; returns evaluate's metrics."""
-    layout = workflow.Layout(root)
-    workflow.prepare(params, layout)
-    workflow.tokenize(params, layout)
-    workflow.train(params, layout)
-    return workflow.evaluate(params, layout)
+    return workflow.build(params, workflow.Layout(root))
 
 
 def test_run_logs_params_step_metrics_artifacts_and_registers(tmp_path, make_params, store_uri):
@@ -88,12 +84,12 @@ def test_every_page_tinyllm_links_to_asks_mlflow_ui_for_the_model_training_layou
 
 
 def test_a_copied_project_refuses_to_log_into_the_originals_store_until_rehomed(
-        tmp_path, make_params, monkeypatch):
+        tmp_path, make_params, monkeypatch, new_store):
     """mlflow.db holds absolute artifact paths: a copy would write into the original's mlruns/."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     original, copy = tmp_path / "original", tmp_path / "copy"
-    original.mkdir()
-    monkeypatch.chdir(original)  # the store lands in the project: ./mlflow.db, ./mlruns
+    new_store(original)
+    monkeypatch.chdir(original)  # the store is the project's: ./mlflow.db, ./mlruns
     params = make_params()
     build(params, original)
     shutil.copytree(original, copy)
@@ -151,8 +147,7 @@ def test_every_uri_form_resolves_and_unknown_ones_list_what_exists(
 def test_evaluate_starts_a_fresh_run_when_trains_run_is_gone(tmp_path, make_params, store_uri):
     params = make_params()
     layout = workflow.Layout(tmp_path)
-    for step in (workflow.prepare, workflow.tokenize, workflow.train):
-        step(params, layout)
+    workflow.build(params, layout, through=workflow.train)
     store = tracking.Store()
     old = store.client.search_runs([store.experiment_id("tests")])[0].info.run_id
     store.client.delete_run(old)
@@ -162,7 +157,8 @@ def test_evaluate_starts_a_fresh_run_when_trains_run_is_gone(tmp_path, make_para
     assert "eval_test_loss" in runs[0].data.metrics
 
 
-def test_tracking_can_be_switched_off(tmp_path, make_params, store_uri):
+def test_tracking_can_be_switched_off(tmp_path, make_params, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     build(make_params(**{"tracking.enabled": False}), tmp_path)
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -184,15 +180,14 @@ def test_unreachable_server_is_named_before_any_training(tmp_path, make_params, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     params = make_params()
     layout = workflow.Layout(tmp_path)
-    workflow.prepare(params, layout)
-    workflow.tokenize(params, layout)
+    workflow.build(params, layout, through=workflow.tokenize)
     with pytest.raises(TinyLLMError, match=r"http://127\.0\.0\.1:9 is unreachable"):
         workflow.train(params, layout)
     assert not layout.checkpoints.exists()
 
 
 def test_two_stores_in_one_process_each_keep_their_own_runs_and_models(tmp_path, make_params,
-                                                                        monkeypatch):
+                                                                        monkeypatch, new_store):
     """Nothing goes through MLflow's process-global URI or active run: a model registers in the
     store its run belongs to, whichever store was opened last, from any working directory."""
     import mlflow
@@ -202,11 +197,8 @@ def test_two_stores_in_one_process_each_keep_their_own_runs_and_models(tmp_path,
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = make_params(**{"tracking.enabled": False})
     layout = workflow.Layout(tmp_path / "model")
-    workflow.prepare(params, layout)
-    workflow.tokenize(params, layout)
-    workflow.train(params, layout)
-    first, second = (tracking.Store(f"sqlite:///{tmp_path / name / 'mlflow.db'}")
-                     for name in ("one", "two") if (tmp_path / name).mkdir() is None)
+    workflow.build(params, layout, through=workflow.train)
+    first, second = (tracking.Store(new_store(tmp_path / name)) for name in ("one", "two"))
     monkeypatch.chdir(tmp_path / "model")  # neither store's directory
     global_uri = mlflow.get_tracking_uri()  # MLflow's default: a store in the cwd
     with TrackedRun.start(first, "tests", "run-one", {}, {}) as run:

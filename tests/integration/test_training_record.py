@@ -15,15 +15,13 @@ from tinyllm.tracked_run import TRAINING_SAMPLES
 
 
 def test_a_training_run_records_system_metrics_and_its_datasets(tmp_path, make_params,
-                                                               monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+                                                               monkeypatch, new_store):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")  # 10 s by default
     params = make_params(**{"train.max_steps": 100, "train.eval_interval": 50,
                             "train.checkpoint_interval": 100})
     layout = workflow.Layout(tmp_path)
-    workflow.prepare(params, layout)
-    workflow.tokenize(params, layout)
-    workflow.train(params, layout)
+    workflow.build(params, layout, through=workflow.train)
     assert not any(t.name == "SystemMetricsMonitor" for t in threading.enumerate())
 
     store = tracking.Store()
