@@ -48,4 +48,9 @@ def test_a_training_run_records_system_metrics_and_its_datasets(tmp_path, make_p
     on_disk = (layout.train_dir / "samples.md").read_text()
     assert all(f"ROMEO:{text}" in on_disk for _, _, text in table["data"])
     assert [a.path for a in store.client.list_artifacts(run.info.run_id, "train")] == [
-        "train/samples.md"]
+        "train/samples.md", "train/summary.json"]
+    summary = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="train/summary.json",
+        dst_path=str(tmp_path / "download"), tracking_uri=store.uri)).read_text())
+    assert summary == json.loads((layout.train_dir / "summary.json").read_text())
+    assert summary["plan_segments"] == [[summary["planned_warmup_steps"], 0.0, 100]]
