@@ -163,7 +163,7 @@ class StepPlan:
 
     def ended_at(self, step: int, end: int) -> StepPlan:
         """This plan with its decay running from where it is at step to its end at `end`."""
-        if step < self.warmup_steps or step >= self.steps:  # warming up, or done
+        if step <= self.warmup_steps or step >= self.steps:  # warming up, or done
             return self
         end = max(end, step + 1)
         if end == self.steps:
@@ -217,7 +217,7 @@ class Pace:
         A drift under REPLAN_TOLERANCE of what is left (or a few steps' time) is let be, so a
         steady run keeps one plan. After a data-limited stop the end only moves earlier.
         """
-        if not plan.budget_sec or step < plan.warmup_steps:
+        if not plan.budget_sec or step <= plan.warmup_steps:
             return plan
         left = plan.budget_sec - elapsed
         per_step = self.step_sec + self.eval_sec / plan.eval_interval
