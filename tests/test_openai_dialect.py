@@ -15,14 +15,13 @@ import openai
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from tiny_project import tiny_work
+from tiny_project import untrained_package
 
 from tinyllm import discovery
 from tinyllm.config import Limits
-from tinyllm.model import GPT, GPTConfig
-from tinyllm.package import load_package, save_package
+from tinyllm.package import load_package
 from tinyllm.serve import Message, Models, chat_prompt, create_app
-from tinyllm.tokenizer import UNKNOWN_ID, CharTokenizer
+from tinyllm.tokenizer import UNKNOWN_ID
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "openai_clients").glob("*.json"))
 USER = [{"role": "user", "content": "ROMEO:"}]
@@ -30,12 +29,7 @@ USER = [{"role": "user", "content": "ROMEO:"}]
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
-    text = "".join(tiny_work(i, lines=20) for i in range(2))
-    tokenizer = CharTokenizer.fit(text)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=16, n_layer=1,
-                          n_head=2, d_model=32))
-    return save_package(tmp_path_factory.mktemp("dialect") / "tiny", model, tokenizer, {})
+    return untrained_package(tmp_path_factory.mktemp("dialect"))
 
 
 @pytest.fixture(scope="module")

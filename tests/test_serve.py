@@ -17,7 +17,7 @@ import openai
 import pytest
 import torch
 from click.testing import CliRunner
-from tiny_project import tiny_work
+from tiny_project import untrained_package
 
 from tinyllm import server_process
 from tinyllm.batching import Decoder, Sequence, SlotCache, decode_step, transposed_weights
@@ -25,9 +25,7 @@ from tinyllm.cli import cli
 from tinyllm.config import SamplingConfig
 from tinyllm.generate import stream_tokens
 from tinyllm.model import GPT, GPTConfig
-from tinyllm.package import save_package
 from tinyllm.server_process import free_port, stop
-from tinyllm.tokenizer import CharTokenizer
 
 TINYLLM = str(Path(sys.executable).with_name("tinyllm"))
 BAD = [  # (body changes, status, param, part of the message)
@@ -58,12 +56,7 @@ def start(package: Path, *options: str) -> tuple[subprocess.Popen, str]:
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
-    text = "".join(tiny_work(i, lines=20) for i in range(2))
-    tokenizer = CharTokenizer.fit(text)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=16, n_layer=1,
-                          n_head=2, d_model=32))
-    return save_package(tmp_path_factory.mktemp("serve") / "tiny", model, tokenizer, {})
+    return untrained_package(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")

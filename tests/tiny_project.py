@@ -41,6 +41,22 @@ def tiny_work(seed: int, lines: int = 120) -> str:
     return "\n".join(out)
 
 
+def untrained_package(directory: Path) -> Path:
+    """A one-layer model package, untrained (seed 0), over two tiny works' characters: what a
+    server or sampler needs when no test reads the text's quality."""
+    import torch
+
+    from tinyllm.model import GPT, GPTConfig
+    from tinyllm.package import save_package
+    from tinyllm.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer.fit("".join(tiny_work(i, lines=20) for i in range(2)))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=16, n_layer=1,
+                          n_head=2, d_model=32))
+    return save_package(directory / "tiny", model, tokenizer, {})
+
+
 def tiny_params(corpus: str, **overrides) -> dict:
     """The repo's params.yaml, shrunk to a model that trains in a second or two."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
