@@ -504,7 +504,8 @@ class RunState:
         and their optimizer state back: the decay starts from before the overfitting."""
         if self.step == self.plan.data_limited_at and self.step < self.plan.steps:
             model.load_state_dict(self.best)
-            optimizer.load_state_dict(copy.deepcopy(self.best_optimizer))  # it would alias
+            if self.best_optimizer is not None:  # None: a checkpoint from before it was kept
+                optimizer.load_state_dict(copy.deepcopy(self.best_optimizer))  # it would alias
 
 
 def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
