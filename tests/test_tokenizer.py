@@ -99,7 +99,10 @@ def test_encoding_five_megabytes_is_fast(tokenizer, tiny_text):
     ids = tokenizer.encode(text)
     elapsed = time.perf_counter() - started
     assert len(ids) == 5_000_000
-    assert elapsed < 1.0
+    # A guard against a per-character slow path, not a benchmark: 0.55 s on our quiet 2-core
+    # machine and 1.09 s pinned to one core beside the rest of the suite, so the bound holds on
+    # a machine half as fast under load (it was 1.0 s, and failed there).
+    assert elapsed < 3.0
 
 
 @pytest.mark.parametrize(("content", "message"), [
