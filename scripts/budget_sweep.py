@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,14 @@ class PacedClock:
         return self.now
 
 
+def slowdown_factor(text: str) -> float:
+    """--slowdown: a finite number of at least 1 (argparse makes the error one line)."""
+    value = float(text)
+    if not 1 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number >= 1, got {text}")
+    return value
+
+
 class Slowdown:
     """A callback that sleeps (factor - 1) times each step's own time: a machine that turns that
     many times slower once the calibration is done (callbacks are not called during it)."""
@@ -137,7 +146,7 @@ def main() -> None:
     parser.add_argument("--no-auto", action="store_true", help="run only the variants")
     parser.add_argument("--tokens-per-sec", type=float,
                         help="plan steps for a machine training at this rate, not the clock")
-    parser.add_argument("--slowdown", type=float, default=1.0, metavar="FACTOR",
+    parser.add_argument("--slowdown", type=slowdown_factor, default=1.0, metavar="FACTOR",
                         help="train FACTOR times slower after the calibration (a sleep a step)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="the params whose data section names the corpus and its split")
