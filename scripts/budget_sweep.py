@@ -1,4 +1,5 @@
-"""Test loss against training minutes: the sweep behind tinyllm/recipes.py and docs/results.md.
+"""Test loss against training minutes: the sweep behind tinyllm/training/recipes.py and
+docs/results.md.
 
     python scripts/budget_sweep.py                          # budgets 1 2 5 10, the auto recipes
     python scripts/budget_sweep.py --budgets 2 --variant lr5e-3:train.learning_rate=5e-3
@@ -27,10 +28,10 @@ from pathlib import Path
 
 from tinyllm import workflow
 from tinyllm.config import load_params, params_from_dict, set_keys
+from tinyllm.evaluation.scoring import split_metrics
 from tinyllm.package import load_package
-from tinyllm.scoring import split_metrics
 from tinyllm.tokenizer import CharTokenizer, load_tokens
-from tinyllm.train import StepPlan
+from tinyllm.training.loop import StepPlan
 
 # What a run spends besides its steps when planning from a rate: building the model and the
 # calibration, in seconds (measured on the 2-core CPU).

@@ -34,8 +34,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tinyllm import server_process
-from tinyllm.server_process import ServerNotUp, wait_until_up
+from tinyllm.serving import launch as server_process
+from tinyllm.serving.launch import ServerNotUp, wait_until_up
 
 BIN = Path(sys.executable).parent
 MAX_SETTLE_SEC = 600
@@ -50,9 +50,9 @@ def start_tinyllm(model_uri: str, workers: int | None,
 
 
 def start_server(model_uri: str, workers: int, log_path: Path) -> tuple[subprocess.Popen, str]:
-    from tinyllm.tracking import tracking_uri
+    from tinyllm.tracking.store import choose_tracking_uri
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(),
+    env = {**os.environ, "MLFLOW_TRACKING_URI": choose_tracking_uri(),
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # the server execs uvicorn
     return server_process.start([str(BIN / "mlflow"), "models", "serve", "-m", model_uri,
                                  "--env-manager", "local", "--host", "127.0.0.1", "--workers",

@@ -3,11 +3,11 @@
     git worktree add /tmp/baseline 9030ad5
     python scripts/train_speed_ab.py --baseline /tmp/baseline --context-length 64 --batch-size 12
 
-Each probe is a fresh process that runs the real training loop (`tinyllm.train.fit`, sampling,
-clipping and AdamW included, whatever train.optimizer defaults to) for --steps steps on random
-tokens and reports its median step tokens/s; the two source trees take turns (A B A B ...), so
-drift in the machine's speed hits both. Prints each pair's ratio and the median ratio (this
-checkout / baseline), with the load.
+Each probe is a fresh process that runs the real training loop (`tinyllm.training.loop.fit`,
+sampling, clipping and AdamW included, whatever train.optimizer defaults to) for --steps steps
+on random tokens and reports its median step tokens/s; the two source trees take turns
+(A B A B ...), so drift in the machine's speed hits both. Prints each pair's ratio and the
+median ratio (this checkout / baseline), with the load.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ import json, statistics, sys
 import numpy as np
 from tinyllm.config import TrainConfig
 from tinyllm.model import GPTConfig
-from tinyllm import train as loop
+try:
+    from tinyllm.training import loop
+except ImportError:  # tinyllm/train.py before 2026-12-04
+    from tinyllm import train as loop
 
 context, batch, steps, layers, heads, width = map(int, sys.argv[1:7])
 tokens = np.random.default_rng(0).integers(1, 85, 500_000).astype(np.uint16)

@@ -9,7 +9,7 @@ from pathlib import Path
 # Tiny models run fastest on one thread, and subprocesses (dvc, mlflow) inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # MLflow's own processes (mlflow server, mlflow models serve) draw no download bars either, as
-# tinyllm itself does not (tinyllm.tracking).
+# tinyllm itself does not (tinyllm.tracking.store).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import numpy as np
@@ -101,10 +101,10 @@ def make_params(corpus_dir):
 def store_template(tmp_path_factory) -> Path:
     """An empty MLflow sqlite store, created and migrated once per session (seconds of
     migrations), which new_store copies (milliseconds)."""
-    from tinyllm import tracking
+    from tinyllm.tracking.store import Store
 
     def create(directory: Path) -> None:
-        tracking.Store(f"sqlite:///{directory / 'mlflow.db'}")
+        Store(f"sqlite:///{directory / 'mlflow.db'}")
     return shared_dir(tmp_path_factory, "store-template", create) / "mlflow.db"
 
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tinyllm.balancing import LOADING, SharedLoads
+from tinyllm.serving.balancing import LOADING, SharedLoads
 
 
 @pytest.fixture

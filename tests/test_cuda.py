@@ -15,7 +15,7 @@ import torch
 from tiny_project import make_project, train_stage, write_corpus
 from torch import nn
 
-from tinyllm.train import fit
+from tinyllm.training.loop import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (torch.cuda.is_available() is False)")

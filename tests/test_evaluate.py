@@ -11,7 +11,7 @@ from tiny_project import make_project, write_corpus
 from tinyllm import workflow
 from tinyllm.config import load_params
 from tinyllm.errors import TinyLLMError
-from tinyllm.scoring import scoring_windows, split_metrics
+from tinyllm.evaluation.scoring import scoring_windows, split_metrics
 
 
 @pytest.mark.parametrize(("n", "context"), [

@@ -178,7 +178,7 @@ def test_frequency_penalty_follows_openais_definition_over_the_generated_charact
 def test_penalties_cut_repeats_alike_with_cache_recompute_and_the_decoder(model, tokenizer):
     """Greedy text from a random model repeats one character; a frequency penalty breaks the
     loop. The KV-cache path, full recompute and the server's batched decoder agree."""
-    from tinyllm.batching import Decoder, Sequence
+    from tinyllm.serving.batching import Decoder, Sequence
 
     plain = generate_text(model, tokenizer, "O", penalised(60, temperature=0))
     assert max(plain.count(c) for c in set(plain)) > 40

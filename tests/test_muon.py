@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tinyllm.model import GPT
-from tinyllm.muon import muon_groups, orthogonalized
+from tinyllm.training.muon import muon_groups, orthogonalized
 
 
 def test_orthogonalized_matrices_have_singular_values_near_one():

@@ -17,11 +17,11 @@ import torch
 from fastapi.testclient import TestClient
 from tiny_project import untrained_package
 
-from tinyllm import discovery
 from tinyllm.config import Limits
 from tinyllm.package import load_package
-from tinyllm.serve import Message, Models, chat_prompt, create_app
+from tinyllm.serving.app import Message, Models, chat_prompt, create_app
 from tinyllm.tokenizer import UNKNOWN_ID
+from tinyllm.tracking import discovery
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "openai_clients").glob("*.json"))
 USER = [{"role": "user", "content": "ROMEO:"}]

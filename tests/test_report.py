@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tinyllm.report import loss_curve_png, step_minutes
+from tinyllm.evaluation.report import loss_curve_png, step_minutes
 
 
 def test_minutes_add_up_each_steps_time(tmp_path):

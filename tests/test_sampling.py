@@ -17,8 +17,8 @@ from tinyllm.config import EvaluateConfig, SamplingConfig
 from tinyllm.errors import TinyLLMError
 from tinyllm.generate import filter_logits
 from tinyllm.package import LoadedModel
-from tinyllm.serve import ChatRequest, CompletionRequest
-from tinyllm.tracked_run import signature
+from tinyllm.serving.app import ChatRequest, CompletionRequest
+from tinyllm.tracking.runs import signature
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplingConfig)}
 BAD = [({"top_p": 0}, "top_p must be > 0.0, got 0.0"),

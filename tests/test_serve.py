@@ -19,13 +19,13 @@ import torch
 from click.testing import CliRunner
 from tiny_project import untrained_package
 
-from tinyllm import server_process
-from tinyllm.batching import Decoder, Sequence, SlotCache, decode_step, transposed_weights
 from tinyllm.cli import cli
 from tinyllm.config import SamplingConfig
 from tinyllm.generate import stream_tokens
 from tinyllm.model import GPT, GPTConfig
-from tinyllm.server_process import free_port, stop
+from tinyllm.serving import launch as server_process
+from tinyllm.serving.batching import Decoder, Sequence, SlotCache, decode_step, transposed_weights
+from tinyllm.serving.launch import free_port, stop
 
 TINYLLM = str(Path(sys.executable).with_name("tinyllm"))
 BAD = [  # (body changes, status, param, part of the message)

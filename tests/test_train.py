@@ -19,7 +19,7 @@ from tiny_project import TINY_TEXT
 from tinyllm.errors import TinyLLMError
 from tinyllm.model import GPTConfig
 from tinyllm.tokenizer import CharTokenizer
-from tinyllm.train import (
+from tinyllm.training.loop import (
     CHECKPOINT_FILE,
     StepPlan,
     check_split_lengths,
@@ -106,7 +106,7 @@ def test_checkpoint_from_other_params_is_set_aside(tmp_path, gpt_config, train_c
     cfg = dataclasses.replace(train_config, max_steps=4, warmup_steps=1)
     fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path)
     other = dataclasses.replace(cfg, learning_rate=1e-3)
-    with caplog.at_level(logging.WARNING, logger="tinyllm.train"):
+    with caplog.at_level(logging.WARNING, logger="tinyllm.training.loop"):
         result = fit(gpt_config, other, *splits, checkpoint_dir=tmp_path)
     assert result.resumed_from == 0 and result.steps == 4
     assert len(list(tmp_path.glob("*set-aside*"))) == 1
@@ -127,7 +127,7 @@ def test_checkpoint_under_other_speed_settings_is_resumed(tmp_path, gpt_config, 
 def test_corrupted_checkpoint_is_set_aside(tmp_path, gpt_config, train_config, splits, caplog):
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"this is not a torch checkpoint")
     cfg = dataclasses.replace(train_config, max_steps=2, warmup_steps=1)
-    with caplog.at_level(logging.WARNING, logger="tinyllm.train"):
+    with caplog.at_level(logging.WARNING, logger="tinyllm.training.loop"):
         result = fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path)
     assert result.resumed_from == 0 and result.steps == 2
     [aside] = tmp_path.glob("*set-aside*")
@@ -365,7 +365,7 @@ def test_a_budgeted_run_whose_validation_stalls_decays_now_and_stops_early(
     assert result.history[-1]["lr"] <= 1.1 * cfg.learning_rate * cfg.min_lr_fraction
     assert result.best_val_loss == min(evaluated.values())
     # Replayed from its summary as fixed steps, rewind included, it ends with the same weights.
-    from tinyllm.train_outputs import summary_of
+    from tinyllm.training.outputs import summary_of
 
     summary = json.loads(json.dumps(summary_of(result, "")))
     fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, max_steps=summary["steps"])
@@ -399,7 +399,7 @@ def test_a_replanned_run_replays_exactly_from_its_summary_as_fixed_steps(
         gpt_config, train_config, splits):
     """The pace moves the plan twice as slow from step 30 on; the summary's realised plan,
     trained without a budget, gives the same rates, evaluations and weights."""
-    from tinyllm.train_outputs import summary_of
+    from tinyllm.training.outputs import summary_of
 
     cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=10, warmup_steps=5,
                               time_budget_minutes=2.0)
@@ -421,7 +421,7 @@ def test_a_replanned_run_replays_exactly_from_its_summary_as_fixed_steps(
 
 
 def test_the_pace_shrugs_off_a_hiccup_but_follows_a_machine_that_stays_slower():
-    from tinyllm.train import Pace
+    from tinyllm.training.loop import Pace
 
     pace = Pace(step_sec=0.1, eval_sec=1.0)
     pace.observe(10.0, evaluated=False)  # one step that took a hundred times as long

@@ -8,9 +8,9 @@ import dataclasses
 
 import pytest
 
-from tinyllm.train import fit
-from tinyllm.train_outputs import LiveCurves, write_history
-from tinyllm.train_samples import SAMPLES_FILE, TrainingSamples
+from tinyllm.training.loop import fit
+from tinyllm.training.outputs import LiveCurves, write_history
+from tinyllm.training.samples import SAMPLES_FILE, TrainingSamples
 
 
 class Stop(Exception):

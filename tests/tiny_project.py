@@ -146,11 +146,11 @@ def copy_project(source: Path, target: Path) -> Path:
     """A copy of a built project, its mlflow.db re-homed to the copy's mlruns/ (as `tinyllm
     rehome` does): the store records absolute artifact locations, and tinyllm refuses to log
     into a store whose artifacts lie outside its directory."""
-    from tinyllm import tracking
+    from tinyllm.tracking.store import Store, rehome_artifacts
 
     shutil.copytree(source, target, symlinks=True)
     if (target / "mlflow.db").exists():
-        tracking.rehome(tracking.Store(f"sqlite:///{target / 'mlflow.db'}"))
+        rehome_artifacts(Store(f"sqlite:///{target / 'mlflow.db'}"))
     return target
 
 

@@ -8,7 +8,7 @@ def load_model(uri=None, device: str = "cpu", tracking_uri: str | None = None):
     """A `tinyllm.package.LoadedModel` (generate/stream) for any model the CLI takes:
     models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH or a
     package directory; None: the champion, else the latest version, else ./models/model."""
-    from tinyllm.discovery import load_model as load
+    from tinyllm.tracking.discovery import load_model as load
 
     return load(None if uri is None else str(uri), device=device, tracking_uri=tracking_uri)
 

@@ -28,9 +28,15 @@ from tinyllm.config import (
     SERVED_REQUEST_SECONDS,
     SamplingConfig,
 )
-from tinyllm.discovery import load_model, open_store, pinned_uri, test_bits_per_char, title_of
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
-from tinyllm.serving import MAX_DEFAULT_WORKERS
+from tinyllm.serving.workers import MAX_DEFAULT_WORKERS
+from tinyllm.tracking.discovery import (
+    load_model,
+    open_store,
+    pinned_uri,
+    test_bits_per_char,
+    title_of,
+)
 from tinyllm.version import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -266,8 +272,8 @@ def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request
           -d '{"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 50, "seed": 1}'
     """
     from tinyllm.config import Limits
-    from tinyllm.serving import ServeOptions, default_workers
-    from tinyllm.serving import serve as run_server
+    from tinyllm.serving.workers import ServeOptions, default_workers
+    from tinyllm.serving.workers import serve as run_server
 
     limits = Limits(max_tokens=max_tokens_limit, request_seconds=request_seconds,
                     max_prompt_chars=max_prompt_chars)
@@ -335,7 +341,7 @@ def train_params(data_path: str, name: str, register: bool, options: dict):
 def set_aside_checkpoint(checkpoints: Path, resume: bool) -> None:
     """--resume needs the checkpoint; a fresh start moves it aside (never deletes it)."""
     from tinyllm.io import set_aside
-    from tinyllm.train import CHECKPOINT_FILE
+    from tinyllm.training.loop import CHECKPOINT_FILE
 
     checkpoint = checkpoints / CHECKPOINT_FILE
     if resume:
@@ -351,14 +357,14 @@ def set_aside_checkpoint(checkpoints: Path, resume: bool) -> None:
 
 def describe_training(params, name: str, output: Path, source: str, resume: bool,
                       tracking_uri: str | None) -> str:
-    from tinyllm import tracking
     from tinyllm.config import warmup_for
+    from tinyllm.tracking.store import choose_tracking_uri
 
     m, t, d = params.model, params.train, params.data
     steps = (f"steps planned for {t.time_budget_minutes:g} min (recipe {t.recipe}), warm-up "
              f"at most {t.warmup_steps}" if t.time_budget_minutes else
              f"{t.max_steps} steps, warm-up {warmup_for(t.warmup_steps, t.max_steps)}")
-    where = (f"MLflow {tracking.tracking_uri(tracking_uri)}, registered as '{name}'"
+    where = (f"MLflow {choose_tracking_uri(tracking_uri)}, registered as '{name}'"
              if params.tracking.enabled else "off (--no-register: nothing is tracked)")
     return "\n".join([
         f"training '{name}' on {d.corpus} ({'resuming' if resume else 'from scratch'})",
@@ -424,7 +430,7 @@ def train(obj: Options, data_path: str, output_dir: Path | None, name: str | Non
     source = "./params.yaml" if Path("params.yaml").is_file() else "built-in (no ./params.yaml)"
 
     from tinyllm import workflow
-    from tinyllm.train import TrainingInterrupted
+    from tinyllm.training.loop import TrainingInterrupted
 
     layout = workflow.Layout(output)
     set_aside_checkpoint(layout.checkpoints, resume)
@@ -466,7 +472,7 @@ def runs(obj: Options, experiment: str | None, over: str, as_json: bool) -> None
     best first. Run a recipe over seeds with `dvc exp run --queue -S 'train.seed=1,2,3'`
     and `dvc queue start`.
     """
-    from tinyllm import sweep
+    from tinyllm.tracking import sweep
 
     experiment = experiment or _experiment_name()
     store, uri = open_store(obj.tracking_uri)
@@ -501,7 +507,7 @@ def recipes_table(recipes, over: str):
     `over` it ran with, and the mean ± sd of its test loss; cells wrap, headers never do."""
     from rich.table import Table
 
-    from tinyllm import sweep
+    from tinyllm.tracking import sweep
 
     keys = [k for k in sweep.varying_keys(recipes) if k != sweep.CORPUS]
     table = Table(box=None, header_style="bold")
@@ -556,7 +562,7 @@ def compare(obj: Options, model_a: str, model_b: str, text_file: Path | None, se
     bootstrap over the text. A and B are model URIs (models:/NAME/VERSION, models:/NAME@ALIAS,
     runs:/RUN_ID/PATH) or model package directories.
     """
-    from tinyllm import compare as comparing
+    from tinyllm.evaluation import compare as comparing
 
     source = text_file or DEFAULT_TEXT
     if not source.is_file():
@@ -596,21 +602,22 @@ def restore(obj: Options, model_uri: str | None) -> None:
     cache lacks (a dvc.lock from git, made on another machine). MODEL_URI defaults to
     models:/NAME/latest, NAME being tracking.registry_name of params.yaml.
     """
-    from tinyllm import tracking, workflow
+    from tinyllm import workflow
     from tinyllm.io import replace_directory, staging_directory
+    from tinyllm.tracking.store import Store, project_root, resolve_model_uri
 
-    layout = workflow.Layout(tracking.project_root())
+    layout = workflow.Layout(project_root())
     if layout.model.exists():
         raise TinyLLMError(f"{layout.model} exists; move it aside to restore another model")
     uri = model_uri or f"models:/{_registry_name(layout.root / 'params.yaml')}/latest"
-    store = tracking.Store(obj.tracking_uri)
-    model = tracking.resolve_model_uri(uri, store)
+    store = Store(obj.tracking_uri)
+    model = resolve_model_uri(uri, store)
     staging = staging_directory(layout.model)
     shutil.copytree(model.path, staging, dirs_exist_ok=True)
     replace_directory(staging, layout.model)
     restored = [layout.model]
     if model.run_id and not layout.run_handoff.exists():
-        from tinyllm.tracked_run import TrackedRun
+        from tinyllm.tracking.runs import TrackedRun
 
         run = store.client.get_run(model.run_id)
         experiment = store.client.get_experiment(run.info.experiment_id).name
@@ -640,7 +647,7 @@ def models(obj: Options, name: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tinyllm.tracking import registry_versions
+    from tinyllm.tracking.store import registry_versions
 
     if name:
         versions, _ = registry_versions(store, name)  # unknown: one line listing what exists
@@ -693,10 +700,10 @@ def rehome(obj: Options) -> None:
     to log there. tinyllm's commands that read models find them here anyway. Run it in the
     project root; it is safe to run again.
     """
-    from tinyllm import tracking
+    from tinyllm.tracking.store import Store, rehome_artifacts
 
-    store = tracking.Store(obj.tracking_uri)
-    rewritten = tracking.rehome(store)
+    store = Store(obj.tracking_uri)
+    rewritten = rehome_artifacts(store)
     if not rewritten:
         click.echo(f"Nothing to do: {store.uri} keeps its artifacts in {store.home / 'mlruns'}.")
     for old, count in rewritten.items():

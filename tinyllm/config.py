@@ -18,11 +18,11 @@ from typing import Any
 import yaml
 
 from tinyllm.errors import TinyLLMError
-from tinyllm.recipes import apply_recipe
+from tinyllm.training.recipes import apply_recipe
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # where torch runs; auto: CUDA, else MPS, else CPU
-RECIPES = ("auto", "none")  # auto: with a time budget, tinyllm.recipes fits the knobs to it
-OPTIMIZERS = ("adamw", "muon")  # muon: tinyllm.muon for the blocks' matrices, Adam for the rest
+RECIPES = ("auto", "none")  # auto: with a time budget, training.recipes fits the knobs to it
+OPTIMIZERS = ("adamw", "muon")  # muon: training.muon for the blocks' matrices, Adam for the rest
 
 
 def knob(default: Any, *, min: float | None = None, max: float | None = None,

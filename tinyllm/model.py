@@ -77,7 +77,7 @@ def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     [B, heads, context, head_dim], masked by visible_slots.
 
     Every row is computed over the same length whatever its position, so rows of different
-    lengths batched together get exactly what each gets alone (tinyllm.batching relies on it).
+    lengths batched together get exactly what each gets alone (serving.batching relies on it).
     """
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
 

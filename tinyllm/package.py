@@ -152,7 +152,7 @@ class LoadedModel:
     tokenizer: CharTokenizer
     meta: dict
     path: Path
-    source: Any = None  # where tinyllm.load_model found it: a tinyllm.tracking.ResolvedModel
+    source: Any = None  # where tinyllm.load_model found it: a tinyllm.tracking.store.ResolvedModel
 
     @property
     def config(self) -> GPTConfig:

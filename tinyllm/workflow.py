@@ -136,23 +136,23 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None, *,
           callbacks: tuple = (), **fit_options):
     """Train (resuming this run's checkpoint if there is one) and write the model package.
 
-    callbacks and fit_options go to tinyllm.train.fit besides the pipeline's own (a sweep's
+    callbacks and fit_options go to tinyllm.training.loop.fit besides the pipeline's own (a sweep's
     plan and simulated clock).
 
     With tracking on, the MLflow store is checked before any work, and the run id is handed to
     evaluate through layout.run_handoff. Under torchrun every rank trains; rank 0 alone tracks
     and writes.
     """
-    from tinyllm import distributed
     from tinyllm.devices import select_device
     from tinyllm.model import GPTConfig
     from tinyllm.package import runtime_versions, save_package
-    from tinyllm.progress import ProgressReporter
     from tinyllm.tokenizer import CharTokenizer, load_tokens
-    from tinyllm.tracked_run import run_name, training_run
-    from tinyllm.train import check_batch_split, fit
-    from tinyllm.train_outputs import SUMMARY_FILE, LiveCurves, summary_of, write_history
-    from tinyllm.train_samples import SAMPLES_FILE, TrainingSamples
+    from tinyllm.tracking.runs import run_name, training_run
+    from tinyllm.training import distributed
+    from tinyllm.training.loop import check_batch_split, fit
+    from tinyllm.training.outputs import SUMMARY_FILE, LiveCurves, summary_of, write_history
+    from tinyllm.training.progress import ProgressReporter
+    from tinyllm.training.samples import SAMPLES_FILE, TrainingSamples
 
     tokenizer = CharTokenizer.load(_require(layout.tokenizer, "tokenize"))
     token_files = [layout.tokens / "train.bin", layout.tokens / "val.bin"]
@@ -207,11 +207,11 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None, *,
 def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) -> dict:
     """Whole-split metrics, samples and the loss curve; with tracking, log and register."""
     from tinyllm.devices import select_device
+    from tinyllm.evaluation.report import loss_curve_png, samples_markdown
+    from tinyllm.evaluation.scoring import split_metrics
     from tinyllm.package import load_package
-    from tinyllm.report import loss_curve_png, samples_markdown
-    from tinyllm.scoring import split_metrics
     from tinyllm.tokenizer import load_tokens
-    from tinyllm.tracked_run import EVAL_METRIC_PREFIX, evaluation_run, run_name
+    from tinyllm.tracking.runs import EVAL_METRIC_PREFIX, evaluation_run, run_name
 
     cfg, tracked = params.evaluate, params.tracking
     device = select_device(cfg.device, key="evaluate.device")

@@ -28,8 +28,8 @@ def test_help_imports_nothing_heavy():
     """`tinyllm --help` must answer at once: no torch, MLflow or pipeline on the way."""
     code = ("import sys\nfrom tinyllm.cli import cli\n"
             "cli.main(['--help'], standalone_mode=False)\n"
-            "heavy = ('torch', 'mlflow', 'numpy', 'rich', 'tinyllm.tracking', 'tinyllm.package',"
-            " 'tinyllm.workflow')\n"
+            "heavy = ('torch', 'mlflow', 'numpy', 'rich', 'tinyllm.tracking.store',"
+            " 'tinyllm.package', 'tinyllm.workflow')\n"
             "print('HEAVY', sorted(m for m in heavy if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

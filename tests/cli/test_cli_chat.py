@@ -13,8 +13,8 @@ import pexpect
 import pytest
 import yaml
 
-from tinyllm import tracking
 from tinyllm.package import load_package
+from tinyllm.tracking.store import Store
 
 SHORT = ["--max-tokens", "12"]
 
@@ -109,7 +109,7 @@ def test_unknown_characters_and_long_prompts_are_explained(invoke, tiny_model):
                                  "run"])
 def test_every_uri_form_loads(invoke, tiny_model, uri):
     if uri == "run":
-        store = tracking.Store(tiny_model.uri)
+        store = Store(tiny_model.uri)
         uri = f"runs:/{store.client.get_model_version('tiny', '1').run_id}/model"
     result = invoke("chat", "--model-uri", uri, *SHORT, input="ROMEO:\n")
     assert result.exit_code == 0, result.stderr

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tinyllm import tracking
 from tinyllm.package import load_package
+from tinyllm.tracking.store import Store
 
 pytestmark = pytest.mark.usefixtures("own_store")  # the registry as built: one model
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("own_store")  # the registry as built: one 
 def test_table_lists_versions_with_their_facts(invoke, tiny_model):
     result = invoke("models")
     assert result.exit_code == 0, result.stderr
-    version = tracking.Store(tiny_model.uri).client.get_model_version("tiny", "1")
+    version = Store(tiny_model.uri).client.get_model_version("tiny", "1")
     row = next(line for line in result.stdout.splitlines() if " tiny " in line)
     assert "champion" in row
     assert f"{float(version.tags['test_bits_per_char']):.3f}" in row
@@ -51,12 +51,12 @@ def test_no_store_yet_says_so_without_creating_one(invoke, monkeypatch):
 def test_empty_store_says_so(invoke, tiny_model, tmp_path, own_store):
     empty = tmp_path / "empty.db"
     shutil.copy(own_store.removeprefix("sqlite:///"), empty)
-    tracking.Store(f"sqlite:///{empty}").client.delete_registered_model("tiny")
+    Store(f"sqlite:///{empty}").client.delete_registered_model("tiny")
     result = invoke("--tracking-uri", f"sqlite:///{empty}", "models")
     assert result.exit_code == 0
     assert "No models registered in sqlite:///" in result.stdout
     assert "dvc repro" in result.stdout
-    assert tracking.Store(tiny_model.uri).client.get_registered_model("tiny")  # untouched
+    assert Store(tiny_model.uri).client.get_registered_model("tiny")  # untouched
 
 
 def test_unreachable_server_is_named(invoke, error_line):
@@ -73,6 +73,6 @@ def test_restore_writes_the_registered_package_back_and_never_over_a_model(
     for file in tiny_model.package.iterdir():
         assert (Path("models/model") / file.name).read_bytes() == file.read_bytes(), file.name
     handoff = Path("models/train/mlflow_run.json").read_text()
-    assert tracking.Store(tiny_model.uri).client.get_model_version("tiny", "1").run_id in handoff
+    assert Store(tiny_model.uri).client.get_model_version("tiny", "1").run_id in handoff
     assert error_line(invoke("restore", "models:/tiny/1")) == (
         f"error: {Path.cwd() / 'models/model'} exists; move it aside to restore another model")

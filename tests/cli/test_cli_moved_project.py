@@ -9,9 +9,9 @@ from pathlib import Path
 
 import mlflow
 
-from tinyllm import tracking
 from tinyllm.package import load_package
-from tinyllm.tracked_run import TrackedRun
+from tinyllm.tracking.runs import TrackedRun
+from tinyllm.tracking.store import Store
 
 WARNING = "where the project was before; reading them from {home}/mlruns (run `tinyllm rehome`"
 
@@ -20,7 +20,7 @@ def make_project(root: Path, package: Path) -> str:
     """A project at root (.dvc/, mlflow.db, mlruns/) with package registered as served/1;
     returns the run id."""
     (root / ".dvc").mkdir(parents=True)
-    with TrackedRun.start(tracking.Store(f"sqlite:///{root / 'mlflow.db'}"), "moved-tests",
+    with TrackedRun.start(Store(f"sqlite:///{root / 'mlflow.db'}"), "moved-tests",
                          "served", {}, {}) as run:
         run.register(package, "served", 2.0, 2.0, "data")
         return run.id

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from tinyllm import tracking
 from tinyllm.io import exclusive_lock
+from tinyllm.tracking.store import Store
 
 # Two corpora; on the first, two recipes of one key pair apart, one of them over three seeds.
 SWEEP = [("data/raw/plays", "0.001", "900", seed, loss)
@@ -22,7 +22,7 @@ SWEEP = [("data/raw/plays", "0.001", "900", seed, loss)
 @pytest.fixture(scope="module")
 def sweep_experiment(tiny_model) -> str:
     """Finished runs as a sweep leaves them (params and test metrics), without training."""
-    client, name = tracking.Store(tiny_model.uri).client, "sweep-80-columns"
+    client, name = Store(tiny_model.uri).client, "sweep-80-columns"
     with exclusive_lock(tiny_model.root / f"{name}.lock"):  # xdist's workers share the store
         if client.get_experiment_by_name(name) is not None:
             return name
@@ -42,7 +42,7 @@ def sweep_experiment(tiny_model) -> str:
 def test_the_session_run_is_listed_with_its_test_loss(invoke, tiny_model):
     result = invoke("runs", "--experiment", "cli-tests", "--json")
     assert result.exit_code == 0, result.stderr
-    client = tracking.Store(tiny_model.uri).client
+    client = Store(tiny_model.uri).client
     version = client.get_model_version("tiny", "1")
     [recipe] = [r for r in json.loads(result.stdout) if version.run_id in r["run_ids"]]
     assert recipe["over"] == "train.seed" and "1337" in recipe["values"]

@@ -11,12 +11,13 @@ import torch
 import yaml
 from test_serve import worker_processes
 
-from tinyllm import server_process, tracking
 from tinyllm.package import load_package, save_package
-from tinyllm.tracked_run import TrackedRun
+from tinyllm.serving import launch as server_process
+from tinyllm.tracking.runs import TrackedRun
+from tinyllm.tracking.store import Store
 
 
-def register(store: tracking.Store, package: Path, test_loss: float) -> str:
+def register(store: Store, package: Path, test_loss: float) -> str:
     with TrackedRun.start(store, "serve-tests", "served", {}, {}) as run:
         return run.register(package, "served", test_loss, test_loss, "data").version
 
@@ -33,7 +34,7 @@ def test_serve_takes_the_champion_and_follows_the_alias_without_a_restart(tiny_m
                                                                           monkeypatch, new_store):
     uri = new_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    store = tracking.Store(uri)
+    store = Store(uri)
     assert register(store, tiny_model.package, 2.0) == "1"
     Path("params.yaml").write_text(yaml.safe_dump({"tracking": {"registry_name": "served"}}))
     log = tmp_path / "serve.log"

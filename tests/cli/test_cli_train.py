@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tinyllm import tracking
+from tinyllm.tracking.store import Store
 
 SMALL = ["--layers", "1", "--heads", "2", "--width", "16"]
 
@@ -18,7 +18,7 @@ def test_trains_registers_under_the_data_name_and_can_be_chatted_with(invoke, ti
     assert "1 layers, 2 heads, width 16, context 16" in out  # options over params.yaml
     assert "12 steps, warm-up 1, batch 8" in out  # batch from params.yaml; warm-up 5 capped
     assert "registered as 'my_text'" in out and "defaults: ./params.yaml" in out
-    version = tracking.Store().client.get_registered_model("my_text")
+    version = Store().client.get_registered_model("my_text")
     assert version.latest_versions or version.aliases
     assert "registered:    models:/my_text/1" in out
     assert out.rstrip().endswith("chat with it:  tinyllm chat --model-uri models:/my_text/1")
@@ -39,7 +39,7 @@ def test_no_register_fresh_start_sets_the_checkpoint_aside_and_resume_continues(
     assert "4 steps, warm-up 0, batch" in first.stdout  # warm-up 5 capped, not refused
     checkpoints = Path("runs/data/models/checkpoints")
     assert (checkpoints / "last.pt").is_file()
-    with_store = tracking.Store().client
+    with_store = Store().client
     assert "data" not in {m.name for m in with_store.search_registered_models()}
 
     again = invoke(*args)

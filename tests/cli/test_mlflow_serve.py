@@ -17,8 +17,9 @@ from pathlib import Path
 from test_serve import free_port
 from tiny_project import ROOT
 
-from tinyllm import server_process, tracking
-from tinyllm.tracked_run import TrackedRun
+from tinyllm.serving import launch as server_process
+from tinyllm.tracking.runs import TrackedRun
+from tinyllm.tracking.store import Store
 
 BIN = Path(sys.executable).parent
 
@@ -66,7 +67,7 @@ def invoke(url: str, reply: dict) -> None:
 def test_the_banner_command_serves_and_sigterm_stops_generation_and_the_server(
         tiny_model, tmp_path, new_store):
     uri = new_store(tmp_path)
-    with TrackedRun.start(tracking.Store(uri), "serve-tests", "served", {}, {}) as run:
+    with TrackedRun.start(Store(uri), "serve-tests", "served", {}, {}) as run:
         run.register(tiny_model.package, "served", 2.0, 2.0, "data")
     port = free_port()
     # As typed in a fresh shell: the venv is not on PATH (mlflow execs uvicorn from PATH).

@@ -12,12 +12,12 @@ OPEN_STORE = """
 import sys, time
 from pathlib import Path
 import mlflow, mlflow.store.db.utils, mlflow.store.tracking.sqlalchemy_store  # imports done
-from tinyllm import tracking
+from tinyllm.tracking.store import Store
 uri, ready, count = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 (ready / sys.argv[4]).touch()
 while len(list(ready.iterdir())) < count:  # all processes touch the new store together
     time.sleep(0.001)
-tracking.Store(uri)
+Store(uri)
 """
 
 

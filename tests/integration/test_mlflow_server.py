@@ -15,7 +15,9 @@ import pytest
 from tiny_project import ROOT
 
 import tinyllm
-from tinyllm import server_process, tracking, workflow
+from tinyllm import workflow
+from tinyllm.serving import launch as server_process
+from tinyllm.tracking.store import Store
 
 BIN = Path(sys.executable).parent
 # The load-test script's server helpers, so the test starts and stops servers the same way.
@@ -60,7 +62,7 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
     params = make_params()
     layout = workflow.Layout(tmp_path / "project")
     workflow.build(params, layout)
-    store = tracking.Store()
+    store = Store()
     assert store.uri == server
     assert str(store.client.get_model_version_by_alias("tiny", "champion").version) == "1"
     loaded = tinyllm.load_model("models:/tiny/1")

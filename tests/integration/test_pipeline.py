@@ -11,7 +11,7 @@ import pytest
 import yaml
 from tiny_project import copy_project, make_dvc_project, run, tiny_params, write_params
 
-from tinyllm import tracking
+from tinyllm.tracking.store import Store
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_repro_builds_everything_then_reruns_only_what_a_param_touches(built_pro
     assert (repo / "models/checkpoints/last.pt").exists()
     assert "models:/tiny/1" in first
     # registered in the DVC root's store, what `mlflow ui` there shows
-    assert tracking.Store(f"sqlite:///{repo / 'mlflow.db'}").client.get_model_version("tiny", "1")
+    assert Store(f"sqlite:///{repo / 'mlflow.db'}").client.get_model_version("tiny", "1")
 
     status = json.loads(run(["dvc", "status", "--json"], repo, env))
     assert status == {}

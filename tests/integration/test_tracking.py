@@ -11,8 +11,9 @@ import pytest
 from tiny_project import ROOT, make_project
 
 import tinyllm
-from tinyllm import tracking, workflow
+from tinyllm import workflow
 from tinyllm.errors import TinyLLMError
+from tinyllm.tracking.store import Store, rehome_artifacts, resolve_model_uri, runs_page, ui_page
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def build(params, root):
 def test_run_logs_params_step_metrics_artifacts_and_registers(tmp_path, make_params, store_uri):
     params = make_params()
     metrics = build(params, tmp_path / "a")
-    store = tracking.Store()
+    store = Store()
     run_id = (tmp_path / "a/models/train/mlflow_run.json").read_text()
     run = store.client.search_runs([store.experiment_id("tests")])[0]
     assert run.info.run_id in run_id
@@ -64,7 +65,7 @@ def test_run_logs_params_step_metrics_artifacts_and_registers(tmp_path, make_par
 
 def test_experiments_open_on_their_runs_in_mlflow_ui_also_those_made_before(store_uri):
     """MLflow 3's UI opens an experiment without this tag on its GenAI traces overview."""
-    store = tracking.Store()
+    store = Store()
     older = store.client.create_experiment("older")
     for name in ("older", "new"):
         experiment = store.client.get_experiment(store.experiment_id(name))
@@ -75,9 +76,9 @@ def test_experiments_open_on_their_runs_in_mlflow_ui_also_those_made_before(stor
 def test_every_page_tinyllm_links_to_asks_mlflow_ui_for_the_model_training_layout(store_uri):
     """MLflow 3.17's UI reads the layout from the address (or the browser's last switch), not
     from the experiment's tag: a run or model page opened without it shows the GenAI layout."""
-    store = tracking.Store()
-    runs = tracking.runs_page(store, "new")
-    model = tracking.ui_page(store, "models/tiny/versions/1")
+    store = Store()
+    runs = runs_page(store, "new")
+    model = ui_page(store, "models/tiny/versions/1")
     assert f"#/experiments/{store.experiment_id('new')}?workflowType=machine_learning " in runs
     assert model.startswith("http://127.0.0.1:5000/#/models/tiny/versions/1?workflowType="
                             "machine_learning (after `mlflow ui` in the project root)")
@@ -102,7 +103,7 @@ def test_a_copied_project_refuses_to_log_into_the_originals_store_until_rehomed(
         with pytest.raises(TinyLLMError, match=message):
             step(params, workflow.Layout(copy))
     assert sorted((original / "mlruns").rglob("*")) == written
-    tracking.rehome(tracking.Store())  # what the message says to run
+    rehome_artifacts(Store())  # what the message says to run
     workflow.evaluate(params, workflow.Layout(copy))  # logs and registers into the copy
     assert sorted((original / "mlruns").rglob("*")) == written
     assert len(list((copy / "mlruns").rglob("*"))) > len(written)  # the evaluation run's files
@@ -112,7 +113,7 @@ def test_champion_moves_only_for_better_models_and_same_weights_do_not_duplicate
         tmp_path, make_params, store_uri):
     build(make_params(), tmp_path / "first")
     build(make_params(**{"evaluate.temperature": 0.5}), tmp_path / "first")  # same weights
-    store = tracking.Store()
+    store = Store()
     assert [str(v.version) for v in store.client.search_model_versions("name='tiny'")] == ["1"]
     build(make_params(**{"train.max_steps": 120}), tmp_path / "better")
     assert str(store.client.get_model_version_by_alias("tiny", "champion").version) == "2"
@@ -124,7 +125,7 @@ def test_champion_moves_only_for_better_models_and_same_weights_do_not_duplicate
 def test_every_uri_form_resolves_and_unknown_ones_list_what_exists(
         tmp_path, make_params, store_uri):
     build(make_params(), tmp_path / "a")
-    store = tracking.Store()
+    store = Store()
     run_id = store.client.get_model_version("tiny", "1").run_id
     texts = set()
     for uri in ("models:/tiny/1", "models:/tiny@champion", "models:/tiny/latest",
@@ -133,22 +134,22 @@ def test_every_uri_form_resolves_and_unknown_ones_list_what_exists(
         texts.add(loaded.generate("ROMEO:", max_tokens=12, temperature=0))
     assert len(texts) == 1  # the same weights behind every form
     with pytest.raises(TinyLLMError, match=r"no registered model named 'nope'.*tiny"):
-        tracking.resolve_model_uri("models:/nope/1", store)
+        resolve_model_uri("models:/nope/1", store)
     with pytest.raises(TinyLLMError, match=r"no version '9'.*versions: 1"):
-        tracking.resolve_model_uri("models:/tiny/9", store)
+        resolve_model_uri("models:/tiny/9", store)
     with pytest.raises(TinyLLMError, match=r"no alias 'gold'.*champion"):
-        tracking.resolve_model_uri("models:/tiny@gold", store)
+        resolve_model_uri("models:/tiny@gold", store)
     with pytest.raises(TinyLLMError, match="outside"):
-        tracking.resolve_model_uri(f"runs:/{run_id}/../../etc", store)
+        resolve_model_uri(f"runs:/{run_id}/../../etc", store)
     with pytest.raises(TinyLLMError, match="malformed"):
-        tracking.resolve_model_uri("models:/tiny/1/extra", store)
+        resolve_model_uri("models:/tiny/1/extra", store)
 
 
 def test_evaluate_starts_a_fresh_run_when_trains_run_is_gone(tmp_path, make_params, store_uri):
     params = make_params()
     layout = workflow.Layout(tmp_path)
     workflow.build(params, layout, through=workflow.train)
-    store = tracking.Store()
+    store = Store()
     old = store.client.search_runs([store.experiment_id("tests")])[0].info.run_id
     store.client.delete_run(old)
     workflow.evaluate(params, layout)
@@ -192,19 +193,19 @@ def test_two_stores_in_one_process_each_keep_their_own_runs_and_models(tmp_path,
     store its run belongs to, whichever store was opened last, from any working directory."""
     import mlflow
 
-    from tinyllm.tracked_run import TrackedRun
+    from tinyllm.tracking.runs import TrackedRun
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = make_params(**{"tracking.enabled": False})
     layout = workflow.Layout(tmp_path / "model")
     workflow.build(params, layout, through=workflow.train)
-    first, second = (tracking.Store(new_store(tmp_path / name)) for name in ("one", "two"))
+    first, second = (Store(new_store(tmp_path / name)) for name in ("one", "two"))
     monkeypatch.chdir(tmp_path / "model")  # neither store's directory
     global_uri = mlflow.get_tracking_uri()  # MLflow's default: a store in the cwd
     with TrackedRun.start(first, "tests", "run-one", {}, {}) as run:
         assert run.register(layout.model, "only-in-one", 2.0, 3.0, "data").version == "1"
     assert [m.name for m in first.client.search_registered_models()] == ["only-in-one"]
     assert second.client.search_registered_models() == []
-    assert tracking.resolve_model_uri("models:/only-in-one/1", first).path.is_dir()
+    assert resolve_model_uri("models:/only-in-one/1", first).path.is_dir()
     assert mlflow.get_tracking_uri() == global_uri and "MLFLOW_TRACKING_URI" not in os.environ
     assert not (tmp_path / "model/mlflow.db").exists() and not (tmp_path / "model/mlruns").exists()

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import mlflow
 
-from tinyllm import tracking, workflow
-from tinyllm.tracked_run import TRAINING_SAMPLES
+from tinyllm import workflow
+from tinyllm.tracking.runs import TRAINING_SAMPLES
+from tinyllm.tracking.store import Store
 
 
 def test_a_training_run_records_system_metrics_and_its_datasets(tmp_path, make_params,
@@ -24,7 +25,7 @@ def test_a_training_run_records_system_metrics_and_its_datasets(tmp_path, make_p
     workflow.build(params, layout, through=workflow.train)
     assert not any(t.name == "SystemMetricsMonitor" for t in threading.enumerate())
 
-    store = tracking.Store()
+    store = Store()
     [run] = store.client.search_runs([store.experiment_id("tests")])
     assert {"system/cpu_utilization_percentage",
             "system/system_memory_usage_megabytes"} <= set(run.data.metrics)

@@ -19,9 +19,9 @@ filters removed is never listed. With `stream: true` the reply is server-sent ev
 `data: {json}` chunks ending in `data: [DONE]`. usage counts characters. Every response names
 the exact model version (`models:/NAME/VERSION`).
 
-Concurrent requests share one model through tinyllm.batching.Decoder: one forward pass per step
+Concurrent requests share one model through batching.Decoder: one forward pass per step
 for every sequence in flight, each giving exactly what `tinyllm generate` gives alone. When the
-alias (or /latest) a server serves moves, tinyllm.serving hands each worker the new version, and
+alias (or /latest) a server serves moves, workers.py hands each worker the new version, and
 new requests get it without a restart. Bad requests get a 4xx in OpenAI's error shape
 naming the field; SIGTERM ends whatever is in flight and exits within seconds.
 """
@@ -51,12 +51,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException
 
-from tinyllm.balancing import SharedLoads
-from tinyllm.batching import CANCELLED, Decoder, Sequence
 from tinyllm.config import SEED_MAX, Limits, SamplingConfig
-from tinyllm.discovery import load_resolved, pinned_uri
 from tinyllm.errors import TinyLLMError
 from tinyllm.generate import Draw, StopFilter, prompt_ids
+from tinyllm.serving.balancing import SharedLoads
+from tinyllm.serving.batching import CANCELLED, Decoder, Sequence
+from tinyllm.tracking.discovery import load_resolved, pinned_uri
 
 log = logging.getLogger(__name__)
 

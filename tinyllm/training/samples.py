@@ -18,7 +18,7 @@ from tinyllm.config import SamplingConfig
 from tinyllm.generate import generate_text
 from tinyllm.io import atomic_write_text
 from tinyllm.tokenizer import CharTokenizer
-from tinyllm.train import StepMetrics
+from tinyllm.training.loop import StepMetrics
 
 log = logging.getLogger(__name__)
 

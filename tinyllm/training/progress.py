@@ -7,9 +7,9 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the trainer (and torch) only for type hints
-    from tinyllm.train import StepMetrics
+    from tinyllm.training.loop import StepMetrics
 
-log = logging.getLogger("tinyllm.train")
+log = logging.getLogger("tinyllm.training.loop")
 
 
 class ProgressReporter:

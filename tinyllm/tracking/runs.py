@@ -26,14 +26,14 @@ from pathlib import Path
 
 from tinyllm.config import Params, SamplingConfig
 from tinyllm.io import atomic_write_json
-from tinyllm.tracking import Store, project_root
+from tinyllm.tracking.store import Store, project_root
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"  # name of the logged MLflow Model
 PACKAGE_ARTIFACT = "package"  # the model package inside the MLflow Model's artifacts
-PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
-PACKAGE_CODE = Path(__file__).parent  # tinyllm's source, logged with the model (code_paths)
+PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
+PACKAGE_CODE = Path(__file__).parents[1]  # tinyllm's source, logged with the model (code_paths)
 TRAINING_SAMPLES = "training_samples.json"  # MLflow table of samples taken while training
 STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_sec", "grad_norm")
 EVAL_METRIC_PREFIX = "eval_"  # eval_test_loss, eval_val_bits_per_char, ...
@@ -239,12 +239,12 @@ class TrackedRun:
                                  "experiment": self.experiment})
 
     def runs_page(self) -> str:
-        from tinyllm.tracking import runs_page
+        from tinyllm.tracking.store import runs_page
 
         return runs_page(self.store, self.experiment)
 
     def ui_page(self, route: str) -> str:
-        from tinyllm.tracking import ui_page
+        from tinyllm.tracking.store import ui_page
 
         return ui_page(self.store, route)
 

@@ -23,12 +23,12 @@ LOCAL_MODEL = Path("models/model")  # what `dvc repro` leaves in the project
 def open_store(explicit_uri: str | None):
     """(Store or None, uri). None when the store is a sqlite file that does not exist yet:
     merely opening it would create an empty mlflow.db."""
-    from tinyllm import tracking
+    from tinyllm.tracking.store import Store, choose_tracking_uri
 
-    uri = tracking.tracking_uri(explicit_uri)
+    uri = choose_tracking_uri(explicit_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None, uri
-    return tracking.Store(uri), uri
+    return Store(uri), uri
 
 
 def registry_defaults() -> tuple[str, str, str]:
@@ -69,16 +69,16 @@ def load_model(uri: str | None = None, device: str = "cpu", tracking_uri: str | 
     """The one model loader: a LoadedModel for any form the CLI takes (models:/NAME/VERSION,
     models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH, a package directory), or for
     None the discovered one (notify says which and why). loaded.source says where it came from
-    (a tinyllm.tracking.ResolvedModel). compile: torch.compile it for generation."""
+    (a tinyllm.tracking.store.ResolvedModel). compile: torch.compile it for generation."""
     return load_resolved(resolve(uri, tracking_uri, notify), device, compile)
 
 
 def resolve(uri: str | None = None, tracking_uri: str | None = None,
             notify: Callable[[str], None] = log.info):
-    """Where the model load_model(uri) loads is: a tinyllm.tracking.ResolvedModel, its package
+    """Where the model load_model(uri) loads is: a tinyllm.tracking.store.ResolvedModel, its package
     in a local directory. Needs MLflow but not torch, so a server finds the model while its
     workers import torch."""
-    from tinyllm import tracking
+    from tinyllm.tracking.store import resolve_model_uri
 
     store = None
     if uri is None or uri.startswith(("models:/", "runs:/")):
@@ -89,7 +89,7 @@ def resolve(uri: str | None = None, tracking_uri: str | None = None,
         elif store is None:
             raise TinyLLMError(f"cannot load {uri}: no MLflow store at {store_uri} yet; run "
                                "`dvc repro` to train and register a model")
-    return tracking.resolve_model_uri(str(uri), store)
+    return resolve_model_uri(str(uri), store)
 
 
 def load_resolved(resolved, device: str = "cpu", compile: bool = False):
@@ -112,12 +112,12 @@ def moves(uri: str) -> bool:
 def newer(resolved, tracking_uri: str | None = None):
     """The version resolved.uri (an alias or /latest) names now, resolved, when it is another
     than resolved's; else None."""
-    from tinyllm import tracking
+    from tinyllm.tracking.store import registered_version, resolve_model_uri
 
     store, _ = open_store(tracking_uri)
-    if tracking.registered_version(resolved.uri, store) == resolved.version:
+    if registered_version(resolved.uri, store) == resolved.version:
         return None
-    return tracking.resolve_model_uri(resolved.uri, store)
+    return resolve_model_uri(resolved.uri, store)
 
 
 def test_bits_per_char(loaded, tracking_uri: str | None = None) -> float | None:

@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinyllm import distributed
 from tinyllm.config import TrainConfig, warmup_for
 from tinyllm.devices import autocast_for, seconds, select_device
 from tinyllm.errors import TinyLLMError, first_line
 from tinyllm.io import atomic_write, set_aside
 from tinyllm.model import GPT, GPTConfig, compiled
-from tinyllm.muon import Muon, muon_groups
+from tinyllm.training import distributed
+from tinyllm.training.muon import Muon, muon_groups
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ def fit(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
 
 
 def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """train.optimizer: Muon (tinyllm.muon), or AdamW fused on CUDA and CPU: one pass over the
+    """train.optimizer: Muon (muon.py), or AdamW fused on CUDA and CPU: one pass over the
     parameters instead of a dozen (on CPU, 0.8 ms a step instead of 5 for the default model)."""
     if cfg.optimizer == "muon":
         return Muon(muon_groups(model, cfg.weight_decay), lr=cfg.learning_rate,

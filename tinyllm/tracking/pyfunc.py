@@ -62,7 +62,7 @@ def settings_for(params: dict | None) -> SamplingConfig:
 
 class TinyLLMModel(PythonModel):
     def load_context(self, context):
-        from tinyllm.discovery import load_model
+        from tinyllm.tracking.discovery import load_model
 
         self.loaded = load_model(context.artifacts["package"])
 

@@ -1,6 +1,6 @@
 """Is model B really better than model A? Paired per-character scores and a block bootstrap.
 
-Both models score the same text character by character (tinyllm.scoring's windows: every
+Both models score the same text character by character (tinyllm.evaluation.scoring's windows: every
 character once, with at least half a context of history). The difference B - A in bits/char gets
 a 95% confidence interval from a block bootstrap: the per-character differences are cut into
 consecutive blocks, and whole blocks are resampled, so the correlation between neighbouring
@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tinyllm.errors import TinyLLMError
+from tinyllm.evaluation.scoring import char_nll
 from tinyllm.package import LoadedModel
-from tinyllm.scoring import char_nll
 
 LEVEL = 0.95
 RESAMPLES = 2000

@@ -1,5 +1,5 @@
 """MLflow: where runs are stored, reading the registry, and model URIs (what a run records is
-tinyllm.tracked_run's job).
+tinyllm.tracking.runs's job).
 
 Default store: sqlite:///<project root>/mlflow.db with artifacts in <project root>/mlruns, which is
 what `mlflow ui` started in the project root shows. MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI)
@@ -52,7 +52,7 @@ def project_root() -> Path:
     return here
 
 
-def tracking_uri(explicit: str | None = None) -> str:
+def choose_tracking_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or (
         f"sqlite:///{project_root() / 'mlflow.db'}")
 
@@ -114,7 +114,7 @@ def rehomed(location: str, home: Path) -> str | None:
     return moved.as_uri() if location.startswith("file:") else str(moved)
 
 
-def rehome(store: Store) -> dict[str, int]:
+def rehome_artifacts(store: Store) -> dict[str, int]:
     """Rewrite every foreign artifact location a local mlflow.db records (a project copied,
     moved or renamed) to this project's mlruns/, so MLflow's own tools find the files here.
     Returns {old mlruns folder: locations rewritten}."""
@@ -146,7 +146,7 @@ class Store:
     def __init__(self, uri: str | None = None):
         import mlflow
 
-        self.uri = tracking_uri(uri)
+        self.uri = choose_tracking_uri(uri)
         check_reachable(self.uri)
         self.registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or self.uri
         # Two pipelines starting together (`dvc queue start -j 2`) would both create or

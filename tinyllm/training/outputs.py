@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from tinyllm.io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:  # the trainer (and torch) only for type hints
-    from tinyllm.train import StepMetrics, TrainResult
+    from tinyllm.training.loop import StepMetrics, TrainResult
 
 SUMMARY_FILE = "summary.json"  # the run's facts, the realised plan among them
 STEP_COLUMNS = ("step", "train_loss", "lr", "grad_norm", "tokens_per_sec")

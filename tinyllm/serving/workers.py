@@ -1,5 +1,5 @@
 """`tinyllm serve`'s processes: its options, and the parent that finds the model and starts,
-watches and stops the workers that serve it. Light to import: the app (tinyllm.serve: FastAPI,
+watches and stops the workers that serve it. Light to import: the app (tinyllm.serving.app: FastAPI,
 torch) loads only in the workers, so they are spawned without the parent's import time.
 """
 
@@ -16,9 +16,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tinyllm.balancing import LOADING, SharedLoads
 from tinyllm.config import Limits
 from tinyllm.errors import TinyLLMError
+from tinyllm.serving.balancing import LOADING, SharedLoads
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
 
     Each worker accepts on one shared socket with its own copy of the model and its own decoder:
     a decoding step is mostly Python, and one process runs Python on one core at a time. The
-    less busy workers take new connections first (tinyllm.balancing). This process only finds
+    less busy workers take new connections first (balancing.py). This process only finds
     the model (MLflow) and tells the workers of a newer version when an alias or /latest moves,
     so the workers never import MLflow, and the first one imports torch and FastAPI while this
     one opens the registry. Any worker that fails to load ends them all.
@@ -80,7 +80,7 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
 
     try:
         first = start(0)  # importing the app while we find the model
-        from tinyllm import discovery
+        from tinyllm.tracking import discovery
 
         resolved = discovery.resolve(options.uri, options.tracking_uri, notify)
         first[1].send(resolved)
@@ -116,7 +116,7 @@ def _ready(process, pipe) -> str:
 
 def _follow(resolved, options: ServeOptions, pipes, notify):
     """Check the alias (or /latest) once; when it moved, send every worker the new version."""
-    from tinyllm import discovery
+    from tinyllm.tracking import discovery
 
     try:
         moved = discovery.newer(resolved, options.tracking_uri)
@@ -151,9 +151,9 @@ def _stop(processes) -> None:
 def _worker(options: ServeOptions, listener: socket.socket, pipe, loads: SharedLoads) -> None:
     """A worker process: import the app, load the model the parent resolved, say so through
     pipe as (problem, what it serves), then serve."""
-    from tinyllm import serve as app
     from tinyllm.errors import user_error_message
     from tinyllm.logs import setup_logging
+    from tinyllm.serving import app
 
     setup_logging(options.verbose)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (uvicorn then takes over)

@@ -1,0 +1,1 @@
+"""Tracking: the MLflow store, tracked runs, the model registry and which model to load."""

@@ -1,0 +1,1 @@
+"""Training: the loop under a step plan or a time budget, its optimizers, recipes and outputs."""
