@@ -604,7 +604,8 @@ def restore(obj: Options, model_uri: str | None) -> None:
     """
     from tinyllm import workflow
     from tinyllm.io import replace_directory, staging_directory
-    from tinyllm.tracking.store import Store, project_root, resolve_model_uri
+    from tinyllm.tracking.registry import resolve_model_uri
+    from tinyllm.tracking.store import Store, project_root
 
     layout = workflow.Layout(project_root())
     if layout.model.exists():
@@ -647,7 +648,7 @@ def models(obj: Options, name: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tinyllm.tracking.store import registry_versions
+    from tinyllm.tracking.registry import registry_versions
 
     if name:
         versions, _ = registry_versions(store, name)  # unknown: one line listing what exists

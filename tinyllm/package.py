@@ -152,7 +152,7 @@ class LoadedModel:
     tokenizer: CharTokenizer
     meta: dict
     path: Path
-    source: Any = None  # where tinyllm.load_model found it: a tinyllm.tracking.store.ResolvedModel
+    source: Any = None  # where load_model found it: a tracking.registry.ResolvedModel
 
     @property
     def config(self) -> GPTConfig:

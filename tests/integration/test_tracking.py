@@ -13,7 +13,8 @@ from tiny_project import ROOT, make_project
 import tinyllm
 from tinyllm import workflow
 from tinyllm.errors import TinyLLMError
-from tinyllm.tracking.store import Store, rehome_artifacts, resolve_model_uri, runs_page, ui_page
+from tinyllm.tracking.registry import resolve_model_uri
+from tinyllm.tracking.store import Store, rehome_artifacts, runs_page, ui_page
 
 
 @pytest.fixture

@@ -69,16 +69,16 @@ def load_model(uri: str | None = None, device: str = "cpu", tracking_uri: str | 
     """The one model loader: a LoadedModel for any form the CLI takes (models:/NAME/VERSION,
     models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH, a package directory), or for
     None the discovered one (notify says which and why). loaded.source says where it came from
-    (a tinyllm.tracking.store.ResolvedModel). compile: torch.compile it for generation."""
+    (a registry.ResolvedModel). compile: torch.compile it for generation."""
     return load_resolved(resolve(uri, tracking_uri, notify), device, compile)
 
 
 def resolve(uri: str | None = None, tracking_uri: str | None = None,
             notify: Callable[[str], None] = log.info):
-    """Where the model load_model(uri) loads is: a tinyllm.tracking.store.ResolvedModel, its package
-    in a local directory. Needs MLflow but not torch, so a server finds the model while its
+    """Where the model load_model(uri) loads is: a registry.ResolvedModel, its package in a local
+    directory. Needs MLflow but not torch, so a server finds the model while its
     workers import torch."""
-    from tinyllm.tracking.store import resolve_model_uri
+    from tinyllm.tracking.registry import resolve_model_uri
 
     store = None
     if uri is None or uri.startswith(("models:/", "runs:/")):
@@ -112,7 +112,7 @@ def moves(uri: str) -> bool:
 def newer(resolved, tracking_uri: str | None = None):
     """The version resolved.uri (an alias or /latest) names now, resolved, when it is another
     than resolved's; else None."""
-    from tinyllm.tracking.store import registered_version, resolve_model_uri
+    from tinyllm.tracking.registry import registered_version, resolve_model_uri
 
     store, _ = open_store(tracking_uri)
     if registered_version(resolved.uri, store) == resolved.version:
