@@ -31,7 +31,7 @@ from tinyllm.config import load_params, params_from_dict, set_keys
 from tinyllm.evaluation.scoring import split_metrics
 from tinyllm.package import load_package
 from tinyllm.tokenizer import CharTokenizer, load_tokens
-from tinyllm.training.loop import StepPlan
+from tinyllm.training.plan import StepPlan
 
 # What a run spends besides its steps when planning from a rate: building the model and the
 # calibration, in seconds (measured on the 2-core CPU).

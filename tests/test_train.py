@@ -19,14 +19,10 @@ from tiny_project import TINY_TEXT
 from tinyllm.errors import TinyLLMError
 from tinyllm.model import GPTConfig
 from tinyllm.tokenizer import CharTokenizer
-from tinyllm.training.loop import (
-    CHECKPOINT_FILE,
-    StepPlan,
-    check_split_lengths,
-    fit,
-    load_checkpoint,
-    lr_at,
-)
+from tinyllm.training.batches import check_split_lengths
+from tinyllm.training.loop import fit
+from tinyllm.training.plan import StepPlan, lr_at
+from tinyllm.training.state import CHECKPOINT_FILE, load_checkpoint
 
 
 class Interrupt(Exception):
@@ -106,7 +102,7 @@ def test_checkpoint_from_other_params_is_set_aside(tmp_path, gpt_config, train_c
     cfg = dataclasses.replace(train_config, max_steps=4, warmup_steps=1)
     fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path)
     other = dataclasses.replace(cfg, learning_rate=1e-3)
-    with caplog.at_level(logging.WARNING, logger="tinyllm.training.loop"):
+    with caplog.at_level(logging.WARNING, logger="tinyllm.training"):
         result = fit(gpt_config, other, *splits, checkpoint_dir=tmp_path)
     assert result.resumed_from == 0 and result.steps == 4
     assert len(list(tmp_path.glob("*set-aside*"))) == 1
@@ -127,7 +123,7 @@ def test_checkpoint_under_other_speed_settings_is_resumed(tmp_path, gpt_config, 
 def test_corrupted_checkpoint_is_set_aside(tmp_path, gpt_config, train_config, splits, caplog):
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"this is not a torch checkpoint")
     cfg = dataclasses.replace(train_config, max_steps=2, warmup_steps=1)
-    with caplog.at_level(logging.WARNING, logger="tinyllm.training.loop"):
+    with caplog.at_level(logging.WARNING, logger="tinyllm.training"):
         result = fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path)
     assert result.resumed_from == 0 and result.steps == 2
     [aside] = tmp_path.glob("*set-aside*")
@@ -421,7 +417,7 @@ def test_a_replanned_run_replays_exactly_from_its_summary_as_fixed_steps(
 
 
 def test_the_pace_shrugs_off_a_hiccup_but_follows_a_machine_that_stays_slower():
-    from tinyllm.training.loop import Pace
+    from tinyllm.training.plan import Pace
 
     pace = Pace(step_sec=0.1, eval_sec=1.0)
     pace.observe(10.0, evaluated=False)  # one step that took a hundred times as long

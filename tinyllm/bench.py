@@ -31,7 +31,8 @@ from tinyllm.generate import compiled_for_generation, stream_tokens
 from tinyllm.model import GPT, GPTConfig, compiled
 from tinyllm.package import save_package
 from tinyllm.tokenizer import CharTokenizer
-from tinyllm.training.loop import WindowSampler, make_optimizer, optimizer_step
+from tinyllm.training.batches import WindowSampler
+from tinyllm.training.optimizer import make_optimizer, optimizer_step
 
 # Printable ASCII from space to "s": 84 characters + the unknown id = 85, about Shakespeare's.
 TOKENIZER = CharTokenizer([chr(c) for c in range(32, 116)])

@@ -341,7 +341,7 @@ def train_params(data_path: str, name: str, register: bool, options: dict):
 def set_aside_checkpoint(checkpoints: Path, resume: bool) -> None:
     """--resume needs the checkpoint; a fresh start moves it aside (never deletes it)."""
     from tinyllm.io import set_aside
-    from tinyllm.training.loop import CHECKPOINT_FILE
+    from tinyllm.training.state import CHECKPOINT_FILE
 
     checkpoint = checkpoints / CHECKPOINT_FILE
     if resume:

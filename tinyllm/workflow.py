@@ -149,7 +149,8 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None, *,
     from tinyllm.tokenizer import CharTokenizer, load_tokens
     from tinyllm.tracking.runs import run_name, training_run
     from tinyllm.training import distributed
-    from tinyllm.training.loop import check_batch_split, fit
+    from tinyllm.training.batches import check_batch_split
+    from tinyllm.training.loop import fit
     from tinyllm.training.outputs import SUMMARY_FILE, LiveCurves, summary_of, write_history
     from tinyllm.training.progress import ProgressReporter
     from tinyllm.training.samples import SAMPLES_FILE, TrainingSamples

@@ -23,7 +23,7 @@ WRITER = textwrap.dedent("""
     from tinyllm.model import GPT, GPTConfig
     from tinyllm.package import save_package
     from tinyllm.tokenizer import CharTokenizer
-    from tinyllm.training.loop import save_checkpoint
+    from tinyllm.training.state import save_checkpoint
 
     out = Path(sys.argv[1])
     tokenizers = [CharTokenizer.fit("abcdef"), CharTokenizer.fit("uvwxyz")]

@@ -1,0 +1,133 @@
+"""Where a run stands (RunState) and its checkpoint: one dataclass whose fields are what a
+checkpoint saves and restores, the best weights kept, and the data-limited stop."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from tinyllm.config import TrainConfig
+from tinyllm.errors import first_line
+from tinyllm.io import atomic_write, set_aside
+from tinyllm.model import GPT, GPTConfig
+from tinyllm.training import distributed
+from tinyllm.training.plan import StepPlan
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "last.pt"
+# Keys that change how fast or where training runs, not what it computes: a checkpoint made
+# under other values of these is still resumed.
+RESUMABLE_ACROSS = ("device", "threads", "compile", "checkpoint_interval")
+# Validation that has not improved for STALL_EVALS evaluations ends a budgeted run with a decay
+# over FINAL_DECAY of the steps so far (at least one evaluation interval).
+STALL_EVALS, FINAL_DECAY = 1, 0.2
+
+
+def run_fingerprint(model_cfg: GPTConfig, train_cfg: TrainConfig, data_fingerprint: str) -> str:
+    recipe = {k: v for k, v in asdict(train_cfg).items() if k not in RESUMABLE_ACROSS}
+    blob = json.dumps({"model": asdict(model_cfg), "train": recipe, "data": data_fingerprint},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    """The checkpoint at path if it belongs to this run; a foreign or broken one is set aside."""
+    if not path.exists():
+        return None
+    reason = None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+            reason = "it was made under other params or data"
+    except Exception as exc:  # a damaged checkpoint must not stop a fresh start
+        reason = f"it cannot be read ({first_line(exc)})"
+    if reason is None:
+        return state
+    if not distributed.is_main():  # rank 0 sets it aside; every rank starts from step 0
+        return None
+    aside = set_aside(path)
+    log.warning("not resuming from %s: %s; moved it to %s and starting from step 0",
+                path, reason, aside.name)
+    return None
+
+
+@dataclass
+class RunState:
+    """Where a run stands: everything its checkpoint holds besides the modules' own states.
+
+    Its fields are the one list of what a checkpoint saves and restores (`save`, `restore`).
+    """
+
+    step: int = 0
+    tokens_seen: int = 0
+    best_val: float = math.inf
+    best_step: int = 0
+    best: dict | None = None  # the best-by-validation weights
+    best_optimizer: dict | None = None  # the optimizer's state with them
+    evals_since_best: int = 0
+    history: list[dict] = field(default_factory=list)
+    plan: StepPlan | None = None
+    train_seconds: float = 0.0  # sessions before this one, at a restore
+
+    def save(self, path: Path, fingerprint: str, model: GPT, optimizer, sampler) -> None:
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        save_checkpoint(path, {**fields, "plan": asdict(self.plan), "fingerprint": fingerprint,
+                               "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "sampler_rng": sampler.generator.get_state(),
+                               "torch_rng": torch.get_rng_state()})
+
+    @classmethod
+    def restore(cls, state: dict, model: GPT, optimizer, sampler, cfg: TrainConfig) -> RunState:
+        """The run a checkpoint holds; one written before a field existed takes its default
+        (the plan's evaluation cadence: train.eval_interval's)."""
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.generator.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        run = cls(**{name: state[name] for name in cls.__dataclass_fields__ if name in state})
+        run.plan = StepPlan(**{"eval_interval": cfg.eval_interval, **run.plan})
+        return run
+
+    def evaluated(self, val_loss: float, model: GPT, optimizer) -> None:
+        """Keep the weights (and the optimizer's state) when they are the best so far; count
+        evaluations without progress."""
+        if val_loss < self.best_val:
+            self.best_val, self.best_step, self.evals_since_best = val_loss, self.step, 0
+            self.best = copy.deepcopy(model.state_dict())
+            self.best_optimizer = copy.deepcopy(optimizer.state_dict())
+        else:
+            self.evals_since_best += 1
+
+    def stalled(self) -> bool:
+        """Validation stopped improving in a budgeted run not already in its final decay."""
+        return bool(self.plan.budget_sec) and not self.plan.data_limited_at and (
+            self.evals_since_best >= STALL_EVALS)
+
+    def end_for_data(self) -> None:
+        """Decay now, over FINAL_DECAY of the steps so far (or what the plan has left, if
+        less), instead of overfitting to the end: `rewind` then goes back to the best weights."""
+        end = self.step + max(self.plan.eval_interval, math.ceil(FINAL_DECAY * self.step))
+        plan = self.plan.ended_at(self.step, min(end, self.plan.steps))
+        self.plan = replace(plan, data_limited_at=self.step)
+        log.info("validation has not improved since step %d: back to its weights, and the decay "
+                 "ends the run at step %d", self.best_step, self.plan.steps)
+
+    def rewind(self, model: GPT, optimizer) -> None:
+        """At the data-limited stop's step (the run's or its replay's), take the best weights
+        and their optimizer state back: the decay starts from before the overfitting."""
+        if self.step == self.plan.data_limited_at and self.step < self.plan.steps:
+            model.load_state_dict(self.best)
+            if self.best_optimizer is not None:  # None: a checkpoint from before it was kept
+                optimizer.load_state_dict(copy.deepcopy(self.best_optimizer))  # it would alias
