@@ -19,7 +19,9 @@ from tiny_project import untrained_package
 
 from tinyllm.config import Limits
 from tinyllm.package import load_package
-from tinyllm.serving.app import Message, Models, chat_prompt, create_app
+from tinyllm.serving.app import create_app
+from tinyllm.serving.jobs import Models
+from tinyllm.serving.requests import Message, chat_prompt
 from tinyllm.tokenizer import UNKNOWN_ID
 from tinyllm.tracking import discovery
 

@@ -17,7 +17,7 @@ from tinyllm.config import EvaluateConfig, SamplingConfig
 from tinyllm.errors import TinyLLMError
 from tinyllm.generate import filter_logits
 from tinyllm.package import LoadedModel
-from tinyllm.serving.app import ChatRequest, CompletionRequest
+from tinyllm.serving.requests import ChatRequest, CompletionRequest
 from tinyllm.tracking.runs import signature
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplingConfig)}

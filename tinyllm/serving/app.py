@@ -29,424 +29,47 @@ naming the field; SIGTERM ends whatever is in flight and exits within seconds.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
 import re
-import secrets
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, fields, replace
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException
 
-from tinyllm.config import SEED_MAX, Limits, SamplingConfig
-from tinyllm.errors import TinyLLMError
-from tinyllm.generate import Draw, StopFilter, prompt_ids
+from tinyllm.config import Limits
 from tinyllm.serving.balancing import SharedLoads
-from tinyllm.serving.batching import CANCELLED, Decoder, Sequence
-from tinyllm.tracking.discovery import load_resolved, pinned_uri
+from tinyllm.serving.jobs import Job, Models, Piece, chat_logprobs, completion_logprobs
+from tinyllm.serving.requests import (
+    BaseRequest,
+    ChatRequest,
+    CompletionRequest,
+    RequestError,
+    SampledRequest,
+    chat_prompt,
+    error_body,
+    settings_of,
+    stops_of,
+)
 
 log = logging.getLogger(__name__)
 
 
-class RequestError(Exception):
-    """A 4xx in OpenAI's error shape."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 code: str | None = None):
-        super().__init__(message)
-        self.message, self.param, self.status, self.code = message, param, status, code
-
-
-def error_body(message: str, param: str | None = None, code: str | None = None,
-               kind: str = "invalid_request_error") -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
 # --- requests -----------------------------------------------------------------------------------
-
-MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
-FRESH_SEEDS = 2**32  # an unseeded request draws its seed below this (exact in any JSON reader)
-NO_TOOLS = "this server's model only continues text; it has no tools or functions"
-
-
-def refused(field: str, message: str) -> PydanticCustomError:
-    """A validation error that _validation_error turns into a 400 `FIELD: message`, FIELD
-    named in full (field is relative to where it was raised)."""
-    return PydanticCustomError("tinyllm_refused", message, {"field": field})
-
-
-class _Strict(BaseModel):
-    """A request object as OpenAI clients send it. null for any field means its default; a
-    field in UNSUPPORTED is dropped when its value asks for nothing, else refused naming it;
-    any other unknown field is refused."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is no number, 1 no bool
-    # field -> (the values that ask for nothing, why any other cannot be honoured)
-    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _as_clients_send_it(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = {key: value for key, value in data.items() if value is not None}
-        for name, (nothing, why) in cls.UNSUPPORTED.items():
-            if name in data and data.pop(name) not in nothing:
-                raise refused(name, f"not supported ({why})")
-        return data
-
-
-class StreamOptions(_Strict):
-    include_usage: bool = False
-
-
-class _Common(_Strict):
-    model: str
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    n: int = 1
-    user: str | None = None  # accepted and ignored, as clients often send it
-    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
-        "logit_bias": ([{}], "the model's tokens are characters, not a tokenizer's ids"),
-        "response_format": ([{"type": "text"}], 'only {"type": "text"} is; the model cannot '
-                                                "be held to JSON")}
-
-    def param(self, name: str) -> str:
-        """The request field a sampling setting came from."""
-        return name
-
-
-# The sampling fields, derived from the one definition (names, types, defaults, help). An
-# omitted (or null) seed draws a fresh one; each response names the seed it used.
-_Sampled = create_model(
-    "Sampled", __base__=_Common,
-    **{f.name: (int if f.type == "int" else float,
-                Field(f.default, description=f.metadata["help"]))
-       for f in fields(SamplingConfig) if f.name != "seed"},
-    seed=(int | None, Field(None, description="Random seed; omitted or null: a fresh one. The "
-                                              "response's seed replays the reply.")))
-
-
-class CompletionRequest(_Sampled):
-    prompt: str | list[str]
-    logprobs: int | None = None  # how many of the most likely characters to list per position
-    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
-        **_Common.UNSUPPORTED, "echo": ([False], "the reply never repeats the prompt"),
-        "best_of": ([1], "use n"), "suffix": ([""], "the model only continues text")}
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _no_token_ids(cls, prompt: Any) -> Any:
-        if isinstance(prompt, list) and prompt and all(isinstance(p, (int, list))
-                                                       for p in prompt):
-            raise refused("", "token ids are not supported (send text: this model's tokens "
-                              "are its own characters)")
-        return prompt
-
-    def top_logprobs_wanted(self) -> int | None:
-        return _check_top_logprobs(self.logprobs, "logprobs")
-
-
-def _check_top_logprobs(value: int | None, param: str) -> int | None:
-    if value is not None and not 0 <= value <= MAX_TOP_LOGPROBS:
-        raise RequestError(f"{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {value}",
-                           param)
-    return value
-
-
-class Message(_Strict):
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str
-    name: str | None = None
-    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
-        "tool_calls": ([[]], NO_TOOLS), "function_call": ([], NO_TOOLS),
-        "refusal": ([""], "the model never refuses")}
-
-    @field_validator("content", mode="before")
-    @classmethod
-    def _text_parts(cls, content: Any) -> Any:
-        """Content as a list of text parts ({"type": "text", "text": ...}) is their texts, one
-        line each; any other kind of part (an image, audio, a file) is refused."""
-        if not isinstance(content, list):
-            return content
-        texts = []
-        for j, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind != "text":
-                raise refused(f"[{j}].type", f"parts of type {kind!r} are not supported "
-                                             "(this model reads text only)")
-            if set(part) != {"type", "text"} or not isinstance(part["text"], str):
-                raise refused(f"[{j}]", 'a text part is {"type": "text", "text": "..."}')
-            texts.append(part["text"])
-        return "\n".join(texts)
-
-
-class ChatRequest(_Sampled):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
-    logprobs: bool = False
-    top_logprobs: int | None = None  # with logprobs: the most likely characters per position
-    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
-        **_Common.UNSUPPORTED, "tools": ([[]], NO_TOOLS), "functions": ([[]], NO_TOOLS),
-        "tool_choice": (["none"], NO_TOOLS), "function_call": (["none"], NO_TOOLS),
-        "parallel_tool_calls": ([True, False], NO_TOOLS),
-        "modalities": ([["text"]], "the model writes text only"),
-        "audio": ([], "the model writes text only")}
-
-    @model_validator(mode="after")
-    def _one_max_tokens(self) -> ChatRequest:
-        if self.max_completion_tokens is not None:
-            if "max_tokens" in self.model_fields_set and (
-                    self.max_tokens != self.max_completion_tokens):
-                raise refused("max_completion_tokens", "differs from max_tokens; give one "
-                              "(max_completion_tokens is the newer name for it)")
-            self.max_tokens = self.max_completion_tokens
-        return self
-
-    def param(self, name: str) -> str:
-        renamed = name == "max_tokens" and self.max_completion_tokens is not None
-        return "max_completion_tokens" if renamed else name
-
-    def top_logprobs_wanted(self) -> int | None:
-        if self.top_logprobs is not None and not self.logprobs:
-            raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
-        top = _check_top_logprobs(self.top_logprobs, "top_logprobs")
-        return (top or 0) if self.logprobs else None
-
-
-def chat_prompt(messages: list[Message]) -> str:
-    """Messages as a script the character model continues: each one becomes `SPEAKER:\\n` plus
-    its content and a blank line, the speaker being its name (e.g. ROMEO) or else its role in
-    capitals; the prompt ends with `ASSISTANT:\\n` for the reply."""
-    lines = [f"{m.name or m.role.upper()}:\n{m.content}\n\n" for m in messages]
-    return "".join(lines) + "ASSISTANT:\n"
-
-
-def settings_of(body: _Sampled, limits: Limits) -> SamplingConfig:
-    """The request's sampling settings, an unseeded one with a fresh seed; errors name the
-    request's own field (max_completion_tokens when it gave that)."""
-    values = {f.name: getattr(body, f.name) for f in fields(SamplingConfig)}
-    if values["seed"] is None:
-        values["seed"] = secrets.randbelow(FRESH_SEEDS)
-    if values["max_tokens"] > limits.max_tokens:  # the server's cap, however large the value
-        raise RequestError(f"{body.param('max_tokens')} must be <= {limits.max_tokens} on this "
-                           f"server, got {values['max_tokens']}", body.param("max_tokens"))
-    try:
-        settings = SamplingConfig(**values)
-    except TinyLLMError as exc:
-        raise RequestError(str(exc).replace(exc.key, body.param(exc.key), 1),
-                           body.param(exc.key)) from None
-    if not 1 <= body.n <= limits.max_n:
-        raise RequestError(f"n must be between 1 and {limits.max_n}, got {body.n}", "n")
-    if settings.seed + body.n - 1 > SEED_MAX:
-        raise RequestError(f"seed + n - 1 must be <= {SEED_MAX}", "seed")
-    return settings
-
-
-def stops_of(body: _Common) -> list[str]:
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stops) > 4:
-        raise RequestError("stop takes at most 4 strings", "stop")
-    return stops
 
 
 # --- the model served ---------------------------------------------------------------------------
 
-@dataclass
-class Served:
-    """One loaded model version and the decoder its requests share."""
-
-    loaded: Any  # tinyllm.package.LoadedModel
-    decoder: Decoder
-
-    @property
-    def id(self) -> str:
-        source = self.loaded.source
-        return source.name or Path(source.uri).name
-
-    @property
-    def uri(self) -> str:
-        return pinned_uri(self.loaded.source)
-
-
-class Models:
-    """The model a server serves: a resolved model, then each newer version it is given (an
-    alias or /latest that moved)."""
-
-    def __init__(self, resolved, device: str = "cpu", max_batch: int = 64):
-        self.device, self.max_batch = device, max_batch
-        self.after_step = lambda: None
-        self.current = self._serve(load_resolved(resolved, device))
-        # the names a request may give: the model's, and the URI asked for (e.g. an alias)
-        self.names = {self.current.id, resolved.uri}
-
-    def _serve(self, loaded) -> Served:
-        decoder = Decoder(loaded.model, self.max_batch)
-        decoder.after_step = lambda: self.after_step()
-        return Served(loaded, decoder)
-
-    def swap(self, resolved) -> None:
-        """Serve resolved from the next request on; requests in flight finish on the old one."""
-        old, self.current = self.current, self._serve(load_resolved(resolved, self.device))
-        old.decoder.retire()
-
-    def check_name(self, name: str) -> Served:
-        served = self.current
-        if name not in self.names | {served.uri}:
-            raise RequestError(f"model '{name}' is not served here; this server serves "
-                               f"'{served.id}' ({served.uri})", "model", 404,
-                               "model_not_found")
-        return served
-
-    def stop(self) -> None:
-        self.current.decoder.stop()
-
 
 # --- one request's generations ------------------------------------------------------------------
-
-class Job:
-    """The choices of one request, generated by the shared decoder, read here as they come.
-    top_logprobs: a number when the request asked for log-probabilities (each token then comes
-    as a tinyllm.generate.Draw)."""
-
-    def __init__(self, served: Served, prompts: list[str], settings: SamplingConfig, n: int,
-                 stops: list[str], deadline: float, wake, top_logprobs: int | None = None):
-        self.served, self.wake, self.settings = served, wake, settings
-        self.ready = asyncio.Event()
-        self.events: collections.deque = collections.deque()
-        self.prompts = [p for p in prompts for _ in range(n)]  # each choice's
-        self.filters = [StopFilter(stops) for _ in self.prompts]
-        self.finish: list[str | None] = [None] * len(self.filters)
-        self.draws: list[list[Draw]] = [[] for _ in self.filters]  # with top_logprobs
-        self.sent = [0] * len(self.filters)  # characters each choice has handed out
-        self.sequences = []
-        ids = [prompt_ids(served.loaded.tokenizer, p) for p in prompts]
-        for index in range(len(self.filters)):
-            emit = self._emitter(index)
-            self.sequences.append(served.decoder.submit(Sequence(
-                ids[index // n], replace(settings, seed=settings.seed + index % n), emit,
-                deadline, top_logprobs)))
-
-    def _emitter(self, index: int):
-        def emit(item):  # in the decoder thread
-            self.events.append((index, item))
-            self.wake(self)
-        return emit
-
-    def cancel(self) -> None:
-        for sequence in self.sequences:
-            sequence.cancel()
-
-    @property
-    def done(self) -> bool:
-        return all(self.finish)
-
-    async def pieces(self, request: Request | None = None) -> AsyncIterator[Piece]:
-        """Each choice's text as generated; a Piece with text '' marks its end (see finish)."""
-        decode = self.served.loaded.tokenizer.decode
-        while not self.done:
-            if request is None:  # streaming: Starlette cancels us when the client goes
-                await self.ready.wait()
-            else:
-                try:
-                    await asyncio.wait_for(self.ready.wait(), 1.0)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        self.cancel()
-                        return
-                    continue
-            self.ready.clear()
-            texts, ended = self._drain(decode)
-            for index, text in texts.items():  # all that came since the last wake, at once
-                if text:
-                    start = self.sent[index]
-                    self.sent[index] += len(text)  # a character is a token: one Draw each
-                    yield Piece(index, text, start, self.draws[index][start:self.sent[index]])
-            for index in ended:
-                yield Piece(index, "", self.sent[index], [])
-
-    def _drain(self, decode) -> tuple[dict[int, str], list[int]]:
-        """The text each choice got from the decoder's events so far, and the choices that
-        ended (finish says why)."""
-        texts: dict[int, str] = collections.defaultdict(str)
-        ended = []
-        while self.events:
-            index, item = self.events.popleft()
-            if self.finish[index] or item == CANCELLED:
-                continue
-            pieces = self.filters[index]
-            if isinstance(item, str):  # the sequence ended: length, time or shutdown
-                texts[index] += pieces.flush()
-                self.finish[index] = "length"
-            else:
-                if isinstance(item, Draw):
-                    self.draws[index].append(item)
-                    item = item.token
-                texts[index] += pieces.push(decode([item]))
-                if pieces.stopped:
-                    self.sequences[index].cancel()
-                    self.finish[index] = "stop"
-            if self.finish[index]:
-                ended.append(index)
-        return texts, ended
-
-    def usage(self) -> dict:
-        prompt = sum(len(p) for p in self.prompts)
-        completion = sum(len(f.text) for f in self.filters)
-        return {"prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion}
-
-
-@dataclass
-class Piece:
-    """Text one choice generated: from character `start` of its reply on, with a Draw per
-    character when the request asked for log-probabilities."""
-
-    index: int
-    text: str
-    start: int
-    draws: list[Draw]
-
-
-def _entry(decode, token: int, logprob: float) -> dict:
-    text = decode([token])
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
-
-
-def chat_logprobs(decode, draws: list[Draw]) -> dict:
-    """OpenAI's chat `logprobs` for draws: each character with its log-probability, its UTF-8
-    bytes and the most likely characters at its position."""
-    return {"content": [{**_entry(decode, d.token, d.logprob),
-                         "top_logprobs": [_entry(decode, *best) for best in d.top]}
-                        for d in draws], "refusal": None}
-
-
-def completion_logprobs(decode, draws: list[Draw], offset: int) -> dict:
-    """The legacy completions' `logprobs` for draws: tokens, their log-probabilities, the most
-    likely ones at each position (with the chosen one) and text_offset, the position of each
-    character in prompt + reply text (offset: where the first one is)."""
-    tops = []
-    for d in draws:
-        top = {decode([token]): logprob for token, logprob in d.top}
-        top.setdefault(decode([d.token]), d.logprob)
-        tops.append(top)
-    return {"tokens": [decode([d.token]) for d in draws],
-            "token_logprobs": [d.logprob for d in draws], "top_logprobs": tops,
-            "text_offset": list(range(offset, offset + len(draws)))}
 
 
 # --- the app ------------------------------------------------------------------------------------
@@ -582,7 +205,7 @@ class Generation:
     limits: Limits
     wakeups: Wakeups
 
-    def start(self, body: _Sampled, prompts: list[str], param: str,
+    def start(self, body: SampledRequest, prompts: list[str], param: str,
               top_logprobs: int | None) -> Job:
         served = self.models.check_name(body.model)
         settings = settings_of(body, self.limits)
@@ -594,7 +217,7 @@ class Generation:
                    time.monotonic() + self.limits.request_seconds, self.wakeups.wake,
                    top_logprobs)
 
-    async def reply(self, job: Job, body: _Common, request: Request, kind: str, chunk, whole):
+    async def reply(self, job: Job, body: BaseRequest, request: Request, kind: str, chunk, whole):
         """The whole response, or with stream its server-sent events; kind: OpenAI's object
         name (chunks add `.chunk` for chat). Each names the model version and the seed, which
         replays the reply (choice i used seed + i)."""
@@ -613,7 +236,7 @@ class Generation:
                                  headers={"Cache-Control": "no-cache"})
 
 
-async def _events(job: Job, body: _Common, head: dict, chunk) -> AsyncIterator[str]:
+async def _events(job: Job, body: BaseRequest, head: dict, chunk) -> AsyncIterator[str]:
     """A streamed reply's server-sent events: opening chunks, the pieces, usage, [DONE]."""
     try:
         for index in range(len(job.filters)):

@@ -1,0 +1,219 @@
+"""The OpenAI request schemas tinyllm serve accepts, and what a request asks for: the prompt,
+its sampling settings and stop strings. A field that cannot be honoured is refused naming it."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import fields
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from tinyllm.config import SEED_MAX, Limits, SamplingConfig
+from tinyllm.errors import TinyLLMError
+
+
+class RequestError(Exception):
+    """A 4xx in OpenAI's error shape."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 code: str | None = None):
+        super().__init__(message)
+        self.message, self.param, self.status, self.code = message, param, status, code
+
+
+def error_body(message: str, param: str | None = None, code: str | None = None,
+               kind: str = "invalid_request_error") -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
+
+
+FRESH_SEEDS = 2**32  # an unseeded request draws its seed below this (exact in any JSON reader)
+
+
+NO_TOOLS = "this server's model only continues text; it has no tools or functions"
+
+
+def refused(field: str, message: str) -> PydanticCustomError:
+    """A validation error that _validation_error turns into a 400 `FIELD: message`, FIELD
+    named in full (field is relative to where it was raised)."""
+    return PydanticCustomError("tinyllm_refused", message, {"field": field})
+
+
+class _Strict(BaseModel):
+    """A request object as OpenAI clients send it. null for any field means its default; a
+    field in UNSUPPORTED is dropped when its value asks for nothing, else refused naming it;
+    any other unknown field is refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is no number, 1 no bool
+    # field -> (the values that ask for nothing, why any other cannot be honoured)
+    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_clients_send_it(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {key: value for key, value in data.items() if value is not None}
+        for name, (nothing, why) in cls.UNSUPPORTED.items():
+            if name in data and data.pop(name) not in nothing:
+                raise refused(name, f"not supported ({why})")
+        return data
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class BaseRequest(_Strict):
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    user: str | None = None  # accepted and ignored, as clients often send it
+    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
+        "logit_bias": ([{}], "the model's tokens are characters, not a tokenizer's ids"),
+        "response_format": ([{"type": "text"}], 'only {"type": "text"} is; the model cannot '
+                                                "be held to JSON")}
+
+    def param(self, name: str) -> str:
+        """The request field a sampling setting came from."""
+        return name
+
+
+# The sampling fields, derived from the one definition (names, types, defaults, help). An
+# omitted (or null) seed draws a fresh one; each response names the seed it used.
+SampledRequest = create_model(
+    "Sampled", __base__=BaseRequest,
+    **{f.name: (int if f.type == "int" else float,
+                Field(f.default, description=f.metadata["help"]))
+       for f in fields(SamplingConfig) if f.name != "seed"},
+    seed=(int | None, Field(None, description="Random seed; omitted or null: a fresh one. The "
+                                              "response's seed replays the reply.")))
+
+
+class CompletionRequest(SampledRequest):
+    prompt: str | list[str]
+    logprobs: int | None = None  # how many of the most likely characters to list per position
+    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
+        **BaseRequest.UNSUPPORTED, "echo": ([False], "the reply never repeats the prompt"),
+        "best_of": ([1], "use n"), "suffix": ([""], "the model only continues text")}
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _no_token_ids(cls, prompt: Any) -> Any:
+        if isinstance(prompt, list) and prompt and all(isinstance(p, (int, list))
+                                                       for p in prompt):
+            raise refused("", "token ids are not supported (send text: this model's tokens "
+                              "are its own characters)")
+        return prompt
+
+    def top_logprobs_wanted(self) -> int | None:
+        return _check_top_logprobs(self.logprobs, "logprobs")
+
+
+def _check_top_logprobs(value: int | None, param: str) -> int | None:
+    if value is not None and not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise RequestError(f"{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {value}",
+                           param)
+    return value
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str
+    name: str | None = None
+    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
+        "tool_calls": ([[]], NO_TOOLS), "function_call": ([], NO_TOOLS),
+        "refusal": ([""], "the model never refuses")}
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, content: Any) -> Any:
+        """Content as a list of text parts ({"type": "text", "text": ...}) is their texts, one
+        line each; any other kind of part (an image, audio, a file) is refused."""
+        if not isinstance(content, list):
+            return content
+        texts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise refused(f"[{j}].type", f"parts of type {kind!r} are not supported "
+                                             "(this model reads text only)")
+            if set(part) != {"type", "text"} or not isinstance(part["text"], str):
+                raise refused(f"[{j}]", 'a text part is {"type": "text", "text": "..."}')
+            texts.append(part["text"])
+        return "\n".join(texts)
+
+
+class ChatRequest(SampledRequest):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = None  # with logprobs: the most likely characters per position
+    UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
+        **BaseRequest.UNSUPPORTED, "tools": ([[]], NO_TOOLS), "functions": ([[]], NO_TOOLS),
+        "tool_choice": (["none"], NO_TOOLS), "function_call": (["none"], NO_TOOLS),
+        "parallel_tool_calls": ([True, False], NO_TOOLS),
+        "modalities": ([["text"]], "the model writes text only"),
+        "audio": ([], "the model writes text only")}
+
+    @model_validator(mode="after")
+    def _one_max_tokens(self) -> ChatRequest:
+        if self.max_completion_tokens is not None:
+            if "max_tokens" in self.model_fields_set and (
+                    self.max_tokens != self.max_completion_tokens):
+                raise refused("max_completion_tokens", "differs from max_tokens; give one "
+                              "(max_completion_tokens is the newer name for it)")
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+    def param(self, name: str) -> str:
+        renamed = name == "max_tokens" and self.max_completion_tokens is not None
+        return "max_completion_tokens" if renamed else name
+
+    def top_logprobs_wanted(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
+        top = _check_top_logprobs(self.top_logprobs, "top_logprobs")
+        return (top or 0) if self.logprobs else None
+
+
+def chat_prompt(messages: list[Message]) -> str:
+    """Messages as a script the character model continues: each one becomes `SPEAKER:\\n` plus
+    its content and a blank line, the speaker being its name (e.g. ROMEO) or else its role in
+    capitals; the prompt ends with `ASSISTANT:\\n` for the reply."""
+    lines = [f"{m.name or m.role.upper()}:\n{m.content}\n\n" for m in messages]
+    return "".join(lines) + "ASSISTANT:\n"
+
+
+def settings_of(body: SampledRequest, limits: Limits) -> SamplingConfig:
+    """The request's sampling settings, an unseeded one with a fresh seed; errors name the
+    request's own field (max_completion_tokens when it gave that)."""
+    values = {f.name: getattr(body, f.name) for f in fields(SamplingConfig)}
+    if values["seed"] is None:
+        values["seed"] = secrets.randbelow(FRESH_SEEDS)
+    if values["max_tokens"] > limits.max_tokens:  # the server's cap, however large the value
+        raise RequestError(f"{body.param('max_tokens')} must be <= {limits.max_tokens} on this "
+                           f"server, got {values['max_tokens']}", body.param("max_tokens"))
+    try:
+        settings = SamplingConfig(**values)
+    except TinyLLMError as exc:
+        raise RequestError(str(exc).replace(exc.key, body.param(exc.key), 1),
+                           body.param(exc.key)) from None
+    if not 1 <= body.n <= limits.max_n:
+        raise RequestError(f"n must be between 1 and {limits.max_n}, got {body.n}", "n")
+    if settings.seed + body.n - 1 > SEED_MAX:
+        raise RequestError(f"seed + n - 1 must be <= {SEED_MAX}", "seed")
+    return settings
+
+
+def stops_of(body: BaseRequest) -> list[str]:
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stops) > 4:
+        raise RequestError("stop takes at most 4 strings", "stop")
+    return stops
