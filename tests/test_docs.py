@@ -54,3 +54,30 @@ def test_every_relative_link_resolves(doc):
 def test_the_readme_links_every_doc():
     linked = {(ROOT / link.partition("#")[0]).resolve() for link in relative_links(DOCS[0])}
     assert {doc.resolve() for doc in DOCS[1:]} - linked == set()
+
+
+def documented_layout() -> set[str]:
+    """The modules docs/architecture.md's tinyllm/ tree names, as paths under tinyllm/: a line
+    `  part/  a.py b.py` names part/a.py and part/b.py, and deeper lines go on with that part."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    tree = re.search(r"^```\ntinyllm/\n(.*?)^```", text, re.MULTILINE | re.DOTALL).group(1)
+    named, part = set(), ""
+    for line in tree.splitlines():
+        words = line.split()
+        if words and words[0].endswith("/"):
+            part, words = words[0], words[1:]
+        elif line.startswith("  ") and not line.startswith("    "):
+            part = ""
+        named |= {part + word for word in words if word.endswith(".py")}
+    return named
+
+
+def test_the_architecture_page_names_every_module_and_only_those():
+    """A module added, moved or removed shows in the layout a newcomer reads first."""
+    package = ROOT / "tinyllm"
+    modules = {str(p.relative_to(package)) for p in package.rglob("*.py")
+               if p.name != "__init__.py"}
+    named = documented_layout()
+    assert len(named) > 30
+    assert not sorted(modules - named), f"docs/architecture.md omits {sorted(modules - named)}"
+    assert not sorted(named - modules), f"docs/architecture.md names {sorted(named - modules)}"

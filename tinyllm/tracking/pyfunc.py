@@ -66,7 +66,7 @@ class TinyLLMModel(PythonModel):
 
         self.loaded = load_model(context.artifacts["package"])
 
-    # A DataFrame hint keeps the explicit signature (with its params) that tracked_run.py logs.
+    # A DataFrame hint keeps the explicit signature (with its params) that runs.py logs.
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         pieces: dict[int, list[str]] = {}
         for index, piece in self._pieces(model_input, params):
