@@ -1,7 +1,8 @@
 """Every DVC stage lists in dvc.yaml each project source file its code can import.
 
 Otherwise a change to that file leaves `dvc repro` calling stale outputs up to date. The imports
-are read from the source (function-local ones included), following from the stage's
+are read from the source (function-local ones included; an `if TYPE_CHECKING:` block never
+runs, so its imports do not count), following from the stage's
 `python3 -m pipeline.<stage>` through the functions and classes it names, so a stage is held to
 the code it can run, not to every module its helpers' modules mention.
 """
@@ -42,11 +43,17 @@ def module_file(module: str) -> Path | None:
     return None
 
 
+def type_checking_only(node: ast.stmt) -> bool:
+    return isinstance(node, ast.If) and ast.unparse(node.test) in (
+        "TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
 @cache
 def parsed(module: str) -> tuple[dict[str, ast.AST], list[ast.stmt], dict[str, Unit]]:
     """A module's top-level definitions, its other top-level statements, and what each name
     bound by an import anywhere in it refers to: a module, or a name in one."""
     tree = ast.parse(module_file(module).read_text(encoding="utf-8"))
+    tree.body = [node for node in tree.body if not type_checking_only(node)]
     definitions = {node.name: node for node in tree.body
                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     top = [node for node in tree.body if node not in definitions.values()]
@@ -151,3 +158,10 @@ def test_a_subpackage_init_is_only_its_docstring():
     for init in inits:
         body = ast.parse(init.read_text(encoding="utf-8")).body
         assert len(body) == 1 and isinstance(body[0], ast.Expr), f"{init} holds code"
+
+
+def test_the_walk_skips_imports_that_only_type_checkers_run():
+    """training/outputs.py names the trainer for type hints only: evaluate reads its file names
+    without depending on the loop."""
+    assert "tinyllm/training/outputs.py" in stage_code("pipeline.evaluate")
+    assert "tinyllm/training/loop.py" not in stage_code("pipeline.evaluate")

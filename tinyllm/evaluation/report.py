@@ -11,6 +11,7 @@ import numpy as np
 
 from tinyllm.config import SamplingConfig
 from tinyllm.io import atomic_write
+from tinyllm.training.outputs import EVAL_FILE, STEPS_FILE, SUMMARY_FILE
 
 
 def samples_markdown(samples: dict[str, str], settings: SamplingConfig) -> str:
@@ -31,9 +32,9 @@ def _read_columns(path: Path, *columns: str) -> list[list[float]]:
 def step_minutes(train_dir: Path) -> dict[int, float]:
     """Step -> minutes of training steps so far (each step's time from its tokens/s; the time
     spent on evaluations is not counted, and a resumed run continues where it stopped)."""
-    summary = json.loads((Path(train_dir) / "summary.json").read_text())
+    summary = json.loads((Path(train_dir) / SUMMARY_FILE).read_text())
     tokens_per_step = summary["tokens_seen"] / max(1, summary["steps"])
-    steps, speeds = _read_columns(Path(train_dir) / "steps.csv", "step", "tokens_per_sec")
+    steps, speeds = _read_columns(Path(train_dir) / STEPS_FILE, "step", "tokens_per_sec")
     seconds = np.cumsum(tokens_per_step / np.maximum(speeds, 1e-9))
     return {int(step): float(t) / 60 for step, t in zip(steps, seconds, strict=True)}
 
@@ -47,8 +48,8 @@ def loss_curve_png(train_dir: Path, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     train_dir = Path(train_dir)
-    train = _read_columns(train_dir / "steps.csv", "step", "train_loss")
-    val = _read_columns(train_dir / "eval.csv", "step", "val_loss")
+    train = _read_columns(train_dir / STEPS_FILE, "step", "train_loss")
+    val = _read_columns(train_dir / EVAL_FILE, "step", "val_loss")
     minutes = step_minutes(train_dir)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
     for ax, x_of, label in ((axes[0], lambda s: s, "step"),

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the trainer (and torch) only for type hints
     from tinyllm.training.loop import StepMetrics, TrainResult
 
 SUMMARY_FILE = "summary.json"  # the run's facts, the realised plan among them
+STEPS_FILE, EVAL_FILE = "steps.csv", "eval.csv"  # every step's row; each evaluation's
 STEP_COLUMNS = ("step", "train_loss", "lr", "grad_norm", "tokens_per_sec")
 EVAL_COLUMNS = ("step", "val_loss")
 
@@ -71,8 +72,8 @@ def _evals(history: list[dict]) -> list[dict]:
 def write_curves(directory: Path, history: list[dict]) -> None:
     """steps.csv (every step) and eval.csv (validation points), for dvc plots."""
     directory = Path(directory)
-    atomic_write_text(directory / "steps.csv", _csv(history, STEP_COLUMNS))
-    atomic_write_text(directory / "eval.csv", _csv(_evals(history), EVAL_COLUMNS))
+    atomic_write_text(directory / STEPS_FILE, _csv(history, STEP_COLUMNS))
+    atomic_write_text(directory / EVAL_FILE, _csv(_evals(history), EVAL_COLUMNS))
 
 
 def write_history(directory: Path, history: list[dict], summary: dict) -> None:
@@ -94,9 +95,9 @@ class LiveCurves:
 
     def __call__(self, m: StepMetrics) -> None:
         row = asdict(m)
-        self._append("steps.csv", row, STEP_COLUMNS)
+        self._append(STEPS_FILE, row, STEP_COLUMNS)
         if m.val_loss is not None:
-            self._append("eval.csv", row, EVAL_COLUMNS)
+            self._append(EVAL_FILE, row, EVAL_COLUMNS)
 
     def _append(self, name: str, row: dict, columns: tuple[str, ...]) -> None:
         with open(self.directory / name, "a", encoding="utf-8") as handle:
