@@ -1,12 +1,16 @@
 """The four steps of a model's life, each reading what the one before wrote.
 
 DVC's stage scripts (pipeline/) and `tinyllm train` both run these; a Layout says where the files
-go. Tracking is optional: with params.tracking.enabled false nothing touches MLflow.
+go. Tracking is optional: with params.tracking.enabled false nothing touches MLflow. Here too is
+what `tinyllm train` assembles before the steps (its params, name and checkpoint) and what
+`tinyllm restore` puts back after `dvc exp run` removed the model: the CLI only wires and prints.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -267,6 +271,63 @@ def build(params: Params, layout: Layout, tracking_uri: str | None = None, *,
     return result
 
 
+# --- `tinyllm train`: a model from any text, outside DVC ---------------------------------------
+
+def check_data_path(data_path: str) -> None:
+    """A missing data path is an error that lists the text files under ./data/ instead."""
+    if Path(data_path).exists():
+        return
+    from tinyllm.corpus import text_files_under
+
+    found = text_files_under(Path("data")) if Path("data").is_dir() else []
+    if found:
+        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+        hint = f"text files under ./data/: {', '.join(map(str, found[:10]))}{more}"
+    else:
+        hint = "no text files under ./data/ either"
+    raise TinyLLMError(f"data file not found: {data_path}; {hint}")
+
+
+def model_name_for(data_path: str) -> str:
+    """my_text.txt -> my_text; a directory -> its name; odd characters become '_'."""
+    path = Path(data_path).resolve()
+    stem = path.name if path.is_dir() else path.stem
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "model"
+
+
+def adhoc_params(data_path: str, name: str, register: bool, overrides: dict) -> Params:
+    """./params.yaml (or the built-in defaults) training on data_path under the registry name
+    `name`, tracked if `register`, with overrides ({params key: value}) on top, validated.
+
+    data.val_fraction sets test_fraction too: one option holds out the same share for each.
+    """
+    from tinyllm.config import load_params_or_defaults, params_from_dict, set_keys
+
+    raw = asdict(load_params_or_defaults())
+    raw["data"]["corpus"] = data_path
+    raw["tracking"]["registry_name"] = name
+    raw["tracking"]["enabled"] = register
+    set_keys(raw, overrides)
+    if "data.val_fraction" in overrides:
+        raw["data"]["test_fraction"] = overrides["data.val_fraction"]
+    return params_from_dict(raw, "params.yaml and options")
+
+
+def set_aside_checkpoint(checkpoints: Path, resume: bool) -> Path | None:
+    """--resume needs the checkpoint; a fresh start moves it aside (never deletes it) and
+    returns where to."""
+    from tinyllm.io import set_aside
+    from tinyllm.training.loop import CHECKPOINT_FILE
+
+    checkpoint = checkpoints / CHECKPOINT_FILE
+    if resume:
+        if not checkpoint.exists():
+            raise TinyLLMError(f"--resume: no checkpoint at {checkpoint}; drop --resume to start "
+                               "afresh (or check --output-dir/--name)")
+        return None
+    return set_aside(checkpoint) if checkpoint.exists() else None
+
+
 def run_stage(step) -> None:
     """Entry point of a DVC stage script: params.yaml in, the default Layout, clean errors."""
     from tinyllm.config import load_params
@@ -287,6 +348,54 @@ def run_stage(step) -> None:
 
 
 RESTORE_COMMAND = "tinyllm restore"
+
+
+@dataclass(frozen=True)
+class Restored:
+    uri: str  # the model URI restored
+    version: str | None  # its registered version, when it names one
+    paths: tuple[Path, ...]  # what was written: the model package, and the run handoff if new
+
+
+def restore(model_uri: str | None, layout: Layout, tracking_uri: str | None = None) -> Restored:
+    """Write layout.model (and layout.run_handoff, for evaluate) back from the MLflow registry,
+    after `dvc exp run` deleted them (removed_model_hint). Never over an existing model.
+
+    model_uri defaults to models:/NAME/latest, NAME being tracking.registry_name of params.yaml.
+    """
+    from tinyllm.io import replace_directory, staging_directory
+    from tinyllm.tracking.registry import resolve_model_uri
+    from tinyllm.tracking.runs import TrackedRun
+    from tinyllm.tracking.store import Store
+
+    if layout.model.exists():
+        raise TinyLLMError(f"{layout.model} exists; move it aside to restore another model")
+    uri = model_uri or f"models:/{_registry_name(layout.root / 'params.yaml')}/latest"
+    store = Store(tracking_uri)
+    model = resolve_model_uri(uri, store)
+    staging = staging_directory(layout.model)
+    shutil.copytree(model.path, staging, dirs_exist_ok=True)
+    replace_directory(staging, layout.model)
+    paths = [layout.model]
+    if model.run_id and not layout.run_handoff.exists():
+        run = store.client.get_run(model.run_id)
+        experiment = store.client.get_experiment(run.info.experiment_id).name
+        TrackedRun(store, model.run_id, experiment).write_handoff(layout.run_handoff)
+        paths.append(layout.run_handoff)
+    return Restored(uri, model.version, tuple(paths))
+
+
+def _registry_name(params_file: Path) -> str:
+    """tracking.registry_name of params.yaml, read leniently: after a refused `dvc exp run`
+    the file still holds the refused value, which must not stop the restore."""
+    import yaml
+
+    from tinyllm.config import TrackingConfig
+
+    try:
+        return str(yaml.safe_load(params_file.read_text("utf-8"))["tracking"]["registry_name"])
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return TrackingConfig.registry_name
 
 
 def removed_model_hint(layout: Layout) -> str | None:
