@@ -147,57 +147,98 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None, *,
     evaluate through layout.run_handoff. Under torchrun every rank trains; rank 0 alone tracks
     and writes.
     """
-    from tinyllm.devices import select_device
     from tinyllm.model import GPTConfig
-    from tinyllm.package import runtime_versions, save_package
-    from tinyllm.tokenizer import CharTokenizer, load_tokens
     from tinyllm.tracking.runs import run_name, training_run
     from tinyllm.training import distributed
     from tinyllm.training.loop import check_batch_split, fit
-    from tinyllm.training.outputs import SUMMARY_FILE, LiveCurves, summary_of, write_history
-    from tinyllm.training.progress import ProgressReporter
-    from tinyllm.training.samples import SAMPLES_FILE, TrainingSamples
+
+    tokenizer, train_tokens, val_tokens, fingerprint = _training_data(layout)
+    model_cfg = GPTConfig.from_params(params.model, tokenizer.vocab_size)
+    check_batch_split(params.train.batch_size)  # before an MLflow run is started for nothing
+    main = distributed.is_main()
+    facts = _run_facts(params, model_cfg, tokenizer.vocab_size, fingerprint)
+    name = run_name(params.tracking.registry_name, params)
+    with training_run(params, name, facts, tracking_uri, enabled=main) as run:
+        _log_inputs(run, params, layout)
+        callbacks = [*_pipeline_callbacks(run, params, layout, tokenizer),
+                     *callbacks] if main else []
+        with run.system_metrics():
+            result = fit(model_cfg, params.train, train_tokens, val_tokens,
+                         checkpoint_dir=layout.checkpoints, data_fingerprint=fingerprint,
+                         callbacks=callbacks, **fit_options)
+        if not main:
+            return result
+        summary = _record_result(run, result, layout, tokenizer, fingerprint)
+    _log_outcome(result, summary, layout)
+    return result
+
+
+def _training_data(layout: Layout):
+    """(tokenizer, train tokens, validation tokens, their fingerprint) as tokenize wrote them."""
+    from tinyllm.tokenizer import CharTokenizer, load_tokens
 
     tokenizer = CharTokenizer.load(_require(layout.tokenizer, "tokenize"))
     token_files = [layout.tokens / "train.bin", layout.tokens / "val.bin"]
     train_tokens, val_tokens = (load_tokens(_require(p, "tokenize"), tokenizer)
                                 for p in token_files)
-    fingerprint = fingerprint_files([layout.tokenizer, *token_files])
-    model_cfg = GPTConfig.from_params(params.model, tokenizer.vocab_size)
-    check_batch_split(params.train.batch_size)  # before an MLflow run is started for nothing
-    main = distributed.is_main()
-    facts = {"vocab_size": tokenizer.vocab_size, "data_fingerprint": fingerprint,
-             "parameters": model_cfg.num_parameters(),
-             "device": str(select_device(params.train.device, key="train.device")),
-             **{f"version.{k}": v for k, v in runtime_versions().items()}}
-    name = run_name(params.tracking.registry_name, params)
-    with training_run(params, name, facts, tracking_uri, enabled=main) as run:
-        run.log_artifacts([layout.tokenizer], "data")
-        run.log_artifacts([layout.prepared / "stats.json"], "data/prepare")
-        run.log_artifacts([layout.tokens / "stats.json"], "data/tokenize")
-        run.log_datasets({"train": layout.prepared / "train.txt",
-                          "validation": layout.prepared / "val.txt"},
-                         Path(params.data.corpus).stem)
-        callbacks = [ProgressReporter(), LiveCurves(layout.train_dir), *run.callbacks,
-                     TrainingSamples(layout.train_dir, tokenizer, params.evaluate.prompts,
-                                     run.log_samples), *callbacks] if main else []
-        with run.system_metrics():
-            result = fit(model_cfg, params.train, train_tokens, val_tokens,
-                                  checkpoint_dir=layout.checkpoints,
-                                  data_fingerprint=fingerprint, callbacks=callbacks,
-                                  **fit_options)
-        if not main:
-            return result
-        summary = summary_of(result, fingerprint)
-        write_history(layout.train_dir, result.history, summary)
-        save_package(layout.model, result.model, tokenizer, meta=summary)
-        run.log_metrics({f"train.{k}": v for k, v in summary.items()
-                         if isinstance(v, (int, float))})
-        run.set_tag("tinyllm.stopped_by", summary["stopped_by"])
-        # summary.json holds the realised plan (plan_segments): the run replays from it.
-        run.log_artifacts([layout.train_dir / SAMPLES_FILE, layout.train_dir / SUMMARY_FILE],
-                          "train")
-        run.write_handoff(layout.run_handoff)
+    return (tokenizer, train_tokens, val_tokens,
+            fingerprint_files([layout.tokenizer, *token_files]))
+
+
+def _run_facts(params: Params, model_cfg, vocab_size: int, fingerprint: str) -> dict:
+    """What the run is besides its params: data, model size, device and library versions."""
+    from tinyllm.devices import select_device
+    from tinyllm.package import runtime_versions
+
+    return {"vocab_size": vocab_size, "data_fingerprint": fingerprint,
+            "parameters": model_cfg.num_parameters(),
+            "device": str(select_device(params.train.device, key="train.device")),
+            **{f"version.{k}": v for k, v in runtime_versions().items()}}
+
+
+def _log_inputs(run, params: Params, layout: Layout) -> None:
+    """The tokenizer, the data steps' stats and the text splits, so the run shows its inputs."""
+    run.log_artifacts([layout.tokenizer], "data")
+    run.log_artifacts([layout.prepared / "stats.json"], "data/prepare")
+    run.log_artifacts([layout.tokens / "stats.json"], "data/tokenize")
+    run.log_datasets({"train": layout.prepared / "train.txt",
+                      "validation": layout.prepared / "val.txt"},
+                     Path(params.data.corpus).stem)
+
+
+def _pipeline_callbacks(run, params: Params, layout: Layout, tokenizer) -> list:
+    """The pipeline's own watchers of fit: progress, live curves, the run's, samples."""
+    from tinyllm.training.outputs import LiveCurves
+    from tinyllm.training.progress import ProgressReporter
+    from tinyllm.training.samples import TrainingSamples
+
+    return [ProgressReporter(), LiveCurves(layout.train_dir), *run.callbacks,
+            TrainingSamples(layout.train_dir, tokenizer, params.evaluate.prompts,
+                            run.log_samples)]
+
+
+def _record_result(run, result, layout: Layout, tokenizer, fingerprint: str) -> dict:
+    """Write the history and the model package, log the summary to the run and hand the run
+    to evaluate; the summary."""
+    from tinyllm.package import save_package
+    from tinyllm.training.outputs import SUMMARY_FILE, summary_of, write_history
+    from tinyllm.training.samples import SAMPLES_FILE
+
+    summary = summary_of(result, fingerprint)
+    write_history(layout.train_dir, result.history, summary)
+    save_package(layout.model, result.model, tokenizer, meta=summary)
+    run.log_metrics({f"train.{k}": v for k, v in summary.items()
+                     if isinstance(v, (int, float))})
+    run.set_tag("tinyllm.stopped_by", summary["stopped_by"])
+    # summary.json holds the realised plan (plan_segments): the run replays from it.
+    run.log_artifacts([layout.train_dir / SAMPLES_FILE, layout.train_dir / SUMMARY_FILE],
+                      "train")
+    run.write_handoff(layout.run_handoff)
+    return summary
+
+
+def _log_outcome(result, summary: dict, layout: Layout) -> None:
+    """How far training went against its plan, and how the plan moved on the way."""
     log.info("train: %d of %d planned steps (%s), best val loss %.4f at step %d, %.0f tokens/s "
              "-> %s", result.steps, result.plan.steps, result.stopped_by, result.best_val_loss,
              result.best_step, summary["tokens_per_sec"], layout.model)
@@ -205,7 +246,6 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None, *,
         log.info("train: the plan of %d steps moved %d time(s) with the pace and validation; "
                  "%.1f of the budget's minutes left unused", summary["first_planned_steps"],
                  summary["replans"], summary["unused_budget_seconds"] / 60)
-    return result
 
 
 def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) -> dict:
