@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -296,63 +295,18 @@ TRAIN_KEYS = {"max_steps": "train.max_steps", "batch_size": "train.batch_size",
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def model_name_for(data_path: str) -> str:
-    """my_text.txt -> my_text; a directory -> its name; odd characters become '_'."""
-    path = Path(data_path).resolve()
-    stem = path.name if path.is_dir() else path.stem
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "model"
-
-
-def check_data_path(data_path: str) -> None:
-    if Path(data_path).exists():
-        return
-    from tinyllm.corpus import text_files_under
-
-    found = text_files_under(Path("data")) if Path("data").is_dir() else []
-    if found:
-        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
-        hint = f"text files under ./data/: {', '.join(map(str, found[:10]))}{more}"
-    else:
-        hint = "no text files under ./data/ either"
-    raise TinyLLMError(f"data file not found: {data_path}; {hint}")
-
-
 def train_params(data_path: str, name: str, register: bool, options: dict):
-    """./params.yaml (or the built-in defaults) with the options on top, validated."""
-    from tinyllm.config import load_params_or_defaults, params_from_dict, set_keys
+    """The options on top of ./params.yaml (workflow.adhoc_params); a refused value names its
+    option, then the setting's check."""
+    from tinyllm import workflow
 
-    base = load_params_or_defaults()
-    raw = asdict(base)
-    raw["data"]["corpus"] = data_path
-    raw["tracking"]["registry_name"] = name
-    raw["tracking"]["enabled"] = register
     given = {TRAIN_KEYS[k]: v for k, v in options.items() if v is not None}
-    set_keys(raw, given)
-    if "data.val_fraction" in given:
-        raw["data"]["test_fraction"] = given["data.val_fraction"]
     try:
-        return params_from_dict(raw, "params.yaml and options")
+        return workflow.adhoc_params(data_path, name, register, given)
     except TinyLLMError as exc:
         option = next((f"--{o.replace('_', '-')}" for o, k in TRAIN_KEYS.items()
                        if k in given and str(exc).startswith(k)), None)
         raise TinyLLMError(f"{option}: {exc}" if option else str(exc)) from None
-
-
-def set_aside_checkpoint(checkpoints: Path, resume: bool) -> None:
-    """--resume needs the checkpoint; a fresh start moves it aside (never deletes it)."""
-    from tinyllm.io import set_aside
-    from tinyllm.training.state import CHECKPOINT_FILE
-
-    checkpoint = checkpoints / CHECKPOINT_FILE
-    if resume:
-        if not checkpoint.exists():
-            raise TinyLLMError(f"--resume: no checkpoint at {checkpoint}; drop --resume to start "
-                               "afresh (or check --output-dir/--name)")
-        return
-    if checkpoint.exists():
-        aside = set_aside(checkpoint)
-        click.echo(f"starting afresh; the previous checkpoint was moved to {aside} "
-                   "(--resume continues from a checkpoint)", err=True)
 
 
 def describe_training(params, name: str, output: Path, source: str, resume: bool,
@@ -421,19 +375,23 @@ def train(obj: Options, data_path: str, output_dir: Path | None, name: str | Non
     override them. The model is tracked in MLflow and registered under its name (the data
     file's name unless --name) so `tinyllm chat --model-uri models:/NAME/latest` finds it.
     """
-    check_data_path(data_path)
+    from tinyllm import workflow
+
+    workflow.check_data_path(data_path)
     if name is not None and not NAME_PATTERN.match(name):
         raise click.BadParameter("use letters, digits, '.', '_' and '-'", param_hint="--name")
-    name = name or model_name_for(data_path)
+    name = name or workflow.model_name_for(data_path)
     output = output_dir or Path("runs") / name
     params = train_params(data_path, name, not no_register, options)
     source = "./params.yaml" if Path("params.yaml").is_file() else "built-in (no ./params.yaml)"
 
-    from tinyllm import workflow
     from tinyllm.training.loop import TrainingInterrupted
 
     layout = workflow.Layout(output)
-    set_aside_checkpoint(layout.checkpoints, resume)
+    aside = workflow.set_aside_checkpoint(layout.checkpoints, resume)
+    if aside:
+        notify(f"starting afresh; the previous checkpoint was moved to {aside} "
+               "(--resume continues from a checkpoint)")
     click.echo(describe_training(params, name, output, source, resume, obj.tracking_uri))
     try:
         metrics = workflow.build(params, layout, obj.tracking_uri)
@@ -475,19 +433,7 @@ def runs(obj: Options, experiment: str | None, over: str, as_json: bool) -> None
     from tinyllm.tracking import sweep
 
     experiment = experiment or _experiment_name()
-    store, uri = open_store(obj.tracking_uri)
-    found = store.client.get_experiment_by_name(experiment) if store else None
-    if found is None:
-        raise TinyLLMError(f"no MLflow experiment '{experiment}' in {uri}; run `dvc repro` or "
-                           "`dvc exp run` first, or pass --experiment")
-    everything, token = [], None
-    while True:
-        page = store.client.search_runs([found.experiment_id], max_results=1000,
-                                        page_token=token)
-        everything.extend(page)
-        token = page.token
-        if not token:
-            break
+    everything, uri = sweep.experiment_runs(obj.tracking_uri, experiment)
     recipes = sweep.group_runs(everything, over)
     if as_json:
         click.echo(json.dumps(sweep.as_dicts(recipes, over), indent=2))
@@ -495,7 +441,7 @@ def runs(obj: Options, experiment: str | None, over: str, as_json: bool) -> None
     if not recipes:
         click.echo(f"No finished runs with a test loss in experiment '{experiment}' ({uri}).")
         return
-    click.echo(f"Runs of experiment '{experiment}' in {store.uri}, by recipe over {over} "
+    click.echo(f"Runs of experiment '{experiment}' in {uri}, by recipe over {over} "
                "(sd: sample standard deviation over the runs):")
     for corpus, group in sweep.by_corpus(recipes).items():
         click.echo(f"\ncorpus {corpus}:")
@@ -580,19 +526,6 @@ def compare(obj: Options, model_a: str, model_b: str, text_file: Path | None, se
 
 # --- restore ----------------------------------------------------------------------------------
 
-def _registry_name(params_file: Path) -> str:
-    """tracking.registry_name of params.yaml, read leniently: after a refused `dvc exp run`
-    the file still holds the refused value, which must not stop the restore."""
-    import yaml
-
-    from tinyllm.config import TrackingConfig
-
-    try:
-        return str(yaml.safe_load(params_file.read_text("utf-8"))["tracking"]["registry_name"])
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
-        return TrackingConfig.registry_name
-
-
 @cli.command(short_help="Put a registered model back into the pipeline's models/model.")
 @click.argument("model_uri", required=False, metavar="[MODEL_URI]")
 @click.pass_obj
@@ -603,29 +536,11 @@ def restore(obj: Options, model_uri: str | None) -> None:
     models:/NAME/latest, NAME being tracking.registry_name of params.yaml.
     """
     from tinyllm import workflow
-    from tinyllm.io import replace_directory, staging_directory
-    from tinyllm.tracking.registry import resolve_model_uri
-    from tinyllm.tracking.store import Store, project_root
+    from tinyllm.tracking.store import project_root
 
-    layout = workflow.Layout(project_root())
-    if layout.model.exists():
-        raise TinyLLMError(f"{layout.model} exists; move it aside to restore another model")
-    uri = model_uri or f"models:/{_registry_name(layout.root / 'params.yaml')}/latest"
-    store = Store(obj.tracking_uri)
-    model = resolve_model_uri(uri, store)
-    staging = staging_directory(layout.model)
-    shutil.copytree(model.path, staging, dirs_exist_ok=True)
-    replace_directory(staging, layout.model)
-    restored = [layout.model]
-    if model.run_id and not layout.run_handoff.exists():
-        from tinyllm.tracking.runs import TrackedRun
-
-        run = store.client.get_run(model.run_id)
-        experiment = store.client.get_experiment(run.info.experiment_id).name
-        TrackedRun(store, model.run_id, experiment).write_handoff(layout.run_handoff)
-        restored.append(layout.run_handoff)
-    version = f" (version {model.version})" if model.version else ""
-    click.echo(f"restored {uri}{version} to {' and '.join(map(str, restored))}")
+    restored = workflow.restore(model_uri, workflow.Layout(project_root()), obj.tracking_uri)
+    version = f" (version {restored.version})" if restored.version else ""
+    click.echo(f"restored {restored.uri}{version} to {' and '.join(map(str, restored.paths))}")
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -648,20 +563,10 @@ def models(obj: Options, name: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tinyllm.tracking.registry import registry_versions
+    from tinyllm.tracking.registry import version_rows
 
-    if name:
-        versions, _ = registry_versions(store, name)  # unknown: one line listing what exists
-        registered = [store.client.get_registered_model(name)]
-    else:
-        versions = store.client.search_model_versions()
-        registered = store.client.search_registered_models(max_results=1000)
-    aliases: dict[tuple[str, str], list[str]] = {}  # versions found by search carry none
-    for model in registered:
-        for alias, version in (model.aliases or {}).items():
-            aliases.setdefault((model.name, str(version)), []).append(alias)
-    versions = sorted(versions, key=lambda v: (v.name, int(v.version)))
-    if not versions:
+    rows = version_rows(store, name)
+    if not rows:
         click.echo(empty.format(where=f" in {store.uri}"))
         return
     click.echo(f"Registered models in {store.uri}:")
@@ -670,25 +575,12 @@ def models(obj: Options, name: str | None) -> None:
                    "run id"):
         table.add_column(column, no_wrap=True,
                          justify="right" if column in ("version", "parameters") else "left")
-    for v in versions:
-        bits = v.tags.get("test_bits_per_char")
-        table.add_row(v.name, str(v.version),
-                      ", ".join(sorted(aliases.get((v.name, str(v.version)), []))) or "-",
-                      f"{float(bits):.3f}" if bits else "-", _parameters(store, v.run_id),
-                      _when(v.creation_timestamp), v.run_id or "-")
+    for row in rows:
+        table.add_row(row.name, row.version, ", ".join(row.aliases) or "-",
+                      "-" if row.test_bits_per_char is None else f"{row.test_bits_per_char:.3f}",
+                      "-" if row.parameters is None else f"{row.parameters:,}",
+                      _when(row.created_ms), row.run_id or "-")
     Console(width=None if sys.stdout.isatty() else 200).print(table)
-
-
-def _parameters(store, run_id: str | None) -> str:
-    from mlflow.exceptions import MlflowException
-
-    if not run_id:
-        return "-"
-    try:
-        value = store.client.get_run(run_id).data.params.get("derived.parameters")
-    except MlflowException:
-        return "-"
-    return f"{int(value):,}" if value and value.isdigit() else "-"
 
 
 @cli.command(short_help="Point mlflow.db at this project's mlruns/ after the project moved.")

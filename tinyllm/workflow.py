@@ -1,12 +1,16 @@
 """The four steps of a model's life, each reading what the one before wrote.
 
 DVC's stage scripts (pipeline/) and `tinyllm train` both run these; a Layout says where the files
-go. Tracking is optional: with params.tracking.enabled false nothing touches MLflow.
+go. Tracking is optional: with params.tracking.enabled false nothing touches MLflow. Here too is
+what `tinyllm train` assembles before the steps (its params, name and checkpoint) and what
+`tinyllm restore` puts back after `dvc exp run` removed the model: the CLI only wires and prints.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,58 +147,99 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None, *,
     evaluate through layout.run_handoff. Under torchrun every rank trains; rank 0 alone tracks
     and writes.
     """
-    from tinyllm.devices import select_device
     from tinyllm.model import GPTConfig
-    from tinyllm.package import runtime_versions, save_package
-    from tinyllm.tokenizer import CharTokenizer, load_tokens
     from tinyllm.tracking.runs import run_name, training_run
     from tinyllm.training import distributed
     from tinyllm.training.batches import check_batch_split
     from tinyllm.training.loop import fit
-    from tinyllm.training.outputs import SUMMARY_FILE, LiveCurves, summary_of, write_history
-    from tinyllm.training.progress import ProgressReporter
-    from tinyllm.training.samples import SAMPLES_FILE, TrainingSamples
+
+    tokenizer, train_tokens, val_tokens, fingerprint = _training_data(layout)
+    model_cfg = GPTConfig.from_params(params.model, tokenizer.vocab_size)
+    check_batch_split(params.train.batch_size)  # before an MLflow run is started for nothing
+    main = distributed.is_main()
+    facts = _run_facts(params, model_cfg, tokenizer.vocab_size, fingerprint)
+    name = run_name(params.tracking.registry_name, params)
+    with training_run(params, name, facts, tracking_uri, enabled=main) as run:
+        _log_inputs(run, params, layout)
+        callbacks = [*_pipeline_callbacks(run, params, layout, tokenizer),
+                     *callbacks] if main else []
+        with run.system_metrics():
+            result = fit(model_cfg, params.train, train_tokens, val_tokens,
+                         checkpoint_dir=layout.checkpoints, data_fingerprint=fingerprint,
+                         callbacks=callbacks, **fit_options)
+        if not main:
+            return result
+        summary = _record_result(run, result, layout, tokenizer, fingerprint)
+    _log_outcome(result, summary, layout)
+    return result
+
+
+def _training_data(layout: Layout):
+    """(tokenizer, train tokens, validation tokens, their fingerprint) as tokenize wrote them."""
+    from tinyllm.tokenizer import CharTokenizer, load_tokens
 
     tokenizer = CharTokenizer.load(_require(layout.tokenizer, "tokenize"))
     token_files = [layout.tokens / "train.bin", layout.tokens / "val.bin"]
     train_tokens, val_tokens = (load_tokens(_require(p, "tokenize"), tokenizer)
                                 for p in token_files)
-    fingerprint = fingerprint_files([layout.tokenizer, *token_files])
-    model_cfg = GPTConfig.from_params(params.model, tokenizer.vocab_size)
-    check_batch_split(params.train.batch_size)  # before an MLflow run is started for nothing
-    main = distributed.is_main()
-    facts = {"vocab_size": tokenizer.vocab_size, "data_fingerprint": fingerprint,
-             "parameters": model_cfg.num_parameters(),
-             "device": str(select_device(params.train.device, key="train.device")),
-             **{f"version.{k}": v for k, v in runtime_versions().items()}}
-    name = run_name(params.tracking.registry_name, params)
-    with training_run(params, name, facts, tracking_uri, enabled=main) as run:
-        run.log_artifacts([layout.tokenizer], "data")
-        run.log_artifacts([layout.prepared / "stats.json"], "data/prepare")
-        run.log_artifacts([layout.tokens / "stats.json"], "data/tokenize")
-        run.log_datasets({"train": layout.prepared / "train.txt",
-                          "validation": layout.prepared / "val.txt"},
-                         Path(params.data.corpus).stem)
-        callbacks = [ProgressReporter(), LiveCurves(layout.train_dir), *run.callbacks,
-                     TrainingSamples(layout.train_dir, tokenizer, params.evaluate.prompts,
-                                     run.log_samples), *callbacks] if main else []
-        with run.system_metrics():
-            result = fit(model_cfg, params.train, train_tokens, val_tokens,
-                                  checkpoint_dir=layout.checkpoints,
-                                  data_fingerprint=fingerprint, callbacks=callbacks,
-                                  **fit_options)
-        if not main:
-            return result
-        summary = summary_of(result, fingerprint)
-        write_history(layout.train_dir, result.history, summary)
-        save_package(layout.model, result.model, tokenizer, meta=summary)
-        run.log_metrics({f"train.{k}": v for k, v in summary.items()
-                         if isinstance(v, (int, float))})
-        run.set_tag("tinyllm.stopped_by", summary["stopped_by"])
-        # summary.json holds the realised plan (plan_segments): the run replays from it.
-        run.log_artifacts([layout.train_dir / SAMPLES_FILE, layout.train_dir / SUMMARY_FILE],
-                          "train")
-        run.write_handoff(layout.run_handoff)
+    return (tokenizer, train_tokens, val_tokens,
+            fingerprint_files([layout.tokenizer, *token_files]))
+
+
+def _run_facts(params: Params, model_cfg, vocab_size: int, fingerprint: str) -> dict:
+    """What the run is besides its params: data, model size, device and library versions."""
+    from tinyllm.devices import select_device
+    from tinyllm.package import runtime_versions
+
+    return {"vocab_size": vocab_size, "data_fingerprint": fingerprint,
+            "parameters": model_cfg.num_parameters(),
+            "device": str(select_device(params.train.device, key="train.device")),
+            **{f"version.{k}": v for k, v in runtime_versions().items()}}
+
+
+def _log_inputs(run, params: Params, layout: Layout) -> None:
+    """The tokenizer, the data steps' stats and the text splits, so the run shows its inputs."""
+    run.log_artifacts([layout.tokenizer], "data")
+    run.log_artifacts([layout.prepared / "stats.json"], "data/prepare")
+    run.log_artifacts([layout.tokens / "stats.json"], "data/tokenize")
+    run.log_datasets({"train": layout.prepared / "train.txt",
+                      "validation": layout.prepared / "val.txt"},
+                     Path(params.data.corpus).stem)
+
+
+def _pipeline_callbacks(run, params: Params, layout: Layout, tokenizer) -> list:
+    """The pipeline's own watchers of fit: progress, live curves, the run's, samples."""
+    from tinyllm.training.outputs import LiveCurves
+    from tinyllm.training.progress import ProgressReporter
+    from tinyllm.training.samples import TrainingSamples
+
+    return [ProgressReporter(), LiveCurves(layout.train_dir), *run.callbacks,
+            TrainingSamples(layout.train_dir, tokenizer, params.evaluate.prompts,
+                            run.log_samples)]
+
+
+def _record_result(run, result, layout: Layout, tokenizer, fingerprint: str) -> dict:
+    """Write the history and the model package, log the summary to the run and hand the run
+    to evaluate; the summary."""
+    from tinyllm.package import save_package
+    from tinyllm.training.outputs import SUMMARY_FILE, summary_of, write_history
+    from tinyllm.training.samples import SAMPLES_FILE
+
+    summary = summary_of(result, fingerprint)
+    write_history(layout.train_dir, result.history, summary)
+    save_package(layout.model, result.model, tokenizer, meta=summary)
+    run.log_metrics({f"train.{k}": v for k, v in summary.items()
+                     if isinstance(v, (int, float))})
+    run.set_tag("tinyllm.stopped_by", summary["stopped_by"])
+    # summary.json holds the realised plan (plan_segments): the run replays from it.
+    run.log_artifacts([layout.train_dir / SAMPLES_FILE, layout.train_dir / SUMMARY_FILE],
+                      "train")
+    run.write_handoff(layout.run_handoff)
+    return summary
+
+
+def _log_outcome(result, summary: dict, layout: Layout) -> None:
+    """How far training went against its plan, and how the plan moved on the way."""
     log.info("train: %d of %d planned steps (%s), best val loss %.4f at step %d, %.0f tokens/s "
              "-> %s", result.steps, result.plan.steps, result.stopped_by, result.best_val_loss,
              result.best_step, summary["tokens_per_sec"], layout.model)
@@ -202,7 +247,6 @@ def train(params: Params, layout: Layout, tracking_uri: str | None = None, *,
         log.info("train: the plan of %d steps moved %d time(s) with the pace and validation; "
                  "%.1f of the budget's minutes left unused", summary["first_planned_steps"],
                  summary["replans"], summary["unused_budget_seconds"] / 60)
-    return result
 
 
 def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) -> dict:
@@ -268,6 +312,63 @@ def build(params: Params, layout: Layout, tracking_uri: str | None = None, *,
     return result
 
 
+# --- `tinyllm train`: a model from any text, outside DVC ---------------------------------------
+
+def check_data_path(data_path: str) -> None:
+    """A missing data path is an error that lists the text files under ./data/ instead."""
+    if Path(data_path).exists():
+        return
+    from tinyllm.corpus import text_files_under
+
+    found = text_files_under(Path("data")) if Path("data").is_dir() else []
+    if found:
+        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+        hint = f"text files under ./data/: {', '.join(map(str, found[:10]))}{more}"
+    else:
+        hint = "no text files under ./data/ either"
+    raise TinyLLMError(f"data file not found: {data_path}; {hint}")
+
+
+def model_name_for(data_path: str) -> str:
+    """my_text.txt -> my_text; a directory -> its name; odd characters become '_'."""
+    path = Path(data_path).resolve()
+    stem = path.name if path.is_dir() else path.stem
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "model"
+
+
+def adhoc_params(data_path: str, name: str, register: bool, overrides: dict) -> Params:
+    """./params.yaml (or the built-in defaults) training on data_path under the registry name
+    `name`, tracked if `register`, with overrides ({params key: value}) on top, validated.
+
+    data.val_fraction sets test_fraction too: one option holds out the same share for each.
+    """
+    from tinyllm.config import load_params_or_defaults, params_from_dict, set_keys
+
+    raw = asdict(load_params_or_defaults())
+    raw["data"]["corpus"] = data_path
+    raw["tracking"]["registry_name"] = name
+    raw["tracking"]["enabled"] = register
+    set_keys(raw, overrides)
+    if "data.val_fraction" in overrides:
+        raw["data"]["test_fraction"] = overrides["data.val_fraction"]
+    return params_from_dict(raw, "params.yaml and options")
+
+
+def set_aside_checkpoint(checkpoints: Path, resume: bool) -> Path | None:
+    """--resume needs the checkpoint; a fresh start moves it aside (never deletes it) and
+    returns where to."""
+    from tinyllm.io import set_aside
+    from tinyllm.training.state import CHECKPOINT_FILE
+
+    checkpoint = checkpoints / CHECKPOINT_FILE
+    if resume:
+        if not checkpoint.exists():
+            raise TinyLLMError(f"--resume: no checkpoint at {checkpoint}; drop --resume to start "
+                               "afresh (or check --output-dir/--name)")
+        return None
+    return set_aside(checkpoint) if checkpoint.exists() else None
+
+
 def run_stage(step) -> None:
     """Entry point of a DVC stage script: params.yaml in, the default Layout, clean errors."""
     from tinyllm.config import load_params
@@ -288,6 +389,54 @@ def run_stage(step) -> None:
 
 
 RESTORE_COMMAND = "tinyllm restore"
+
+
+@dataclass(frozen=True)
+class Restored:
+    uri: str  # the model URI restored
+    version: str | None  # its registered version, when it names one
+    paths: tuple[Path, ...]  # what was written: the model package, and the run handoff if new
+
+
+def restore(model_uri: str | None, layout: Layout, tracking_uri: str | None = None) -> Restored:
+    """Write layout.model (and layout.run_handoff, for evaluate) back from the MLflow registry,
+    after `dvc exp run` deleted them (removed_model_hint). Never over an existing model.
+
+    model_uri defaults to models:/NAME/latest, NAME being tracking.registry_name of params.yaml.
+    """
+    from tinyllm.io import replace_directory, staging_directory
+    from tinyllm.tracking.registry import resolve_model_uri
+    from tinyllm.tracking.runs import TrackedRun
+    from tinyllm.tracking.store import Store
+
+    if layout.model.exists():
+        raise TinyLLMError(f"{layout.model} exists; move it aside to restore another model")
+    uri = model_uri or f"models:/{_registry_name(layout.root / 'params.yaml')}/latest"
+    store = Store(tracking_uri)
+    model = resolve_model_uri(uri, store)
+    staging = staging_directory(layout.model)
+    shutil.copytree(model.path, staging, dirs_exist_ok=True)
+    replace_directory(staging, layout.model)
+    paths = [layout.model]
+    if model.run_id and not layout.run_handoff.exists():
+        run = store.client.get_run(model.run_id)
+        experiment = store.client.get_experiment(run.info.experiment_id).name
+        TrackedRun(store, model.run_id, experiment).write_handoff(layout.run_handoff)
+        paths.append(layout.run_handoff)
+    return Restored(uri, model.version, tuple(paths))
+
+
+def _registry_name(params_file: Path) -> str:
+    """tracking.registry_name of params.yaml, read leniently: after a refused `dvc exp run`
+    the file still holds the refused value, which must not stop the restore."""
+    import yaml
+
+    from tinyllm.config import TrackingConfig
+
+    try:
+        return str(yaml.safe_load(params_file.read_text("utf-8"))["tracking"]["registry_name"])
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return TrackingConfig.registry_name
 
 
 def removed_model_hint(layout: Layout) -> str | None:

@@ -48,6 +48,55 @@ def registry_versions(store: Store, name: str) -> tuple[list, list[str]]:
     return versions, sorted(getattr(model, "aliases", {}) or {})
 
 
+@dataclass(frozen=True)
+class VersionRow:
+    """One registered version as `tinyllm models` lists it; None where the store has no value."""
+
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    test_bits_per_char: float | None
+    parameters: int | None
+    created_ms: int | None
+    run_id: str | None
+
+
+def version_rows(store: Store, name: str | None = None) -> list[VersionRow]:
+    """Every registered version (only NAME's, if given; an unknown NAME is an error listing the
+    models there are) by name and version, with its aliases and its run's parameter count."""
+    if name:
+        versions, _ = registry_versions(store, name)
+        registered = [store.client.get_registered_model(name)]
+    else:
+        versions = store.client.search_model_versions()
+        registered = store.client.search_registered_models(max_results=1000)
+    aliases: dict[tuple[str, str], list[str]] = {}  # versions found by search carry none
+    for model in registered:
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault((model.name, str(version)), []).append(alias)
+    rows = []
+    for v in sorted(versions, key=lambda v: (v.name, int(v.version))):
+        bits = v.tags.get("test_bits_per_char")
+        rows.append(VersionRow(v.name, str(v.version),
+                               tuple(sorted(aliases.get((v.name, str(v.version)), []))),
+                               float(bits) if bits else None, _parameters(store, v.run_id),
+                               v.creation_timestamp, v.run_id or None))
+    return rows
+
+
+def _parameters(store: Store, run_id: str | None) -> int | None:
+    """The model size its training run logged; None when there is no run or it is gone."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        value = store.client.get_run(run_id).data.params.get("derived.parameters")
+    except MlflowException:
+        return None
+    return int(value) if value and value.isdigit() else None
+
+
 def _version_for(store: Store, uri: str, name: str, version: str | None, alias: str | None):
     from mlflow.exceptions import MlflowException
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from tinyllm.errors import TinyLLMError
+
 RECIPE_SECTIONS = ("data.", "tokenizer.", "model.", "train.")
 CORPUS = "data.corpus"  # recipes on different corpora are never compared: one table each
 TEST_LOSS, TEST_BITS = "eval_test_loss", "eval_test_bits_per_char"
@@ -29,6 +31,26 @@ class Recipe:
         """(mean, sample standard deviation; None for a single run)."""
         values = self.values(metric)
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def experiment_runs(tracking_uri: str | None, experiment: str) -> tuple[list, str]:
+    """(every run of the experiment, the store's URI), through all of MLflow's result pages.
+    A missing store or experiment is an error that says how to make one."""
+    from tinyllm.tracking.discovery import open_store
+
+    store, uri = open_store(tracking_uri)
+    found = store.client.get_experiment_by_name(experiment) if store else None
+    if found is None:
+        raise TinyLLMError(f"no MLflow experiment '{experiment}' in {uri}; run `dvc repro` or "
+                           "`dvc exp run` first, or pass --experiment")
+    everything, token = [], None
+    while True:
+        page = store.client.search_runs([found.experiment_id], max_results=1000,
+                                        page_token=token)
+        everything.extend(page)
+        token = page.token
+        if not token:
+            return everything, uri
 
 
 def group_runs(runs, over: str) -> list[Recipe]:
