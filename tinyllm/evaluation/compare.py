@@ -1,7 +1,7 @@
 """Is model B really better than model A? Paired per-character scores and a block bootstrap.
 
-Both models score the same text character by character (tinyllm.evaluation.scoring's windows: every
-character once, with at least half a context of history). The difference B - A in bits/char gets
+Both models score the same text character by character (scoring.py's windows: every character
+once, with at least half a context of history). The difference B - A in bits/char gets
 a 95% confidence interval from a block bootstrap: the per-character differences are cut into
 consecutive blocks, and whole blocks are resampled, so the correlation between neighbouring
 characters (a hard passage is hard for several characters in a row) widens the interval as it

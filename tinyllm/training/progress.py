@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the trainer (and torch) only for type hints
     from tinyllm.training.loop import StepMetrics
 
-log = logging.getLogger("tinyllm.training.loop")
+log = logging.getLogger(__name__)
 
 
 class ProgressReporter:
