@@ -34,7 +34,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tinyllm.serving import launch as server_process
+from tinyllm.serving import launch
 from tinyllm.serving.launch import ServerNotUp, wait_until_up
 
 BIN = Path(sys.executable).parent
@@ -45,7 +45,7 @@ SEEDS = 16  # request i asks for seed i % SEEDS, so its text can be checked agai
 def start_tinyllm(model_uri: str, workers: int | None,
                   log_path: Path) -> tuple[subprocess.Popen, str]:
     """`tinyllm serve` in its own session, on a free port (workers None: its default)."""
-    return server_process.start([str(BIN / "tinyllm"), "serve", "--model-uri", model_uri,
+    return launch.start([str(BIN / "tinyllm"), "serve", "--model-uri", model_uri,
                                  *(["--workers", str(workers)] if workers else [])], log_path)
 
 
@@ -54,7 +54,7 @@ def start_server(model_uri: str, workers: int, log_path: Path) -> tuple[subproce
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": choose_tracking_uri(),
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # the server execs uvicorn
-    return server_process.start([str(BIN / "mlflow"), "models", "serve", "-m", model_uri,
+    return launch.start([str(BIN / "mlflow"), "models", "serve", "-m", model_uri,
                                  "--env-manager", "local", "--host", "127.0.0.1", "--workers",
                                  str(workers)], log_path, env)
 
@@ -262,7 +262,7 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     finally:
         if server is not None:
-            server_process.stop(server)
+            launch.stop(server)
     shutil.rmtree(scratch, ignore_errors=True)
     report = {"server": args.server, "model_uri": None if args.url else model_uri,
               "random_model": args.random_model, "url": url, "startup_s": startup,

@@ -12,7 +12,7 @@ import yaml
 from test_serve import worker_processes
 
 from tinyllm.package import load_package, save_package
-from tinyllm.serving import launch as server_process
+from tinyllm.serving import launch
 from tinyllm.tracking.runs import TrackedRun
 from tinyllm.tracking.store import Store
 
@@ -38,10 +38,10 @@ def test_serve_takes_the_champion_and_follows_the_alias_without_a_restart(tiny_m
     assert register(store, tiny_model.package, 2.0) == "1"
     Path("params.yaml").write_text(yaml.safe_dump({"tracking": {"registry_name": "served"}}))
     log = tmp_path / "serve.log"
-    server, url = server_process.start([tiny_model.command, "serve", "--refresh-seconds", "0.2"],
+    server, url = launch.start([tiny_model.command, "serve", "--refresh-seconds", "0.2"],
                                        log)
     try:
-        server_process.wait_until_up(f"{url}/health", server, log)
+        launch.wait_until_up(f"{url}/health", server, log)
         assert complete(url, seed=4)["model"] == "models:/served/1"
 
         loaded = load_package(tiny_model.package)

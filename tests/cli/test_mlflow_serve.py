@@ -17,7 +17,7 @@ from pathlib import Path
 from test_serve import free_port
 from tiny_project import ROOT
 
-from tinyllm.serving import launch as server_process
+from tinyllm.serving import launch
 from tinyllm.tracking.runs import TrackedRun
 from tinyllm.tracking.store import Store
 
@@ -80,7 +80,7 @@ def test_the_banner_command_serves_and_sigterm_stops_generation_and_the_server(
                                   start_new_session=True)
     url, reply = f"http://127.0.0.1:{port}", {}
     try:
-        server_process.wait_until_up(f"{url}/ping", server, tmp_path / "serve.log")
+        launch.wait_until_up(f"{url}/ping", server, tmp_path / "serve.log")
         busy = threading.Thread(target=invoke, args=(url, reply))
         busy.start()
         time.sleep(1)  # generation is under way

@@ -16,7 +16,7 @@ from tiny_project import ROOT
 
 import tinyllm
 from tinyllm import workflow
-from tinyllm.serving import launch as server_process
+from tinyllm.serving import launch
 from tinyllm.tracking.store import Store
 
 BIN = Path(sys.executable).parent
@@ -29,18 +29,18 @@ _spec.loader.exec_module(serve_load)
 @pytest.fixture
 def server(tmp_path, monkeypatch, new_store):
     backend = new_store(tmp_path)  # the server would otherwise create and migrate it
-    process, uri = server_process.start(
+    process, uri = launch.start(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", backend,
          "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
          "--workers", "1"], tmp_path / "server.log",
         # no job runner: seven more processes importing MLflow, for jobs tinyllm never queues
         {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
-        server_process.wait_until_up(f"{uri}/health", process, tmp_path / "server.log")
+        launch.wait_until_up(f"{uri}/health", process, tmp_path / "server.log")
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         yield uri
     finally:
-        server_process.stop(process)
+        launch.stop(process)
 
 
 def invocation(url: str, prompts: list[str], params: dict) -> tuple[int, str]:
@@ -72,7 +72,7 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
 
     serving, url = serve_load.start_server("models:/tiny/1", 1, tmp_path / "serve.log")
     try:
-        server_process.wait_until_up(f"{url}/ping", serving, tmp_path / "serve.log")
+        launch.wait_until_up(f"{url}/ping", serving, tmp_path / "serve.log")
         body = json.dumps({"inputs": ["ROMEO:", "JULIET:"],
                            "params": {"max_tokens": 10, "temperature": 0.0}}).encode()
         request = urllib.request.Request(f"{url}/invocations", data=body,
@@ -85,7 +85,7 @@ def test_log_register_resolve_and_serve_through_a_tracking_server(tmp_path, make
                               capture_output=True, text=True, timeout=300)
         too_many = invocation(url, ["ROMEO:"], {"max_tokens": 100000})  # the CLI's maximum
     finally:  # SIGTERM with generation in flight: tests/cli/test_mlflow_serve.py
-        server_process.stop(serving)
+        launch.stop(serving)
     assert too_many[0] == 400
     assert too_many[1].endswith("max_tokens must be <= 2000 when served, got 100000")
     assert len(predictions) == 2

@@ -101,7 +101,8 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        _stop(processes)
+        with _signals_ignored():  # a second Ctrl-C or SIGTERM must not cut the stop short
+            _stop(processes)
         listener.close()
 
 
@@ -133,6 +134,16 @@ def _follow(resolved, options: ServeOptions, pipes, notify):
 
 def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt  # SIGTERM: stop the workers as for Ctrl-C
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _stop(processes) -> None:
