@@ -209,7 +209,7 @@ def first_answer(url: str, server, log_path, started: float, send) -> float:
         time.sleep(0.05)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", choices=("tinyllm", "mlflow"), default="tinyllm")
     parser.add_argument("--model-uri", default="models:/shakespeare/1")
@@ -233,12 +233,15 @@ def main() -> None:
     if not 0 <= args.settle <= MAX_SETTLE_SEC:  # also refuses nan
         sys.exit(f"error: --settle must be between 0 and {MAX_SETTLE_SEC} seconds, got "
                  f"{args.settle}")
+    return args
 
+
+def load_rounds(args: argparse.Namespace, model_uri: str, scratch: Path):
+    """(url, seconds to the first answer or None, one result per --clients count): the server
+    started here unless --url, and stopped after."""
     mlflow = args.server == "mlflow"
     server = log_path = None
     url = args.url
-    scratch = Path(tempfile.mkdtemp(prefix="serve_load."))
-    model_uri = random_package(scratch / "model") if args.random_model else args.model_uri
     expected = None if args.url else expected_texts(model_uri, args.prompt, args.max_tokens)
     started = time.monotonic()
     if url is None:
@@ -256,14 +259,17 @@ def main() -> None:
                                                            send), 2)
         if not args.url:
             time.sleep(args.settle)
-        runs = [fire(send, url, clients, args.requests, args.max_tokens, args.prompt, expected)
-                for clients in args.clients]
+        return url, startup, [fire(send, url, clients, args.requests, args.max_tokens,
+                                   args.prompt, expected) for clients in args.clients]
     except ServerNotUp as exc:
         sys.exit(f"error: {exc}")
     finally:
         if server is not None:
             launch.stop(server)
-    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def print_report(args: argparse.Namespace, model_uri: str, url: str, startup, runs) -> None:
+    """The table on stderr, the whole report as JSON on stdout."""
     report = {"server": args.server, "model_uri": None if args.url else model_uri,
               "random_model": args.random_model, "url": url, "startup_s": startup,
               "load_average": os.getloadavg(), "runs": runs}
@@ -278,6 +284,15 @@ def main() -> None:
               f"{run['requests_per_s']} | {run['latency_ms']['p50']} | "
               f"{run['latency_ms']['p95']} | {first} |", file=sys.stderr)
     print(json.dumps(report))
+
+
+def main() -> None:
+    args = parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="serve_load."))
+    model_uri = random_package(scratch / "model") if args.random_model else args.model_uri
+    url, startup, runs = load_rounds(args, model_uri, scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
+    print_report(args, model_uri, url, startup, runs)
     failed = [run for run in runs if run["errors"]]
     if failed:
         sys.exit(f"error: {failed[0]['errors']} of {failed[0]['requests']} requests failed; "
