@@ -1,4 +1,4 @@
-"""Test loss against training minutes: the sweep behind tinyllm/training/recipes.py and
+"""Test loss against training minutes: the sweep behind tinyllm/recipes.py and
 docs/results.md.
 
     python scripts/budget_sweep.py                          # budgets 1 2 5 10, the auto recipes

@@ -9,7 +9,7 @@ import pytest
 
 from tinyllm.config import Params, load_params, params_from_dict, warmup_for
 from tinyllm.errors import TinyLLMError
-from tinyllm.training.recipes import recipe_for
+from tinyllm.recipes import recipe_for
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -143,7 +143,7 @@ def test_recipe_contradictions_name_the_key(raw, message):
 def test_the_recipes_default_model_is_the_defaults_but_for_the_budgets_keys():
     """recipes.py cannot import config.py (config applies the recipes), so its row for the
     default model restates the defaults: they must agree except where the budget decides."""
-    from tinyllm.training.recipes import _DEFAULT_MODEL
+    from tinyllm.recipes import _DEFAULT_MODEL
 
     defaults = Params().flat()
     differing = {key for key, value in _DEFAULT_MODEL.items() if defaults[key] != value}
@@ -153,7 +153,7 @@ def test_the_recipes_default_model_is_the_defaults_but_for_the_budgets_keys():
 def test_the_results_budget_table_names_each_budgets_recipe():
     """The budget table's "(auto)" rows (docs/results.md) say which recipe each budget gets:
     they follow recipes.py."""
-    from tinyllm.training.recipes import BY_BUDGET
+    from tinyllm.recipes import BY_BUDGET
 
     results = (REPO_PARAMS.parent / "docs" / "results.md").read_text(encoding="utf-8")
     auto = re.findall(r"^\| (\d+) min \| \**(.+?)\** \(auto\) \|", results, re.MULTILINE)
@@ -171,7 +171,7 @@ def test_the_results_budget_table_names_each_budgets_recipe():
 
 
 def test_recipe_auto_picks_the_recipe_of_the_device_it_will_train_on():
-    from tinyllm.training.recipes import BY_DEVICE
+    from tinyllm.recipes import BY_DEVICE
 
     on_gpu = params_from_dict({"train": {"time_budget_minutes": 3, "device": "cuda"}})
     assert on_gpu.flat() | BY_DEVICE["cuda"][1] == on_gpu.flat()  # the GPU's recipe, AdamW

@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 
 from tinyllm.errors import TinyLLMError
-from tinyllm.training.recipes import apply_recipe
+from tinyllm.recipes import apply_recipe
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # where torch runs; auto: CUDA, else MPS, else CPU
-RECIPES = ("auto", "none")  # auto: with a time budget, training.recipes fits the knobs to it
+RECIPES = ("auto", "none")  # auto: with a time budget, recipes.py fits the knobs to it
 OPTIMIZERS = ("adamw", "muon")  # muon: training.muon for the blocks' matrices, Adam for the rest
 
 

@@ -1,1 +1,1 @@
-"""Training: the loop under a step plan or a time budget, its optimizers, recipes and outputs."""
+"""Training: the loop under a step plan or a time budget, its state, optimizers and outputs."""
