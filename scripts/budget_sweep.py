@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tinyllm import workflow
 from tinyllm.config import load_params, params_from_dict, set_keys
+from tinyllm.errors import exit_on_error
 from tinyllm.evaluation.scoring import split_metrics
 from tinyllm.package import load_package
 from tinyllm.tokenizer import CharTokenizer, load_tokens
@@ -92,6 +93,14 @@ def slowdown_factor(text: str) -> float:
     return value
 
 
+def positive(text: str) -> float:
+    """--budgets, --tokens-per-sec: a finite number above 0."""
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
 class Slowdown:
     """A callback that sleeps (factor - 1) times each step's own time: a machine that turns that
     many times slower once the calibration is done (callbacks are not called during it)."""
@@ -141,11 +150,11 @@ def one_run(params, data: workflow.Layout, root: Path, tokens_per_sec: float | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", type=float, nargs="+", default=[1, 2, 5, 10])
+    parser.add_argument("--budgets", type=positive, nargs="+", default=[1, 2, 5, 10])
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V,...",
                         help="also run the recipe with these keys changed (repeatable)")
     parser.add_argument("--no-auto", action="store_true", help="run only the variants")
-    parser.add_argument("--tokens-per-sec", type=float,
+    parser.add_argument("--tokens-per-sec", type=positive,
                         help="plan steps for a machine training at this rate, not the clock")
     parser.add_argument("--slowdown", type=slowdown_factor, default=1.0, metavar="FACTOR",
                         help="train FACTOR times slower after the calibration (a sleep a step)")
@@ -190,4 +199,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_error(main)
