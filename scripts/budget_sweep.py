@@ -85,20 +85,22 @@ class PacedClock:
         return self.now
 
 
-def slowdown_factor(text: str) -> float:
-    """--slowdown: a finite number of at least 1 (argparse makes the error one line)."""
-    value = float(text)
-    if not 1 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number >= 1, got {text}")
-    return value
+def finite_number(low: float, inclusive: bool, name: str):
+    """An argparse type: a finite number above low (or from low, if inclusive), so a bad value
+    is argparse's one error line."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not ((low <= value) if inclusive else (low < value)) or value == math.inf:
+            raise argparse.ArgumentTypeError(
+                f"must be a number {'>=' if inclusive else '>'} {low:g}, got {text}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in "invalid NAME value: ..."
+    return parse
 
 
-def positive(text: str) -> float:
-    """--budgets, --tokens-per-sec: a finite number above 0."""
-    value = float(text)
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
+slowdown_factor = finite_number(1, inclusive=True, name="slowdown factor")  # --slowdown
+positive = finite_number(0, inclusive=False, name="positive number")  # --budgets, rates
 
 
 class Slowdown:
