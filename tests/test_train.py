@@ -294,18 +294,24 @@ def test_a_compiled_budgeted_run_compiles_in_its_calibration(gpt_config, train_c
     assert set(graphs) == {graphs[0]}  # ... and the run's steps reused what it compiled
 
 
-def test_a_budget_follows_a_machine_that_slows_down_after_the_calibration(
-        tmp_path, gpt_config, train_config, splits):
+def test_a_budget_follows_a_machine_that_slows_down_after_the_calibration(train_config):
     """Twice as slow from the first step on: the plan shrinks so that the decay still reaches
-    its floor and the final evaluation still happens by the deadline."""
+    its floor and the final evaluation still happens by the deadline. The text is more than
+    the run can see in its 6 seconds, so no data-limited stop cuts the decay short."""
+    text = structured_corpus(lines=4000)
+    tok = CharTokenizer.fit(text)
+    ids = tok.encode(text)
+    cut = int(len(ids) * 0.9)
+    gpt_config = GPTConfig(tok.vocab_size, context_length=16, n_layer=2, n_head=2, d_model=32)
     cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=50, warmup_steps=5,
-                              time_budget_minutes=0.1)
+                              learning_rate=3e-4, time_budget_minutes=0.1)
     tokens_per_step = cfg.batch_size * gpt_config.context_length
 
     def twice_as_slow(metrics):  # sleeps as long as the step took
         time.sleep(tokens_per_step / metrics.tokens_per_sec)
 
-    result = fit(gpt_config, cfg, *splits, callbacks=[twice_as_slow])
+    result = fit(gpt_config, cfg, ids[:cut], ids[cut:], callbacks=[twice_as_slow])
+    assert result.stopped_by in ("planned_steps", "time_budget")  # the clock's, not the data's
     first, *replans = result.plan.segments
     assert replans and result.steps < first[2]  # fewer steps than calibrated for
     floor = cfg.learning_rate * cfg.min_lr_fraction
@@ -375,6 +381,42 @@ def test_a_budgeted_run_whose_validation_stalls_decays_now_and_stops_early(
     # A fixed-step run never stops for its data: the default pipeline trains max_steps.
     fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, max_steps=result.steps + 40)
     assert fit(gpt_config, fixed, tokens, val).stopped_by == "max_steps"
+
+
+def test_a_final_decay_that_passes_its_bottom_ends_the_run_with_the_best_weights(
+        train_config):
+    """A text the model soon learns all of: validation plateaus, the run decays, and the decay
+    (evaluated four times as often) finds a new best and then STALL_EVALS evaluations no better:
+    the run ends there instead of overfitting to the decay's end, keeping that best."""
+    text = structured_corpus(lines=1000)
+    tok = CharTokenizer.fit(text)
+    ids = tok.encode(text)
+    cut = int(len(ids) * 0.9)
+    gpt_config = GPTConfig(tok.vocab_size, context_length=16, n_layer=2, n_head=2, d_model=32)
+    cfg = dataclasses.replace(train_config, max_steps=10**6, batch_size=8, eval_interval=40,
+                              warmup_steps=5, learning_rate=1e-2, checkpoint_interval=10**6,
+                              time_budget_minutes=10.0)
+    clock = StepClock()
+    result = fit(gpt_config, cfg, ids[:cut], ids[cut:], clock=clock, callbacks=[clock],
+                 plan=StepPlan.for_budget(cfg, spent_sec=0.0, step_sec=1.0, eval_sec=0.0))
+    stall, decay_end = result.plan.data_limited_at, result.plan.segments[-1][2]
+    assert result.stopped_by == "data_limited" and stall < result.steps < decay_end
+    in_decay = [(h["step"], h["val_loss"]) for h in result.history
+                if h["val_loss"] is not None and h["step"] > stall]
+    assert [step for step, _ in in_decay] == list(range(stall + 10, result.steps + 1, 10))
+    assert stall < result.best_step == min(in_decay, key=lambda e: e[1])[0]
+    assert [step for step, _ in in_decay[-STALL_EVALS:]] == [
+        result.best_step + 10 * i for i in range(1, STALL_EVALS + 1)]  # ended at once
+    assert all(loss > result.best_val_loss for _, loss in in_decay[-STALL_EVALS:])
+    # The replay (no budget, so no stop of its own) ends at the recorded step with the same best.
+    from tinyllm.training.outputs import summary_of
+
+    summary = json.loads(json.dumps(summary_of(result, "")))
+    fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, max_steps=summary["steps"])
+    replayed = fit(gpt_config, fixed, ids[:cut], ids[cut:], plan=StepPlan.replay(summary))
+    assert replayed.steps == result.steps and replayed.best_step == result.best_step
+    assert all(torch.equal(result.model.state_dict()[k], v)
+               for k, v in replayed.model.state_dict().items())
 
 
 def test_a_slowdown_past_the_deadline_keeps_the_best_weights_without_a_last_evaluation(

@@ -306,8 +306,9 @@ class _Loop:
     def train(self, checkpoint: Callable[[], None], checkpoint_path: Path | None) -> str:
         """Steps until the plan ends, the deadline comes or a signal arrives; returns why it
         stopped: max_steps, planned_steps, data_limited (validation stalled, the decay was brought
-        forward), time_budget (the clock stopped it, with a final evaluation) or deadline (past
-        the budget before that evaluation: the best weights so far stand, unevaluated again)."""
+        forward, and may have ended at its bottom), time_budget (the clock stopped it, with a
+        final evaluation) or deadline (past the budget before that evaluation: the best weights
+        so far stand, unevaluated again)."""
         run, cfg = self.run, self.cfg
         net = distributed.data_parallel(self.model, self.device)  # the model itself, plainly
         step_fn = compiled(net) if cfg.compile else net
@@ -370,13 +371,15 @@ class _Loop:
                 time.perf_counter() - tick), tokens_seen=run.tokens_seen,
             elapsed_sec=elapsed, planned_steps=run.plan.steps)
         plan = run.plan
-        due = run.step % plan.eval_interval == 0 or run.step == plan.steps
+        due = plan.evaluates_at(run.step)
         # Past the deadline, the best weights so far stand without a final evaluation.
         if (due or out_of_time) and not (past_deadline and run.best is not None):
             metrics.val_loss = self.validate()
             run.evaluated(metrics.val_loss, self.model, self.optimizer)
             if due and not out_of_time and run.stalled():
                 run.end_for_data()
+            elif run.past_decay_bottom():
+                run.end_at_decay_bottom()
             run.rewind(self.model, self.optimizer)
         run.history.append(asdict(metrics))
         for callback in self.callbacks:

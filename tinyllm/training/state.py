@@ -29,7 +29,8 @@ RESUMABLE_ACROSS = ("device", "threads", "compile", "checkpoint_interval")
 # Validation that has not improved for STALL_EVALS evaluations in a row ends a budgeted run with
 # a decay over FINAL_DECAY of the steps so far (at least one evaluation interval). One was too
 # few: at a high learning rate validation wobbles, and on the 4.4 MB corpus a single evaluation
-# 0.0005 above the best stopped a 10-minute run at a third of its plan (docs/results.md).
+# 0.0005 above the best stopped a 10-minute run at a third of its plan (docs/results.md). In the
+# final decay, a new best and then STALL_EVALS evaluations no better end the run.
 STALL_EVALS, FINAL_DECAY = 2, 0.2
 
 
@@ -116,6 +117,19 @@ class RunState:
         """Validation stopped improving in a budgeted run not already in its final decay."""
         return bool(self.plan.budget_sec) and not self.plan.data_limited_at and (
             self.evals_since_best >= STALL_EVALS)
+
+    def past_decay_bottom(self) -> bool:
+        """The final decay found a new best validation and then STALL_EVALS evaluations no
+        better: the rest of the decay would only overfit, so the run ends here (the best
+        weights stand). A decay that has not yet beaten the pre-stall best runs on: its first
+        steps are at a high learning rate."""
+        return bool(self.plan.budget_sec) and self.best_step > self.plan.data_limited_at > 0 and (
+            self.evals_since_best >= STALL_EVALS)
+
+    def end_at_decay_bottom(self) -> None:
+        self.plan = replace(self.plan, steps=self.step)
+        log.info("validation has not improved since step %d, in the final decay: the run ends "
+                 "here with that step's weights", self.best_step)
 
     def end_for_data(self) -> None:
         """Decay now, over FINAL_DECAY of the steps so far (or what the plan has left, if
