@@ -4,6 +4,7 @@ docs/results.md.
     python scripts/budget_sweep.py                          # budgets 1 2 5 10, the auto recipes
     python scripts/budget_sweep.py --budgets 2 --variant lr5e-3:train.learning_rate=5e-3
     python scripts/budget_sweep.py --tokens-per-sec 34000   # plan steps from a quiet rate
+    python scripts/budget_sweep.py --budgets 2 --slowdown 2 # 2x slower after the calibration
 
 Each run trains on the project's default split (params.yaml's data section, prepared once) with
 `train.time_budget_minutes` set to the budget, exactly as `dvc exp run -S
@@ -62,16 +63,18 @@ def budget_params(base: dict, minutes: float, overrides: dict):
 class PacedClock:
     """A run's clock as a machine training at tokens_per_sec would read it: each step advances
     it by a step's time, each evaluation by an evaluation's. Passed to fit with the plan that
-    machine's calibration would make, so the run re-plans, stalls and stops as it would there."""
+    machine's calibration would make, so the run re-plans, stalls and stops as it would there.
+    With a slowdown, that machine turns that many times slower once its calibration is done."""
 
-    def __init__(self, params, tokens_per_sec: float, train_tokens: int):
+    def __init__(self, params, tokens_per_sec: float, train_tokens: int, slowdown: float = 1.0):
         train, model = params.train, params.model
         tokens_per_step = train.batch_size * train.grad_accum_steps * model.context_length
-        self.step_sec = tokens_per_step / tokens_per_sec
-        self.eval_sec = (train.eval_batches * train.batch_size * model.context_length
-                         / (3 * tokens_per_sec))
-        self.plan = StepPlan.for_budget(train, START_UP_SEC, self.step_sec, self.eval_sec,
+        step_sec = tokens_per_step / tokens_per_sec
+        eval_sec = train.eval_batches * train.batch_size * model.context_length / (
+            3 * tokens_per_sec)
+        self.plan = StepPlan.for_budget(train, START_UP_SEC, step_sec, eval_sec,
                                         epoch_steps=train_tokens / tokens_per_step)
+        self.step_sec, self.eval_sec = slowdown * step_sec, slowdown * eval_sec
         self.now = None
 
     def __call__(self, metrics=None) -> float:
@@ -127,7 +130,7 @@ def one_run(params, data: workflow.Layout, root: Path, tokens_per_sec: float | N
     paced = {}
     if tokens_per_sec:
         train = load_tokens(layout.tokens / "train.bin", CharTokenizer.load(layout.tokenizer))
-        clock = PacedClock(params, tokens_per_sec, len(train))
+        clock = PacedClock(params, tokens_per_sec, len(train), slowdown)
         paced = {"plan": clock.plan, "clock": clock, "callbacks": (clock,)}
     elif slowdown != 1:
         paced = {"callbacks": (Slowdown(params, slowdown),)}
@@ -159,7 +162,8 @@ def main() -> None:
     parser.add_argument("--tokens-per-sec", type=positive,
                         help="plan steps for a machine training at this rate, not the clock")
     parser.add_argument("--slowdown", type=slowdown_factor, default=1.0, metavar="FACTOR",
-                        help="train FACTOR times slower after the calibration (a sleep a step)")
+                        help="train FACTOR times slower after the calibration (a sleep a "
+                        "step; with --tokens-per-sec, that machine's clock slows instead)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="the params whose data section names the corpus and its split")
     parser.add_argument("--work", type=Path, default=Path("runs/budget_sweep"))

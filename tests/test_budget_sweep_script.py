@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tinyllm.config import params_from_dict
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "budget_sweep.py"
 
@@ -40,3 +43,21 @@ def test_a_missing_params_file_is_one_error_line(tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip() == f"error: params file not found: {tmp_path / 'nope.yaml'}"
     assert not (tmp_path / "work").exists()
+
+
+def test_a_paced_slowdown_keeps_the_quiet_plan_and_runs_that_many_times_slower():
+    """--tokens-per-sec with --slowdown: the calibration's plan is the quiet machine's, and its
+    clock then advances FACTOR times as far for each step and evaluation."""
+    spec = importlib.util.spec_from_file_location("budget_sweep", SCRIPT)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    params = params_from_dict({"train": {"time_budget_minutes": 2}})
+    quiet, slowed = (sweep.PacedClock(params, 20000, 10**6, factor) for factor in (1, 2))
+    assert slowed.plan == quiet.plan
+    assert quiet() == slowed() == 0  # each run's first reading, its start
+    start = quiet.now
+    step, evaluation = (type("Metrics", (), {"val_loss": v}) for v in (None, 1.0))
+    for metrics in (step, step, evaluation):
+        quiet(metrics), slowed(metrics)
+    assert quiet.now - start > 0
+    assert slowed.now - start == pytest.approx(2 * (quiet.now - start))
