@@ -12,6 +12,7 @@ import math
 import random
 import time
 
+import numpy as np
 import pytest
 import torch
 from tiny_project import TINY_TEXT
@@ -38,6 +39,16 @@ def structured_corpus(lines: int = 400, seed: int = 0) -> str:
                    for _ in range(lines))
 
 
+def structured_run(lines: int) -> tuple[GPTConfig, np.ndarray, np.ndarray]:
+    """A small model for structured_corpus(lines), and the text's first 90% and last 10%."""
+    text = structured_corpus(lines)
+    tok = CharTokenizer.fit(text)
+    ids = tok.encode(text)
+    cut = int(len(ids) * 0.9)
+    return (GPTConfig(tok.vocab_size, context_length=16, n_layer=2, n_head=2, d_model=32),
+            ids[:cut], ids[cut:])
+
+
 def unigram_entropy_nats(text: str) -> float:
     n = len(text)
     return -sum(c / n * math.log(c / n) for c in collections.Counter(text).values())
@@ -51,15 +62,12 @@ def splits(tokens):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_loss_falls_well_below_unigram_entropy(train_config, optimizer):
-    text = structured_corpus()
-    tok = CharTokenizer.fit(text)
-    ids = tok.encode(text)
-    cut = int(len(ids) * 0.9)
-    config = GPTConfig(tok.vocab_size, context_length=16, n_layer=2, n_head=2, d_model=32)
+    config, train, val = structured_run(lines=400)
     cfg = dataclasses.replace(train_config, max_steps=50, batch_size=64, learning_rate=2e-2,
                               warmup_steps=10, eval_interval=25, optimizer=optimizer)
-    result = fit(config, cfg, ids[:cut], ids[cut:])
-    entropy = unigram_entropy_nats(text)  # 2.9 nats; runs under seeds 0-5 end at 0.23-0.27 x it
+    result = fit(config, cfg, train, val)
+    # 2.9 nats; runs under seeds 0-5 end at 0.23-0.27 x it
+    entropy = unigram_entropy_nats(structured_corpus(lines=400))
     assert result.best_val_loss < 0.5 * entropy
     assert result.steps == 50 and result.stopped_by == "max_steps"
     assert result.history[0]["train_loss"] > entropy  # it started above the unigram level
@@ -298,11 +306,7 @@ def test_a_budget_follows_a_machine_that_slows_down_after_the_calibration(train_
     """Twice as slow from the first step on: the plan shrinks so that the decay still reaches
     its floor and the final evaluation still happens by the deadline. The text is more than
     the run can see in its 6 seconds, so no data-limited stop cuts the decay short."""
-    text = structured_corpus(lines=4000)
-    tok = CharTokenizer.fit(text)
-    ids = tok.encode(text)
-    cut = int(len(ids) * 0.9)
-    gpt_config = GPTConfig(tok.vocab_size, context_length=16, n_layer=2, n_head=2, d_model=32)
+    gpt_config, train, val = structured_run(lines=4000)
     cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=50, warmup_steps=5,
                               learning_rate=3e-4, time_budget_minutes=0.1)
     tokens_per_step = cfg.batch_size * gpt_config.context_length
@@ -310,7 +314,7 @@ def test_a_budget_follows_a_machine_that_slows_down_after_the_calibration(train_
     def twice_as_slow(metrics):  # sleeps as long as the step took
         time.sleep(tokens_per_step / metrics.tokens_per_sec)
 
-    result = fit(gpt_config, cfg, ids[:cut], ids[cut:], callbacks=[twice_as_slow])
+    result = fit(gpt_config, cfg, train, val, callbacks=[twice_as_slow])
     assert result.stopped_by in ("planned_steps", "time_budget")  # the clock's, not the data's
     first, *replans = result.plan.segments
     assert replans and result.steps < first[2]  # fewer steps than calibrated for
@@ -388,16 +392,12 @@ def test_a_final_decay_that_passes_its_bottom_ends_the_run_with_the_best_weights
     """A text the model soon learns all of: validation plateaus, the run decays, and the decay
     (evaluated four times as often) finds a new best and then STALL_EVALS evaluations no better:
     the run ends there instead of overfitting to the decay's end, keeping that best."""
-    text = structured_corpus(lines=1000)
-    tok = CharTokenizer.fit(text)
-    ids = tok.encode(text)
-    cut = int(len(ids) * 0.9)
-    gpt_config = GPTConfig(tok.vocab_size, context_length=16, n_layer=2, n_head=2, d_model=32)
+    gpt_config, train, val = structured_run(lines=1000)
     cfg = dataclasses.replace(train_config, max_steps=10**6, batch_size=8, eval_interval=40,
                               warmup_steps=5, learning_rate=1e-2, checkpoint_interval=10**6,
                               time_budget_minutes=10.0)
     clock = StepClock()
-    result = fit(gpt_config, cfg, ids[:cut], ids[cut:], clock=clock, callbacks=[clock],
+    result = fit(gpt_config, cfg, train, val, clock=clock, callbacks=[clock],
                  plan=StepPlan.for_budget(cfg, spent_sec=0.0, step_sec=1.0, eval_sec=0.0))
     stall, decay_end = result.plan.data_limited_at, result.plan.segments[-1][2]
     assert result.stopped_by == "data_limited" and stall < result.steps < decay_end
@@ -413,7 +413,7 @@ def test_a_final_decay_that_passes_its_bottom_ends_the_run_with_the_best_weights
 
     summary = json.loads(json.dumps(summary_of(result, "")))
     fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, max_steps=summary["steps"])
-    replayed = fit(gpt_config, fixed, ids[:cut], ids[cut:], plan=StepPlan.replay(summary))
+    replayed = fit(gpt_config, fixed, train, val, plan=StepPlan.replay(summary))
     assert replayed.steps == result.steps and replayed.best_step == result.best_step
     assert all(torch.equal(result.model.state_dict()[k], v)
                for k, v in replayed.model.state_dict().items())
