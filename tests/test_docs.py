@@ -81,3 +81,17 @@ def test_the_architecture_page_names_every_module_and_only_those():
     assert len(named) > 30
     assert not sorted(modules - named), f"docs/architecture.md omits {sorted(modules - named)}"
     assert not sorted(named - modules), f"docs/architecture.md names {sorted(named - modules)}"
+
+
+def test_the_budget_page_states_the_data_limited_stop_as_the_code_sets_it():
+    """docs/training-budget.md spells the stop's constants out in words: they must be the code's."""
+    from tinyllm.training.plan import DECAY_EVALS_PER_INTERVAL
+    from tinyllm.training.state import FINAL_DECAY, STALL_EVALS
+
+    words = {2: "two", 3: "three", 4: "four"}
+    shares = {0.2: "a fifth", 0.25: "a quarter", 0.5: "half"}
+    text = " ".join((ROOT / "docs" / "training-budget.md").read_text(encoding="utf-8").split())
+    assert f"when {words[STALL_EVALS]} evaluations in a row find" in text
+    assert f"over {shares[FINAL_DECAY]} of the steps so far" in text
+    assert f"evaluated {words[DECAY_EVALS_PER_INTERVAL]} times as often" in text
+    assert f"{words[STALL_EVALS]} evaluations in a row no better end the run" in text

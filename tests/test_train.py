@@ -22,7 +22,7 @@ from tinyllm.model import GPTConfig
 from tinyllm.tokenizer import CharTokenizer
 from tinyllm.training.batches import check_split_lengths
 from tinyllm.training.loop import fit
-from tinyllm.training.plan import StepPlan, lr_at
+from tinyllm.training.plan import DECAY_EVALS_PER_INTERVAL, StepPlan, lr_at
 from tinyllm.training.state import CHECKPOINT_FILE, STALL_EVALS, load_checkpoint
 
 
@@ -403,10 +403,11 @@ def test_a_final_decay_that_passes_its_bottom_ends_the_run_with_the_best_weights
     assert result.stopped_by == "data_limited" and stall < result.steps < decay_end
     in_decay = [(h["step"], h["val_loss"]) for h in result.history
                 if h["val_loss"] is not None and h["step"] > stall]
-    assert [step for step, _ in in_decay] == list(range(stall + 10, result.steps + 1, 10))
+    every = cfg.eval_interval // DECAY_EVALS_PER_INTERVAL
+    assert [step for step, _ in in_decay] == list(range(stall + every, result.steps + 1, every))
     assert stall < result.best_step == min(in_decay, key=lambda e: e[1])[0]
     assert [step for step, _ in in_decay[-STALL_EVALS:]] == [
-        result.best_step + 10 * i for i in range(1, STALL_EVALS + 1)]  # ended at once
+        result.best_step + every * i for i in range(1, STALL_EVALS + 1)]  # ended at once
     assert all(loss > result.best_val_loss for _, loss in in_decay[-STALL_EVALS:])
     # The replay (no budget, so no stop of its own) ends at the recorded step with the same best.
     from tinyllm.training.outputs import summary_of
