@@ -102,7 +102,8 @@ def test_built_in_defaults_are_the_shipped_params_yaml():
 
 
 def test_the_model_assumes_no_shape_default_of_its_own():
-    """GPTConfig's only default (no dropout) is params.yaml's; the shape comes from params."""
+    """GPTConfig's defaults (no dropout, the block) are params.yaml's; the shape comes from
+    params."""
     import dataclasses
 
     from tinyllm.config import ModelConfig
@@ -110,7 +111,8 @@ def test_the_model_assumes_no_shape_default_of_its_own():
 
     own = {f.name: f.default for f in dataclasses.fields(GPTConfig)
            if f.default is not dataclasses.MISSING}
-    assert own == {"dropout": ModelConfig().dropout}
+    block = ("dropout", "positions", "qk_norm", "activation")
+    assert own == {name: getattr(ModelConfig(), name) for name in block}
 
 
 def test_recipe_auto_fits_the_untouched_keys_to_the_budget():

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 import tinyllm
 from tinyllm.errors import TinyLLMError
-from tinyllm.package import load_package, save_package
+from tinyllm.package import FORMAT_1_BLOCK, FORMAT_VERSION, load_package, save_package
 
 
 @pytest.fixture
@@ -90,9 +93,14 @@ def test_config_that_does_not_match_the_weights(package, gpt_config, change, det
     assert "does not match config.json" in message and detail in message
 
 
-def test_config_claiming_a_giant_model_is_refused_without_allocating_it(package):
-    _edit_json(package / "config.json", context_length=2**40)  # 140 TB of position embeddings
-    assert "does not match config.json" in str(_load_error(package))
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"context_length": 2**40}, "'context_length' must be <= 65536"),  # 140 TB of tables
+    ({"d_model": 2**16}, "does not match config.json"),  # 200 GB of weights
+])
+def test_config_claiming_a_giant_model_is_refused_without_allocating_it(package, changes,
+                                                                        message):
+    _edit_json(package / "config.json", **changes)
+    assert message in str(_load_error(package))
 
 
 def test_tokenizer_size_does_not_match_config(package):
@@ -108,10 +116,46 @@ def test_unknown_format_version(package):
     assert "unsupported format_version 99" in str(_load_error(package))
 
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_package_written_before_the_block_was_recorded_still_generates_its_text(tmp_path):
+    """tests/fixtures/gpt2_block_package was written by tinyllm as of e16527a (format_version 1,
+    GPT-2's block): it loads as that block and samples what that code sampled from it."""
+    loaded = load_package(shutil.copytree(FIXTURES / "gpt2_block_package", tmp_path / "old"))
+    assert dataclasses.asdict(loaded.config).items() >= FORMAT_1_BLOCK.items()
+    text = loaded.generate("ROMEO:", max_tokens=40, seed=1337, temperature=0.8)
+    assert text == " BulEO: But broft bft breakowh br younde"  # what e16527a generated
+
+
+def test_a_saved_package_records_its_block(package, gpt_config):
+    config = json.loads((package / "config.json").read_text())
+    assert config["format_version"] == FORMAT_VERSION
+    assert {k: config[k] for k in FORMAT_1_BLOCK} == {
+        k: getattr(gpt_config, k) for k in FORMAT_1_BLOCK}
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"positions": "alibi"}, "'positions' must be one of learned, rotary; got 'alibi'"),
+    ({"qk_norm": "yes"}, "'qk_norm' must be true or false, got 'yes'"),
+    ({"activation": None}, "'activation' must be a string, got None"),
+    ({"softcap": 15.0}, "unknown field 'softcap' (a newer tinyllm's model?"),
+])
+def test_a_block_this_tinyllm_cannot_build_is_one_line_naming_the_file_and_field(
+        package, changes, message):
+    _edit_json(package / "config.json", **changes)
+    error = str(_load_error(package))
+    assert message in error and str(package / "config.json") in error and "\n" not in error
+
+
 def test_config_with_bad_values(package):
     _edit_json(package / "config.json", n_layer="two")
-    assert "'n_layer' must be a non-negative int" in str(_load_error(package))
+    assert "'n_layer' must be an integer, got 'two'" in str(_load_error(package))
     _edit_json(package / "config.json", n_layer=2, dropout=2.0)
+    assert "'dropout' must be <= 0.9, got 2.0" in str(_load_error(package))
+    _edit_json(package / "config.json", dropout=0.0, vocab_size=0)
+    assert "'vocab_size' must be a positive integer, got 0" in str(_load_error(package))
+    _edit_json(package / "config.json", vocab_size=40, n_head=3)
     assert "inconsistent architecture" in str(_load_error(package))
 
 
@@ -159,6 +203,6 @@ def test_a_package_file_linking_outside_the_package_is_refused(package, tmp_path
 
 def test_weights_that_only_look_big_cannot_make_the_loader_build_a_big_model(package):
     """An expanded tensor has the elements a huge config claims but stores one value."""
-    _edit_json(package / "config.json", n_layer=4000)  # 49 M parameters
+    _edit_json(package / "config.json", n_layer=256, d_model=256, n_head=4)  # 201 M parameters
     torch.save({"x": torch.zeros(1).expand(10**9)}, package / "weights.pt")
     assert str(_load_error(package)).endswith("parameters, the file holds 1")

@@ -24,6 +24,7 @@ from tinyllm.cli import cli
 from tinyllm.config import SamplingConfig
 from tinyllm.generate import stream_tokens
 from tinyllm.model import GPT, GPTConfig
+from tinyllm.package import FORMAT_1_BLOCK
 from tinyllm.serving import launch
 from tinyllm.serving.batching import Decoder, Sequence, SlotCache, decode_step, transposed_weights
 from tinyllm.serving.launch import free_port, stop
@@ -268,13 +269,14 @@ def test_batched_decoding_gives_each_sequence_exactly_its_text_alone():
 
 
 
-def test_a_shared_decoding_step_computes_each_row_bit_for_bit_as_alone():
+@pytest.mark.parametrize("block", [FORMAT_1_BLOCK, {}], ids=["gpt2", "default"])
+def test_a_shared_decoding_step_computes_each_row_bit_for_bit_as_alone(block):
     """decode_step over sequences at eight different positions: each row's logits equal the
     model's single-sequence pass exactly, step after step (not merely close: sampled text must
-    not change with what else is being served)."""
+    not change with what else is being served), whichever block (rotary positions per row)."""
     torch.manual_seed(2)
     model = GPT(GPTConfig(vocab_size=60, context_length=64, n_layer=2, n_head=4,
-                          d_model=64)).eval()
+                          d_model=64, **block)).eval()
     shared = model.new_cache(10)
     slots = [9, 0, 4, 2, 7, 1, 5, 3]  # any slots, in any order
     caches = [SlotCache(shared.keys, shared.values, slot) for slot in slots]

@@ -23,6 +23,8 @@ from tinyllm.recipes import apply_recipe
 DEVICES = ("auto", "cpu", "cuda", "mps")  # where torch runs; auto: CUDA, else MPS, else CPU
 RECIPES = ("auto", "none")  # auto: with a time budget, recipes.py fits the knobs to it
 OPTIMIZERS = ("adamw", "muon")  # muon: training.muon for the blocks' matrices, Adam for the rest
+POSITIONS = ("learned", "rotary")  # the model's position embedding (tinyllm.model)
+ACTIVATIONS = ("gelu", "relu2")  # the MLP's activation (tinyllm.model.ACTIVATIONS)
 
 
 def knob(default: Any, *, min: float | None = None, max: float | None = None,
@@ -57,13 +59,16 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    """The GPT's shape; the vocabulary size comes from the fitted tokenizer."""
+    """The GPT's shape and block; the vocabulary size comes from the fitted tokenizer."""
 
     context_length: int = knob(128, min=2, max=65536)
     n_layer: int = knob(4, min=1, max=256)
     n_head: int = knob(4, min=1, max=256)
     d_model: int = knob(128, min=8, max=65536)
     dropout: float = knob(0.0, min=0.0, max=0.9)
+    positions: str = knob("rotary", choices=POSITIONS)
+    qk_norm: bool = knob(True)
+    activation: str = knob("relu2", choices=ACTIVATIONS)
 
 
 def warmup_for(warmup_steps: int, steps: int) -> int:
@@ -222,6 +227,11 @@ class Params:
             raise TinyLLMError(
                 f"model.d_model ({self.model.d_model}) must be divisible by model.n_head "
                 f"({self.model.n_head})")
+        if self.model.positions == "rotary" and (self.model.d_model // self.model.n_head) % 2:
+            raise TinyLLMError(
+                f"model.positions rotary turns channels in pairs, so each head's width "
+                f"(model.d_model / model.n_head = {self.model.d_model // self.model.n_head}) "
+                f"must be even")
         if self.data.val_fraction + self.data.test_fraction >= 0.9:
             raise TinyLLMError("data.val_fraction + data.test_fraction must leave at least 10% "
                                "of the corpus for training")
@@ -245,8 +255,9 @@ def _reject_unknown(given, known: list[str], describe) -> None:
             raise TinyLLMError(describe(name) + hint)
 
 
-def _coerce(where: str, value: Any, f: dataclasses.Field) -> Any:
-    """Check one value against the field's declared type and range; returns the typed value."""
+def coerce_value(where: str, value: Any, f: dataclasses.Field) -> Any:
+    """Check one value against the field's declared type and range; returns the typed value.
+    where: how the message names it (a params key, a file's field)."""
     kind = _resolve_type(f.type)
     if kind is bool:
         if not isinstance(value, bool):
@@ -287,7 +298,7 @@ def check_fields(instance: Any, prefix: str = "") -> None:
     """Check (and type, e.g. 1 -> 1.0 for a float) every field of a built section."""
     for f in dataclasses.fields(instance):
         try:
-            value = _coerce(f"{prefix}{f.name}", getattr(instance, f.name), f)
+            value = coerce_value(f"{prefix}{f.name}", getattr(instance, f.name), f)
         except TinyLLMError as exc:
             exc.key = f.name
             raise
@@ -312,7 +323,8 @@ def build_section(cls: type, name: str, values: Any) -> Any:
         raise TinyLLMError(f"params section '{name}' must be a mapping of keys, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     _reject_unknown(values, list(fields), lambda key: f"unknown params key '{name}.{key}'")
-    typed = {key: _coerce(f"{name}.{key}", value, fields[key]) for key, value in values.items()}
+    typed = {key: coerce_value(f"{name}.{key}", value, fields[key])
+             for key, value in values.items()}
     return cls(**typed)
 
 

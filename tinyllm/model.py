@@ -1,8 +1,16 @@
-"""A decoder-only GPT for characters: pre-LayerNorm blocks, causal SDPA attention, tied embeddings.
+"""A decoder-only GPT for characters: pre-norm blocks, causal SDPA attention, tied embeddings.
+
+The block is configurable, so packages trained with GPT-2's block keep loading beside the newer
+one (docs/results.md, "The block" has what each component buys per step and per minute):
+- positions: "learned" adds a learned table to the embeddings (GPT-2); "rotary" rotates each
+  head's queries and keys by their position (RoFormer), from cos/sin tables computed once;
+- qk_norm: queries and keys normalized per head before attention (QK-norm), which keeps the
+  attention logits bounded;
+- activation: the MLP's "gelu" (GPT-2) or "relu2", ReLU squared (Primer).
 
 The KV cache lets generation feed one new token at a time: each layer appends that token's keys
-and values to preallocated buffers instead of recomputing the whole window. Its logits equal the
-full forward pass over the same tokens (tests hold it to 1e-5).
+and values (already rotated) to preallocated buffers instead of recomputing the whole window.
+Its logits equal the full forward pass over the same tokens (tests hold it to 1e-5).
 """
 
 from __future__ import annotations
@@ -19,18 +27,23 @@ from torch import nn
 if TYPE_CHECKING:  # params.yaml's schema, for a type hint only: this file needs only torch
     from tinyllm.config import ModelConfig
 
+ROTARY_BASE = 10_000.0
+
 
 @dataclass
 class GPTConfig:
-    """A model's shape. The shape's defaults live in params.yaml's schema (config.ModelConfig),
-    which from_params reads; only "no dropout" is assumed here."""
+    """A model's shape and block. The defaults live in params.yaml's schema (config.ModelConfig),
+    which from_params reads; the ones here are its defaults (tests/test_config.py checks)."""
 
     vocab_size: int
     context_length: int
     n_layer: int
     n_head: int
     d_model: int
-    dropout: float = 0.0  # as ModelConfig.dropout's default (tests/test_config.py checks)
+    dropout: float = 0.0
+    positions: str = "rotary"
+    qk_norm: bool = True
+    activation: str = "relu2"
 
     @classmethod
     def from_params(cls, model: ModelConfig, vocab_size: int) -> GPTConfig:
@@ -44,7 +57,8 @@ class GPTConfig:
         """GPT(self).num_parameters() without building it: bounds what loading may allocate."""
         d = self.d_model
         per_block = 12 * d * d + 2 * d  # qkv, proj, MLP up and down; two LayerNorm weights
-        return (self.vocab_size + self.context_length) * d + self.n_layer * per_block + d
+        positions = self.context_length * d if self.positions == "learned" else 0
+        return self.vocab_size * d + positions + self.n_layer * per_block + d
 
 
 class KVCache:
@@ -82,20 +96,55 @@ def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
 
 
+class Rotary(nn.Module):
+    """Rotary position embedding: each position's rotations as unit complex numbers, computed once
+    (a buffer, not weights, so a package holds none of it)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        pairs = config.head_dim // 2
+        frequencies = ROTARY_BASE ** (-torch.arange(pairs, dtype=torch.float64) / pairs)
+        angles = torch.outer(torch.arange(config.context_length, dtype=torch.float64),
+                             frequencies)
+        self.register_buffer("turns", torch.polar(torch.ones_like(angles), angles).to(
+            torch.complex64), persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x [B, T, ..., head_dim] at positions [T] (or [B, T]), each pair of adjacent channels
+        rotated by its position's angle: one complex product, forward and backward (on a CPU a
+        third of the time of the cos/sin form's eight elementwise products)."""
+        turns = self.turns[positions].view(*positions.shape, *[1] * (x.dim() - 3), -1)
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * turns).flatten(-2).type_as(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
+        self.rotary = Rotary(config) if config.positions == "rotary" else None
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0):
+    def heads(self, qkv: torch.Tensor, positions: torch.Tensor):
+        """q, k, v [B, heads, T, head_dim] of qkv [B, T, 3 x width], the output of self.qkv at
+        positions [T] (or [B, T]): queries and keys normalized and rotated as the block says."""
+        batch, steps, _ = qkv.shape
+        qk, v = qkv.view(batch, steps, 3, self.n_head, -1).split((2, 1), dim=2)
+        if self.qk_norm:  # LayerNorm without gains, as ViT-22B's: on a CPU half RMSNorm's cost
+            qk = F.layer_norm(qk, qk.shape[-1:])
+        if self.rotary is not None:
+            qk = self.rotary(qk, positions)
+        q, k = qk.unbind(2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.squeeze(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+                layer: int = 0):
         batch, steps, width = x.shape
-        q, k, v = self.qkv(x).split(width, dim=2)
-        q, k, v = (t.view(batch, steps, self.n_head, width // self.n_head).transpose(1, 2)
-                   for t in (q, k, v))
+        q, k, v = self.heads(self.qkv(x), positions)
         dropout = self.dropout if self.training else 0.0
         if cache is None or cache.length == 0:
             if cache is not None:
@@ -117,15 +166,39 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
 
+class ReLU2(torch.autograd.Function):
+    """ReLU squared with a backward of two products: its gradient 2 relu(x) is already zero
+    where x <= 0, so no mask is kept or applied (autograd's relu().square() does both)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        positive = F.relu(x)
+        ctx.save_for_backward(positive)
+        return positive * positive
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (positive,) = ctx.saved_tensors
+        return grad * positive * 2
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    return ReLU2.apply(x)
+
+
+ACTIVATIONS = {"gelu": F.gelu, "relu2": relu2}
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.up = nn.Linear(config.d_model, 4 * config.d_model, bias=False)
         self.proj = nn.Linear(4 * config.d_model, config.d_model, bias=False)
+        self.activation = ACTIVATIONS[config.activation]
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.proj(F.gelu(self.up(x))))
+        return self.dropout(self.proj(self.activation(self.up(x))))
 
 
 class Block(nn.Module):
@@ -136,8 +209,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model, bias=False)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x, positions: torch.Tensor, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln_1(x), positions, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -146,7 +219,8 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.context_length, config.d_model)
+        self.pos_emb = (nn.Embedding(config.context_length, config.d_model)
+                        if config.positions == "learned" else None)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model, bias=False)
@@ -166,6 +240,11 @@ class GPT(nn.Module):
         """Distinct trainable parameters (the tied embedding counted once)."""
         return sum(p.numel() for p in self.parameters())
 
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of idx at positions, plus the learned position table's rows."""
+        x = self.tok_emb(idx)
+        return x + self.pos_emb(positions) if self.pos_emb is not None else x
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None):
         """Logits for every position of idx; with targets also the mean cross-entropy."""
@@ -175,9 +254,9 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + steps} tokens exceeds the context length "
                              f"{self.config.context_length}")
         positions = torch.arange(start, start + steps, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))
+        x = self.drop(self.embed(idx, positions))
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = block(x, positions, cache, layer)
         if cache is not None:
             cache.length += steps
         logits = self.lm_head(self.ln_f(x))
@@ -199,7 +278,8 @@ class GPT(nn.Module):
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6 x matmul params plus attention (PaLM appendix B)."""
         c = self.config
-        matmul_params = self.num_parameters() - c.context_length * c.d_model
+        table = self.pos_emb.weight.numel() if self.pos_emb is not None else 0
+        matmul_params = self.num_parameters() - table
         return 6 * matmul_params + 12 * c.n_layer * c.d_model * c.context_length
 
 

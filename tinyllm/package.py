@@ -1,6 +1,6 @@
 """The model package: one directory format that training writes and every loader reads.
 
-    config.json     architecture + format version
+    config.json     architecture (shape and block) + format version
     tokenizer.json  vocabulary and unknown-character policy
     weights.pt      a plain state_dict of tensors, read with torch.load(weights_only=True)
     meta.json       training facts (steps, tokens, data fingerprint, metrics, versions)
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tinyllm.config import SamplingConfig
+from tinyllm.config import ModelConfig, SamplingConfig, coerce_value
 from tinyllm.errors import TinyLLMError, first_line, whole_sentences
 from tinyllm.generate import compiled_for_generation, stream_text
 from tinyllm.io import (
@@ -34,7 +34,10 @@ from tinyllm.model import GPT, GPTConfig
 from tinyllm.tokenizer import CharTokenizer, Encoded, describe_unknown
 
 FORMAT = "tinyllm.model-package"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 records the block (GPTConfig.positions, qk_norm, activation)
+# Every package of format 1 holds GPT-2's block: learned positions, no QK-norm, GELU.
+FORMAT_1_BLOCK = {"positions": "learned", "qk_norm": False, "activation": "gelu"}
+READS = (1, FORMAT_VERSION)
 CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, META_FILE = (
     "config.json", "tokenizer.json", "weights.pt", "meta.json")
 PACKAGE_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, META_FILE)
@@ -77,24 +80,32 @@ def _read_json(path: Path) -> dict:
 
 
 def read_config(path: Path) -> GPTConfig:
+    """The architecture config.json describes; a field this tinyllm does not know, or a value it
+    cannot build (a newer tinyllm's block, a hand edit), is an error naming the field."""
     data = _read_json(path)
     if data.get("format") != FORMAT:
         raise TinyLLMError(f"{path} is not a tinyllm model package config")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise TinyLLMError(f"{path} has unsupported format_version {data.get('format_version')!r}"
-                           f" (this tinyllm reads {FORMAT_VERSION})")
-    values = {}
-    for f in fields(GPTConfig):
-        value = data.get(f.name)
-        expected = float if f.name == "dropout" else int
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                expected is int and not isinstance(value, int)) or value < 0:
-            raise TinyLLMError(f"{path}: '{f.name}' must be a non-negative {expected.__name__}, "
-                               f"got {value!r}")
-        values[f.name] = value
-    config = GPTConfig(**values)
-    if min(config.vocab_size, config.context_length, config.n_layer, config.n_head) < 1 or (
-            config.d_model % config.n_head) or not 0 <= config.dropout < 1:
+    version = data.pop("format_version", None)
+    if version not in READS:
+        raise TinyLLMError(f"{path} has unsupported format_version {version!r}"
+                           f" (this tinyllm reads {', '.join(map(str, READS))})")
+    data.pop("format")
+    if version == 1:
+        data = {**FORMAT_1_BLOCK, **data}
+    known = {f.name: f for f in fields(GPTConfig)}
+    unknown = sorted(data.keys() - known.keys())
+    if unknown:
+        raise TinyLLMError(f"{path}: unknown field '{unknown[0]}' (a newer tinyllm's model? this "
+                           f"tinyllm knows {', '.join(known)})")
+    # Every field but the vocabulary's is a params.yaml model key, checked as params.yaml's is.
+    keys = {f.name: f for f in fields(ModelConfig)}
+    values = {name: coerce_value(f"{path}: '{name}'", data.get(name), f)
+              for name, f in keys.items()}
+    vocab_size = data.get("vocab_size")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise TinyLLMError(f"{path}: 'vocab_size' must be a positive integer, got {vocab_size!r}")
+    config = GPTConfig(vocab_size=vocab_size, **values)
+    if config.d_model % config.n_head or (config.positions == "rotary" and config.head_dim % 2):
         raise TinyLLMError(f"{path}: inconsistent architecture {values}")
     return config
 

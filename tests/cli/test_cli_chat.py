@@ -201,7 +201,7 @@ def test_undecodable_bytes_in_piped_prompts_are_replaced_not_a_traceback(tiny_mo
     (lambda p: (p / "weights.pt").write_bytes((p / "weights.pt").read_bytes()[:500]),
      "truncated or corrupt"),
     (lambda p: (p / "config.json").write_text(
-        (p / "config.json").read_text().replace('"format_version": 1', '"format_version": 9')),
+        (p / "config.json").read_text().replace('"format_version": 2', '"format_version": 9')),
      "unsupported format_version 9"),
 ])
 def test_a_damaged_package_is_one_error_line(invoke, error_line, tiny_model, tmp_path, damage,

@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from tinyllm.config import SamplingConfig
 from tinyllm.generate import Draw, Sampler
@@ -89,22 +88,21 @@ def decode_step(model: GPT, weights: list[torch.Tensor], tokens: list[int],
     Each matrix product is a bmm of one row per sequence by the expanded weight: bmm gives each
     row exactly F.linear's result for that row alone."""
     device = model.tok_emb.weight.device
-    batch, width, heads = len(tokens), model.config.d_model, model.config.n_head
+    batch, width = len(tokens), model.config.d_model
     positions = torch.tensor([c.length for c in caches], device=device)
     slots = torch.tensor([c.slot for c in caches], device=device)
     visible = visible_slots(positions, keys.size(3))
     weight = iter([w.expand(batch, *w.shape) for w in weights])
-    x = (model.tok_emb(torch.tensor(tokens, device=device)) + model.pos_emb(positions))[:, None]
+    x = model.embed(torch.tensor(tokens, device=device), positions)[:, None]
     for layer, block in enumerate(model.blocks):
-        qkv = torch.bmm(block.ln_1(x), next(weight)).view(batch, 3, heads, width // heads)
-        q, k, v = qkv.unbind(1)
-        keys[layer, slots, :, positions] = k
-        values[layer, slots, :, positions] = v
-        y = attend_one(q[:, :, None], keys[layer].index_select(0, slots),
+        q, k, v = block.attn.heads(torch.bmm(block.ln_1(x), next(weight)), positions[:, None])
+        keys[layer, slots, :, positions] = k[:, :, 0]
+        values[layer, slots, :, positions] = v[:, :, 0]
+        y = attend_one(q, keys[layer].index_select(0, slots),
                        values[layer].index_select(0, slots), visible)
         x = x + torch.bmm(y.reshape(batch, 1, width), next(weight))
         up, down = next(weight), next(weight)
-        x = x + torch.bmm(F.gelu(torch.bmm(block.ln_2(x), up)), down)
+        x = x + torch.bmm(block.mlp.activation(torch.bmm(block.ln_2(x), up)), down)
     for cache in caches:
         cache.length += 1
     return torch.bmm(model.ln_f(x), next(weight))[:, 0]
