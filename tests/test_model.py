@@ -9,7 +9,7 @@ import torch
 
 from tinyllm.config import ACTIVATIONS, POSITIONS
 from tinyllm.model import ACTIVATIONS as MODEL_ACTIVATIONS
-from tinyllm.model import GPT, GPTConfig, Rotary
+from tinyllm.model import GPT, GPTConfig, Rotary, rotate
 from tinyllm.package import FORMAT_1_BLOCK
 
 BLOCKS = {"gpt2": FORMAT_1_BLOCK, "default": {}}
@@ -80,13 +80,13 @@ def test_kv_cache_multi_token_chunks_match_full_forward(any_block):
 def test_rotary_scores_depend_only_on_the_distance_between_positions():
     """Rotary positions are relative: a query and a key rotated to positions i and j score by
     i - j alone, so a window scores the same wherever it starts, and not as if unrotated."""
-    rotary = Rotary(GPTConfig(vocab_size=5, context_length=16, n_layer=1, n_head=2, d_model=16))
+    turns = Rotary(GPTConfig(vocab_size=5, context_length=16, n_layer=1, n_head=2, d_model=16))
     qk = torch.randn(1, 6, 2, 2, 8)  # [batch, steps, q and k, heads, head_dim]
 
     def scores(rotated):
         return torch.einsum("bthd,bshd->bhts", rotated[:, :, 0], rotated[:, :, 1])
 
-    early, late = (scores(rotary(qk, torch.arange(s, s + 6))) for s in (0, 9))
+    early, late = (scores(rotate(qk, turns(torch.arange(s, s + 6)))) for s in (0, 9))
     torch.testing.assert_close(early, late, atol=1e-5, rtol=0)
     assert not torch.allclose(early, scores(qk), atol=1e-3)
 

@@ -98,7 +98,7 @@ def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
 
 class Rotary(nn.Module):
     """Rotary position embedding: each position's rotations as unit complex numbers, computed once
-    (a buffer, not weights, so a package holds none of it)."""
+    (a buffer, not weights, so a package holds none of it) and shared by every layer."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -109,13 +109,17 @@ class Rotary(nn.Module):
         self.register_buffer("turns", torch.polar(torch.ones_like(angles), angles).to(
             torch.complex64), persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x [B, T, ..., head_dim] at positions [T] (or [B, T]), each pair of adjacent channels
-        rotated by its position's angle: one complex product, forward and backward (on a CPU a
-        third of the time of the cos/sin form's eight elementwise products)."""
-        turns = self.turns[positions].view(*positions.shape, *[1] * (x.dim() - 3), -1)
-        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-        return torch.view_as_real(pairs * turns).flatten(-2).type_as(x)
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """The turns of positions [T] (or [B, T]), shaped to multiply [B, T, 2, heads, pairs]."""
+        return self.turns[positions].view(*positions.shape, 1, 1, -1)
+
+
+def rotate(qk: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Queries and keys [B, T, 2, heads, head_dim] with each pair of adjacent channels turned by
+    its position's angle: one complex product forward and backward (on a CPU a third of the time
+    of the cos/sin form's eight elementwise products)."""
+    pairs = torch.view_as_complex(qk.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * turns).flatten(-2).type_as(qk)
 
 
 class CausalSelfAttention(nn.Module):
@@ -124,27 +128,26 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
         self.qk_norm = config.qk_norm
-        self.rotary = Rotary(config) if config.positions == "rotary" else None
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def heads(self, qkv: torch.Tensor, positions: torch.Tensor):
-        """q, k, v [B, heads, T, head_dim] of qkv [B, T, 3 x width], the output of self.qkv at
-        positions [T] (or [B, T]): queries and keys normalized and rotated as the block says."""
+    def heads(self, qkv: torch.Tensor, turns: torch.Tensor | None):
+        """q, k, v [B, heads, T, head_dim] of qkv [B, T, 3 x width], the output of self.qkv:
+        queries and keys normalized, and turned by rotary positions' turns (GPT.embed)."""
         batch, steps, _ = qkv.shape
         qk, v = qkv.view(batch, steps, 3, self.n_head, -1).split((2, 1), dim=2)
         if self.qk_norm:  # LayerNorm without gains, as ViT-22B's: on a CPU half RMSNorm's cost
             qk = F.layer_norm(qk, qk.shape[-1:])
-        if self.rotary is not None:
-            qk = self.rotary(qk, positions)
+        if turns is not None:
+            qk = rotate(qk, turns)
         q, k = qk.unbind(2)
         return q.transpose(1, 2), k.transpose(1, 2), v.squeeze(2).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
-                layer: int = 0):
+    def forward(self, x: torch.Tensor, turns: torch.Tensor | None,
+                cache: KVCache | None = None, layer: int = 0):
         batch, steps, width = x.shape
-        q, k, v = self.heads(self.qkv(x), positions)
+        q, k, v = self.heads(self.qkv(x), turns)
         dropout = self.dropout if self.training else 0.0
         if cache is None or cache.length == 0:
             if cache is not None:
@@ -183,7 +186,9 @@ class ReLU2(torch.autograd.Function):
 
 
 def relu2(x: torch.Tensor) -> torch.Tensor:
-    return ReLU2.apply(x)
+    """ReLU squared; without a gradient to keep (generation), two plain ops: the Function's own
+    Python cost made one-character generation 6% slower."""
+    return ReLU2.apply(x) if x.requires_grad else F.relu(x).square()
 
 
 ACTIVATIONS = {"gelu": F.gelu, "relu2": relu2}
@@ -209,8 +214,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model, bias=False)
         self.mlp = MLP(config)
 
-    def forward(self, x, positions: torch.Tensor, cache: KVCache | None = None, layer: int = 0):
-        x = x + self.attn(self.ln_1(x), positions, cache, layer)
+    def forward(self, x, turns: torch.Tensor | None, cache: KVCache | None = None,
+                layer: int = 0):
+        x = x + self.attn(self.ln_1(x), turns, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -219,8 +225,9 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = (nn.Embedding(config.context_length, config.d_model)
-                        if config.positions == "learned" else None)
+        learned = config.positions == "learned"
+        self.pos_emb = nn.Embedding(config.context_length, config.d_model) if learned else None
+        self.rotary = None if learned else Rotary(config)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model, bias=False)
@@ -240,10 +247,12 @@ class GPT(nn.Module):
         """Distinct trainable parameters (the tied embedding counted once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Token embeddings of idx at positions, plus the learned position table's rows."""
-        x = self.tok_emb(idx)
-        return x + self.pos_emb(positions) if self.pos_emb is not None else x
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor):
+        """(the embeddings of idx at positions, the turns attention gives them): learned
+        positions add their table's rows; rotary positions turn queries and keys instead."""
+        if self.pos_emb is not None:
+            return self.tok_emb(idx) + self.pos_emb(positions), None
+        return self.tok_emb(idx), self.rotary(positions)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None):
@@ -254,9 +263,10 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + steps} tokens exceeds the context length "
                              f"{self.config.context_length}")
         positions = torch.arange(start, start + steps, device=idx.device)
-        x = self.drop(self.embed(idx, positions))
+        x, turns = self.embed(idx, positions)
+        x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, positions, cache, layer)
+            x = block(x, turns, cache, layer)
         if cache is not None:
             cache.length += steps
         logits = self.lm_head(self.ln_f(x))

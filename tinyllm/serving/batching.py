@@ -93,9 +93,9 @@ def decode_step(model: GPT, weights: list[torch.Tensor], tokens: list[int],
     slots = torch.tensor([c.slot for c in caches], device=device)
     visible = visible_slots(positions, keys.size(3))
     weight = iter([w.expand(batch, *w.shape) for w in weights])
-    x = model.embed(torch.tensor(tokens, device=device), positions)[:, None]
+    x, turns = model.embed(torch.tensor(tokens, device=device)[:, None], positions[:, None])
     for layer, block in enumerate(model.blocks):
-        q, k, v = block.attn.heads(torch.bmm(block.ln_1(x), next(weight)), positions[:, None])
+        q, k, v = block.attn.heads(torch.bmm(block.ln_1(x), next(weight)), turns)
         keys[layer, slots, :, positions] = k[:, :, 0]
         values[layer, slots, :, positions] = v[:, :, 0]
         y = attend_one(q, keys[layer].index_select(0, slots),
