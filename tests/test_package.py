@@ -7,10 +7,10 @@ import json
 import os
 import pickle
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_project import OLD_BLOCK_PACKAGE, OLD_BLOCK_TEXT
 
 import tinyllm
 from tinyllm.errors import TinyLLMError
@@ -116,16 +116,13 @@ def test_unknown_format_version(package):
     assert "unsupported format_version 99" in str(_load_error(package))
 
 
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
 def test_a_package_written_before_the_block_was_recorded_still_generates_its_text(tmp_path):
-    """tests/fixtures/gpt2_block_package was written by tinyllm as of e16527a (format_version 1,
-    GPT-2's block): it loads as that block and samples what that code sampled from it."""
-    loaded = load_package(shutil.copytree(FIXTURES / "gpt2_block_package", tmp_path / "old"))
+    """The fixture of tinyllm as of e16527a (format_version 1) loads as GPT-2's block and samples
+    what that code sampled from it."""
+    loaded = load_package(shutil.copytree(OLD_BLOCK_PACKAGE, tmp_path / "old"))
     assert dataclasses.asdict(loaded.config).items() >= FORMAT_1_BLOCK.items()
     text = loaded.generate("ROMEO:", max_tokens=40, seed=1337, temperature=0.8)
-    assert text == " BulEO: But broft bft breakowh br younde"  # what e16527a generated
+    assert text == OLD_BLOCK_TEXT
 
 
 def test_a_saved_package_records_its_block(package, gpt_config):

@@ -30,6 +30,13 @@ TINY_TEXT = (
 ) * 4
 
 
+# A package of GPT-2's block that tinyllm wrote before packages recorded their block (e16527a,
+# format_version 1), and what that code sampled from it: "ROMEO:", 40 characters, seed 1337,
+# temperature 0.8.
+OLD_BLOCK_PACKAGE = ROOT / "tests" / "fixtures" / "gpt2_block_package"
+OLD_BLOCK_TEXT = " BulEO: But broft bft breakowh br younde"
+
+
 def tiny_work(seed: int, lines: int = 120) -> str:
     """A few KB of play-like text: speaker lines followed by verse."""
     rng = random.Random(seed)
