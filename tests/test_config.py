@@ -165,11 +165,13 @@ def test_the_results_budget_table_names_each_budgets_recipe():
         values = BY_BUDGET[float(minutes)]
         shape = (values["model.context_length"], values["train.batch_size"])
         optimizer = {"muon": "Muon", "adamw": "AdamW"}[values["train.optimizer"]]
+        learned = values.get("model.positions", defaults.model.positions) == "learned"
+        block = "GPT-2's block" if learned else "new block"
         if name.startswith("default model"):
             assert shape == (defaults.model.context_length, defaults.train.batch_size)
-            assert name == f"default model, {optimizer}"
+            assert name == f"default model, {optimizer}, {block}"
         else:
-            assert name == f"context {shape[0]}, batch {shape[1]}, {optimizer}"
+            assert name == f"context {shape[0]}, batch {shape[1]}, {optimizer}, {block}"
 
 
 def test_recipe_auto_picks_the_recipe_of_the_device_it_will_train_on():

@@ -77,7 +77,7 @@ def warmup_for(warmup_steps: int, steps: int) -> int:
     The one rule for `dvc repro`/`dvc exp run`, `tinyllm train` and time budgets (whose steps
     are planned), so no entry point refuses a warm-up that another accepts. The cap leaves a
     short run (`-S train.max_steps=100`, a one-minute budget) most of its steps for the decay;
-    it sits above the defaults' 100 of 900 steps, which keep their warm-up.
+    it sits above the defaults' 100 of 820 steps, which keep their warm-up.
     """
     return min(warmup_steps, steps // 8)
 
@@ -87,7 +87,7 @@ class TrainConfig:
     """train: optimisation, schedule, evaluation cadence, checkpoints and the machine."""
 
     seed: int = knob(1337, min=0)
-    max_steps: int = knob(900, min=1)
+    max_steps: int = knob(820, min=1)
     batch_size: int = knob(32, min=1)
     grad_accum_steps: int = knob(1, min=1)
     optimizer: str = knob("muon", choices=OPTIMIZERS)
