@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tinyllm.config import Params, load_params, params_from_dict, warmup_for
+from tinyllm.config import Params, load_params, params_from_dict
 from tinyllm.errors import TinyLLMError
 from tinyllm.recipes import recipe_for
+from tinyllm.training.plan import warmup_for
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 

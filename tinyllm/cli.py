@@ -23,17 +23,18 @@ from tinyllm.config import (
     OPTIMIZERS,
     RECIPES,
     SEED_MAX,
-    SERVED_MAX_TOKENS,
-    SERVED_REQUEST_SECONDS,
     SamplingConfig,
 )
+from tinyllm.corpus import TEST
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
+from tinyllm.layout import Layout
+from tinyllm.serving.limits import Limits
 from tinyllm.serving.workers import MAX_DEFAULT_WORKERS
 from tinyllm.tracking.discovery import (
     load_model,
     open_store,
     pinned_uri,
-    test_bits_per_char,
+    recorded_test_bits,
     title_of,
 )
 from tinyllm.version import __version__
@@ -174,7 +175,7 @@ def chat(obj: Options, as_json, model_uri, device, compile_model, **sampling) ->
 
     settings = settings_from(sampling)
     loaded = load_model(model_uri, device, obj.tracking_uri, notify, compile_model)
-    bits = test_bits_per_char(loaded, obj.tracking_uri)
+    bits = recorded_test_bits(loaded, obj.tracking_uri)
     if hasattr(sys.stdin, "reconfigure"):  # undecodable input bytes: unknown characters
         sys.stdin.reconfigure(errors="replace")
     console = Console(loaded, settings, title_of(loaded.source), bits, as_json=as_json)
@@ -243,12 +244,12 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the model runs.")
 @click.option("--max-tokens-limit", type=click.IntRange(1, MAX_TOKENS_CEILING),
-              default=SERVED_MAX_TOKENS, show_default=True,
+              default=Limits.max_tokens, show_default=True,
               help="The largest max_tokens a request may ask for.")
 @click.option("--request-seconds", type=click.FloatRange(0, min_open=True),
-              default=SERVED_REQUEST_SECONDS, show_default=True,
+              default=Limits.request_seconds, show_default=True,
               help="Generation time per request; then it ends (finish_reason length).")
-@click.option("--max-prompt-chars", type=click.IntRange(1), default=100_000,
+@click.option("--max-prompt-chars", type=click.IntRange(1), default=Limits.max_prompt_chars,
               show_default=True, help="The longest prompt (or chat) a request may send.")
 @click.option("--refresh-seconds", type=click.FloatRange(0), default=5.0, show_default=True,
               help="How often an alias (or /latest) is checked for a new version; 0 = never.")
@@ -270,7 +271,6 @@ def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request
         curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
           -d '{"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 50, "seed": 1}'
     """
-    from tinyllm.config import Limits
     from tinyllm.serving.workers import ServeOptions, default_workers
     from tinyllm.serving.workers import serve as run_server
 
@@ -296,13 +296,13 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def train_params(data_path: str, name: str, register: bool, options: dict):
-    """The options on top of ./params.yaml (workflow.adhoc_params); a refused value names its
+    """The options on top of ./params.yaml (adhoc_training.adhoc_params); a refused value names its
     option, then the setting's check."""
-    from tinyllm import workflow
+    from tinyllm.adhoc_training import adhoc_params
 
     given = {TRAIN_KEYS[k]: v for k, v in options.items() if v is not None}
     try:
-        return workflow.adhoc_params(data_path, name, register, given)
+        return adhoc_params(data_path, name, register, given)
     except TinyLLMError as exc:
         option = next((f"--{o.replace('_', '-')}" for o, k in TRAIN_KEYS.items()
                        if k in given and str(exc).startswith(k)), None)
@@ -311,8 +311,8 @@ def train_params(data_path: str, name: str, register: bool, options: dict):
 
 def describe_training(params, name: str, output: Path, source: str, resume: bool,
                       tracking_uri: str | None) -> str:
-    from tinyllm.config import warmup_for
     from tinyllm.tracking.store import choose_tracking_uri
+    from tinyllm.training.plan import warmup_for
 
     m, t, d = params.model, params.train, params.data
     steps = (f"steps planned for {t.time_budget_minutes:g} min (recipe {t.recipe}), warm-up "
@@ -375,20 +375,20 @@ def train(obj: Options, data_path: str, output_dir: Path | None, name: str | Non
     override them. The model is tracked in MLflow and registered under its name (the data
     file's name unless --name) so `tinyllm chat --model-uri models:/NAME/latest` finds it.
     """
-    from tinyllm import workflow
+    from tinyllm import adhoc_training, workflow
 
-    workflow.check_data_path(data_path)
+    adhoc_training.check_data_path(data_path)
     if name is not None and not NAME_PATTERN.match(name):
         raise click.BadParameter("use letters, digits, '.', '_' and '-'", param_hint="--name")
-    name = name or workflow.model_name_for(data_path)
+    name = name or adhoc_training.model_name_for(data_path)
     output = output_dir or Path("runs") / name
     params = train_params(data_path, name, not no_register, options)
     source = "./params.yaml" if Path("params.yaml").is_file() else "built-in (no ./params.yaml)"
 
     from tinyllm.training.loop import TrainingInterrupted
 
-    layout = workflow.Layout(output)
-    aside = workflow.set_aside_checkpoint(layout.checkpoints, resume)
+    layout = Layout(output)
+    aside = adhoc_training.set_aside_checkpoint(layout.checkpoints, resume)
     if aside:
         notify(f"starting afresh; the previous checkpoint was moved to {aside} "
                "(--resume continues from a checkpoint)")
@@ -398,7 +398,7 @@ def train(obj: Options, data_path: str, output_dir: Path | None, name: str | Non
     except TrainingInterrupted as exc:
         raise TrainingInterrupted(f"{exc}; run the same command with --resume to continue",
                                   exc.exit_code - 128) from None
-    test = metrics["test"]
+    test = metrics[TEST]
     uri = (f"models:/{metrics['registered']['name']}/{metrics['registered']['version']}"
            if "registered" in metrics else str(layout.model))
     click.echo(f"done: test loss {test['loss']:.4f} nats/char, "
@@ -485,7 +485,7 @@ def print_whole(renderable) -> None:
 
 # --- compare ----------------------------------------------------------------------------------
 
-DEFAULT_TEXT = Path("data/prepared/test.txt")  # the test split `dvc repro` prepares
+DEFAULT_TEXT = Layout().prepared_text(TEST)  # the test split `dvc repro` prepares
 
 
 @cli.command(short_help="Is model B better than model A? Bits/char with a 95% interval.")
@@ -535,10 +535,10 @@ def restore(obj: Options, model_uri: str | None) -> None:
     cache lacks (a dvc.lock from git, made on another machine). MODEL_URI defaults to
     models:/NAME/latest, NAME being tracking.registry_name of params.yaml.
     """
-    from tinyllm import workflow
+    from tinyllm.restore import restore as restore_model
     from tinyllm.tracking.store import project_root
 
-    restored = workflow.restore(model_uri, workflow.Layout(project_root()), obj.tracking_uri)
+    restored = restore_model(model_uri, Layout(project_root()), obj.tracking_uri)
     version = f" (version {restored.version})" if restored.version else ""
     click.echo(f"restored {restored.uri}{version} to {' and '.join(map(str, restored.paths))}")
 

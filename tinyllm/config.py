@@ -71,17 +71,6 @@ class ModelConfig:
     activation: str = knob("relu2", choices=ACTIVATIONS)
 
 
-def warmup_for(warmup_steps: int, steps: int) -> int:
-    """The warm-up of a run of `steps` steps: train.warmup_steps, but at most an eighth of them.
-
-    The one rule for `dvc repro`/`dvc exp run`, `tinyllm train` and time budgets (whose steps
-    are planned), so no entry point refuses a warm-up that another accepts. The cap leaves a
-    short run (`-S train.max_steps=100`, a one-minute budget) most of its steps for the decay;
-    it sits above the defaults' 100 of 900 steps, which keep their warm-up.
-    """
-    return min(warmup_steps, steps // 8)
-
-
 @dataclass
 class TrainConfig:
     """train: optimisation, schedule, evaluation cadence, checkpoints and the machine."""
@@ -93,7 +82,7 @@ class TrainConfig:
     optimizer: str = knob("muon", choices=OPTIMIZERS)
     learning_rate: float = knob(3e-3, min=0.0, max=1.0, min_exclusive=True)
     min_lr_fraction: float = knob(0.1, min=0.0, max=1.0)
-    warmup_steps: int = knob(100, min=0)  # at most an eighth of the run: see warmup_for
+    warmup_steps: int = knob(100, min=0)  # at most an eighth of the run: training.plan.warmup_for
     weight_decay: float = knob(0.1, min=0.0, max=1.0)
     beta1: float = knob(0.9, min=0.0, max=1.0)
     beta2: float = knob(0.99, min=0.0, max=1.0)
@@ -109,22 +98,7 @@ class TrainConfig:
 
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
-# Served requests (tinyllm serve's default caps, the MLflow model's fixed ones): no request may
-# hold a worker for minutes.
-SERVED_MAX_TOKENS = 2000
 MAX_TOKENS_CEILING = 100_000  # the most one generation may ask for; a server's cap is lower
-SERVED_REQUEST_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Server-side caps (the `tinyllm serve` options)."""
-
-    max_tokens: int = SERVED_MAX_TOKENS  # per choice
-    request_seconds: float = SERVED_REQUEST_SECONDS  # then it ends with finish_reason "length"
-    max_prompt_chars: int = 100_000
-    max_body_bytes: int = 16 << 20
-    max_n: int = 16
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,11 @@ STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_sec", "grad_norm")
 EVAL_METRIC_PREFIX = "eval_"  # eval_test_loss, eval_val_bits_per_char, ...
 
 
+def eval_metric(split: str, measure: str) -> str:
+    """The MLflow metric evaluate logs for one measure of a split (evaluation.scoring's keys)."""
+    return f"{EVAL_METRIC_PREFIX}{split}_{measure}"
+
+
 # --- names and tags -----------------------------------------------------------------------------
 
 def _git(root: Path, *args: str) -> str | None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinyllm.config import TrainConfig, warmup_for
+from tinyllm.config import TrainConfig
 from tinyllm.devices import autocast_for, seconds, select_device
 from tinyllm.errors import TinyLLMError
 from tinyllm.model import GPT, GPTConfig, compiled
@@ -45,7 +45,7 @@ from tinyllm.training.batches import (
     fixed_windows,
 )
 from tinyllm.training.optimizer import make_optimizer, optimizer_step
-from tinyllm.training.plan import Pace, StepPlan, lr_at
+from tinyllm.training.plan import Pace, StepPlan, lr_at, warmup_for
 from tinyllm.training.state import CHECKPOINT_FILE, RunState, load_checkpoint, run_fingerprint
 
 log = logging.getLogger(__name__)
