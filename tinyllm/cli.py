@@ -434,28 +434,29 @@ def runs(obj: Options, experiment: str | None, over: str, as_json: bool) -> None
 
     experiment = experiment or _experiment_name()
     everything, uri = sweep.experiment_runs(obj.tracking_uri, experiment)
-    recipes = sweep.group_runs(everything, over)
+    groups = sweep.group_runs(everything, over)
     if as_json:
-        click.echo(json.dumps(sweep.as_dicts(recipes, over), indent=2))
+        click.echo(json.dumps(sweep.as_dicts(groups, over), indent=2))
         return
-    if not recipes:
+    if not groups:
         click.echo(f"No finished runs with a test loss in experiment '{experiment}' ({uri}).")
         return
     click.echo(f"Runs of experiment '{experiment}' in {uri}, by recipe over {over} "
                "(sd: sample standard deviation over the runs):")
-    for corpus, group in sweep.by_corpus(recipes).items():
+    for corpus, corpus_groups in sweep.by_corpus(groups).items():
         click.echo(f"\ncorpus {corpus}:")
-        print_whole(recipes_table(group, over))
+        print_whole(recipes_table(corpus_groups, over))
 
 
-def recipes_table(recipes, over: str):
-    """One row a recipe: what sets it apart (key=value lines), its run count, the values of
-    `over` it ran with, and the mean ± sd of its test loss; cells wrap, headers never do."""
+def recipes_table(groups, over: str):
+    """One row a recipe (a sweep.RunGroup): what sets it apart (key=value lines), its run count,
+    the values of `over` it ran with, and the mean ± sd of its test loss; cells wrap, headers
+    never do."""
     from rich.table import Table
 
     from tinyllm.tracking import sweep
 
-    keys = [k for k in sweep.varying_keys(recipes) if k != sweep.CORPUS]
+    keys = [k for k in sweep.varying_keys(groups) if k != sweep.CORPUS]
     table = Table(box=None, header_style="bold")
     if keys:
         table.add_column("recipe", overflow="fold")
@@ -463,11 +464,11 @@ def recipes_table(recipes, over: str):
     table.add_column(over, overflow="fold")
     for header in ("test loss (nats/char)", "test bits/char"):
         table.add_column(header.replace(" (", "\n("), no_wrap=True)
-    for recipe in recipes:
-        differs = ["\n".join(f"{k}={recipe.params.get(k, '-')}" for k in keys)] if keys else []
-        table.add_row(*differs, str(len(recipe.runs)), ", ".join(recipe.runs),
-                      sweep.plus_minus(*recipe.summary(sweep.TEST_LOSS)),
-                      sweep.plus_minus(*recipe.summary(sweep.TEST_BITS)))
+    for group in groups:
+        differs = ["\n".join(f"{k}={group.params.get(k, '-')}" for k in keys)] if keys else []
+        table.add_row(*differs, str(len(group.runs)), ", ".join(group.runs),
+                      sweep.plus_minus(*group.summary(sweep.TEST_LOSS)),
+                      sweep.plus_minus(*group.summary(sweep.TEST_BITS)))
     return table
 
 
