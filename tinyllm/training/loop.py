@@ -43,6 +43,7 @@ from tinyllm.training.batches import (
     check_batch_split,
     check_split_lengths,
     fixed_windows,
+    tokens_per_step,
 )
 from tinyllm.training.optimizer import make_optimizer, optimizer_step
 from tinyllm.training.plan import Pace, StepPlan, lr_at, warmup_for
@@ -223,8 +224,7 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
         run.plan = _first_plan(model, cfg, train_tokens, rows, device, validate, callbacks,
                                elapsed)
     loop = _Loop(cfg, model, optimizer, sampler, device, autocast, run, validate, elapsed,
-                 clock, callbacks, tokens_per_step=cfg.batch_size * cfg.grad_accum_steps
-                 * model_cfg.context_length)
+                 clock, callbacks, tokens_per_step(cfg, model_cfg.context_length))
 
     def checkpoint() -> None:
         if checkpoint_path is not None and distributed.is_main():
@@ -273,9 +273,8 @@ def _first_plan(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: sl
             rehearse(net)
 
     step_sec, eval_sec = calibrate(model, cfg, train_tokens, rows, device, evaluation)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * model.config.context_length
-    plan = StepPlan.for_budget(cfg, elapsed(), step_sec, eval_sec,
-                               epoch_steps=len(train_tokens) / tokens_per_step)
+    plan = StepPlan.for_budget(cfg, elapsed(), step_sec, eval_sec, epoch_steps=len(
+        train_tokens) / tokens_per_step(cfg, model.config.context_length))
     # Every rank takes the shortest plan (and its warm-up), so all stop at the same step.
     steps = -distributed.max_over_ranks(-plan.steps)[0]
     plan = replace(plan, steps=steps, warmup_steps=warmup_for(cfg.warmup_steps, steps),
