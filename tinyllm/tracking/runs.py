@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from tinyllm.config import Params, SamplingConfig
-from tinyllm.io import atomic_write_json
+from tinyllm.io import atomic_write_json, file_sha256
 from tinyllm.tracking.store import Store, project_root
 
 log = logging.getLogger(__name__)
@@ -371,14 +371,6 @@ class StepLogger:
 
 
 # --- the registered model -----------------------------------------------------------------------
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def signature():
     """Prompts in, continuations out; params: every sampling setting with its default."""
