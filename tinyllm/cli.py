@@ -31,6 +31,8 @@ from tinyllm.layout import Layout
 from tinyllm.serving.limits import Limits
 from tinyllm.serving.workers import MAX_DEFAULT_WORKERS
 from tinyllm.tracking.discovery import (
+    MODEL_URI_FORMS,
+    MODEL_URI_HELP,
     load_model,
     open_store,
     pinned_uri,
@@ -129,11 +131,7 @@ def model_options(command):
              "says so.")(command)
     command = click.option("--device", type=click.Choice(DEVICES),
                            default="auto", show_default=True, help="Where the model runs.")(command)
-    return click.option(
-        "--model-uri", metavar="URI",
-        help="models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH "
-             "or a model package directory. Default: the champion of the model named in "
-             "./params.yaml, else its latest version, else ./models/model.")(command)
+    return click.option("--model-uri", metavar="URI", help=MODEL_URI_HELP)(command)
 
 
 def notify(message: str) -> None:
@@ -236,9 +234,7 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
 
 @cli.command(short_help="Serve a model over an OpenAI-compatible HTTP API (streaming too).")
 @click.option("--model-uri", metavar="URI",
-              help="As for chat: models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, "
-                   "runs:/RUN_ID/PATH or a directory. Default: the champion, else the latest "
-                   "version, else ./models/model. An alias is followed as it moves.")
+              help=f"{MODEL_URI_HELP} An alias is followed as it moves.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
@@ -489,7 +485,10 @@ def print_whole(renderable) -> None:
 DEFAULT_TEXT = Layout().prepared_text(TEST)  # the test split `dvc repro` prepares
 
 
-@cli.command(short_help="Is model B better than model A? Bits/char with a 95% interval.")
+@cli.command(short_help="Is model B better than model A? Bits/char with a 95% interval.", help=(
+    "Score models A and B on the same text, character by character, and say whether B - A "
+    "(bits/char) is a real difference or noise: a 95% confidence interval from a block "
+    f"bootstrap over the text. A and B are each one of {MODEL_URI_FORMS}."))
 @click.argument("model_a", metavar="A")
 @click.argument("model_b", metavar="B")
 @click.option("--text", "text_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -504,11 +503,6 @@ DEFAULT_TEXT = Layout().prepared_text(TEST)  # the test split `dvc repro` prepar
 @click.pass_obj
 def compare(obj: Options, model_a: str, model_b: str, text_file: Path | None, seed: int,
             block_length: int | None, as_json: bool, device: str) -> None:
-    """Score models A and B on the same text, character by character, and say whether B - A
-    (bits/char) is a real difference or noise: a 95% confidence interval from a block
-    bootstrap over the text. A and B are model URIs (models:/NAME/VERSION, models:/NAME@ALIAS,
-    runs:/RUN_ID/PATH) or model package directories.
-    """
     from tinyllm.evaluation import compare as comparing
 
     source = text_file or DEFAULT_TEXT

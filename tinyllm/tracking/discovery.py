@@ -20,6 +20,11 @@ from tinyllm.layout import Layout, evaluation_of
 log = logging.getLogger(__name__)
 
 LOCAL_MODEL = Layout().model  # what `dvc repro` leaves in the project
+# Every form load_model takes, and what it loads without one: the CLI's --model-uri help.
+MODEL_URI_FORMS = ("models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, "
+                   "runs:/RUN_ID/PATH or a model package directory")
+MODEL_URI_HELP = (f"{MODEL_URI_FORMS}. Default: the champion of the model named in "
+                  f"./params.yaml, else its latest version, else ./{LOCAL_MODEL}.")
 
 
 def open_store(explicit_uri: str | None):
@@ -70,9 +75,8 @@ def discover_model(store, store_uri: str) -> tuple[str, str]:
 
 def load_model(uri: str | None = None, device: str = "cpu", tracking_uri: str | None = None,
                notify: Callable[[str], None] = log.info, compile: bool = False):
-    """The one model loader: a LoadedModel for any form the CLI takes (models:/NAME/VERSION,
-    models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH, a package directory), or for
-    None the discovered one (notify says which and why). loaded.source says where it came from
+    """The one model loader: a LoadedModel for any of MODEL_URI_FORMS, or for None the
+    discovered one (notify says which and why). loaded.source says where it came from
     (a registry.ResolvedModel). compile: torch.compile it for generation."""
     return load_resolved(resolve(uri, tracking_uri, notify), device, compile)
 
