@@ -29,6 +29,21 @@ def test_adhoc_params_put_the_overrides_over_the_defaults(tmp_path, monkeypatch)
     assert params.data.test_fraction == 0.2  # the same share held out for test
 
 
+def test_a_refused_option_is_named_by_the_key_it_set(tmp_path, monkeypatch):
+    """The recipe's refusal (recipes.py) and a cross-key check (config.Params.check) name the
+    option that set the key, as a range check does."""
+    from tinyllm.cli import train_params
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TinyLLMError, match=r"^--batch-size: train\.batch_size is 7, but"):
+        train_params("text.txt", "mine", False, {"time_budget": 5.0, "batch_size": 7,
+                                                "device": "cpu", "layers": None})
+    with pytest.raises(TinyLLMError, match=r"^--width: model\.d_model \(16\) must be divisible"):
+        train_params("text.txt", "mine", False, {"heads": 3, "width": 16})
+    with pytest.raises(TinyLLMError, match=r"^model\.d_model \(128\) must be divisible"):
+        train_params("text.txt", "mine", False, {"heads": 3})  # --width not given: no option
+
+
 def test_adhoc_params_refuse_a_bad_override_naming_its_key(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(TinyLLMError, match=r"^model\.dropout must be <= 0\.9"):

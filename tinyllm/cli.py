@@ -12,7 +12,7 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import Field, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import click
@@ -20,10 +20,9 @@ import click
 from tinyllm.config import (
     DEVICES,
     MAX_TOKENS_CEILING,
-    OPTIMIZERS,
-    RECIPES,
     SEED_MAX,
     SamplingConfig,
+    params_field,
 )
 from tinyllm.corpus import TEST
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
@@ -109,6 +108,23 @@ def main() -> None:
 
 # --- shared options ---------------------------------------------------------------------------
 
+def flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def option_type(f: Field):
+    """An option's click type from the config field it sets: its choices, else its number."""
+    if f.metadata["choices"]:
+        return click.Choice(f.metadata["choices"])
+    return click.INT if f.type == "int" else click.FLOAT
+
+
+def naming_the_option(exc: TinyLLMError, options: dict[str, str]) -> TinyLLMError:
+    """exc, led by the option ({key: name}) that set the key it is about, when an option did."""
+    option = options.get(exc.key)
+    return TinyLLMError(f"{flag(option)}: {exc}" if option else str(exc))
+
+
 def sampling_options(command):
     """One option per SamplingConfig field (--max-tokens, --top-p, ...), its default and help.
 
@@ -116,10 +132,8 @@ def sampling_options(command):
     one reads the same as from the Python API or the server: `error: top_p must be > 0.0, ...`.
     """
     for f in reversed(fields(SamplingConfig)):
-        command = click.option(f"--{f.name.replace('_', '-')}", f.name,
-                               type=click.INT if f.type == "int" else click.FLOAT,
-                               default=f.default, show_default=True,
-                               help=f.metadata["help"])(command)
+        command = click.option(flag(f.name), f.name, type=option_type(f), default=f.default,
+                               show_default=True, help=f.metadata["help"])(command)
     return command
 
 
@@ -144,7 +158,7 @@ def settings_from(sampling: dict) -> SamplingConfig:
     try:
         return SamplingConfig(**sampling)
     except TinyLLMError as exc:
-        raise TinyLLMError(f"--{exc.key.replace('_', '-')}: {exc}") from None
+        raise naming_the_option(exc, {name: name for name in sampling}) from None
 
 
 # --- chat and generate ------------------------------------------------------------------------
@@ -279,30 +293,54 @@ def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request
 
 # --- train ------------------------------------------------------------------------------------
 
-# option -> params.yaml key it sets
-TRAIN_KEYS = {"max_steps": "train.max_steps", "batch_size": "train.batch_size",
-              "learning_rate": "train.learning_rate", "optimizer": "train.optimizer",
-              "context_length": "model.context_length",
-              "layers": "model.n_layer", "heads": "model.n_head", "width": "model.d_model",
-              "dropout": "model.dropout", "seed": "train.seed",
-              "time_budget": "train.time_budget_minutes", "recipe": "train.recipe",
-              "device": "train.device",
-              "val_fraction": "data.val_fraction"}  # test_fraction follows val_fraction
+# --option: (the params key it sets, its help[, metavar]); type and choices come from that key's
+# field. data.test_fraction follows --val-fraction (adhoc_training.adhoc_params).
+TRAIN_OPTIONS = {
+    "max_steps": ("train.max_steps", "Optimizer steps."),
+    "batch_size": ("train.batch_size", "Sequences per step."),
+    "learning_rate": ("train.learning_rate", "Peak learning rate."),
+    "optimizer": ("train.optimizer",
+                  "adamw, or muon: Muon for the blocks' matrices, Adam for the rest."),
+    "context_length": ("model.context_length", "Characters the model sees at once."),
+    "layers": ("model.n_layer", "Transformer blocks."),
+    "heads": ("model.n_head", "Attention heads (must divide --width)."),
+    "width": ("model.d_model", "Embedding width (d_model)."),
+    "dropout": ("model.dropout", "Dropout rate."),
+    "val_fraction": ("data.val_fraction",
+                     "Share held out for validation, and the same again for test."),
+    "seed": ("train.seed", "Seed for weights and batches."),
+    "time_budget": ("train.time_budget_minutes",
+                    "Train for this many minutes: the plan follows the measured pace so the "
+                    "decay and a last evaluation end by then (sooner when validation stops "
+                    "improving), and under --recipe auto the model, batch and learning rate fit "
+                    "the budget and the device (0 = train --max-steps).", "MINUTES"),
+    "recipe": ("train.recipe", "auto: with --time-budget, take the recipe fitted to that budget "
+                               "on this device; none: use the values given."),
+    "device": ("train.device", "Where training runs."),
+}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def train_options(command):
+    """One option per TRAIN_OPTIONS entry, typed (or given its choices) by the params field it
+    sets; unset unless given, so ./params.yaml's value stands."""
+    for name, (key, help, *metavar) in reversed(TRAIN_OPTIONS.items()):
+        command = click.option(flag(name), name, type=option_type(params_field(key)), help=help,
+                               metavar=metavar[0] if metavar else None)(command)
+    return command
+
+
 def train_params(data_path: str, name: str, register: bool, options: dict):
-    """The options on top of ./params.yaml (adhoc_training.adhoc_params); a refused value names its
-    option, then the setting's check."""
+    """The options on top of ./params.yaml (adhoc_training.adhoc_params); a refused value names
+    its option, then the setting's check."""
     from tinyllm.adhoc_training import adhoc_params
 
-    given = {TRAIN_KEYS[k]: v for k, v in options.items() if v is not None}
+    given = {TRAIN_OPTIONS[o][0]: o for o, value in options.items() if value is not None}
     try:
-        return adhoc_params(data_path, name, register, given)
+        return adhoc_params(data_path, name, register,
+                            {key: options[o] for key, o in given.items()})
     except TinyLLMError as exc:
-        option = next((f"--{o.replace('_', '-')}" for o, k in TRAIN_KEYS.items()
-                       if k in given and str(exc).startswith(k)), None)
-        raise TinyLLMError(f"{option}: {exc}" if option else str(exc)) from None
+        raise naming_the_option(exc, given) from None
 
 
 def describe_training(params, name: str, output: Path, source: str, resume: bool,
@@ -330,29 +368,7 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
 
 @cli.command(short_help="Train a model on any text file or directory, outside DVC.")
 @click.argument("data_path", metavar="DATA_PATH")
-@click.option("--max-steps", type=int, help="Optimizer steps.")
-@click.option("--batch-size", type=int, help="Sequences per step.")
-@click.option("--learning-rate", type=float, help="Peak learning rate.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS),
-              help="adamw, or muon: Muon for the blocks' matrices, Adam for the rest.")
-@click.option("--context-length", type=int, help="Characters the model sees at once.")
-@click.option("--layers", type=int, help="Transformer blocks.")
-@click.option("--heads", type=int, help="Attention heads (must divide --width).")
-@click.option("--width", type=int, help="Embedding width (d_model).")
-@click.option("--dropout", type=float, help="Dropout rate.")
-@click.option("--val-fraction", type=float,
-              help="Share held out for validation, and the same again for test.")
-@click.option("--seed", type=int, help="Seed for weights and batches.")
-@click.option("--time-budget", type=float, metavar="MINUTES",
-              help="Train for this many minutes: the plan follows the measured pace so the "
-                   "decay and a last evaluation end by then (sooner when validation stops "
-                   "improving), and under --recipe auto the model, batch and learning rate fit "
-                   "the budget and the device (0 = train --max-steps).")
-@click.option("--recipe", type=click.Choice(RECIPES),
-              help="auto: with --time-budget, take the recipe fitted to that budget on this "
-                   "device; none: use the values given.")
-@click.option("--device", type=click.Choice(DEVICES),
-              help="Where training runs.")
+@train_options
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where data, checkpoints and the model go [default: runs/NAME].")
 @click.option("--name", help="Model name [default: the data file's or directory's name].")

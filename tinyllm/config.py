@@ -200,17 +200,18 @@ class Params:
         if self.model.d_model % self.model.n_head:
             raise TinyLLMError(
                 f"model.d_model ({self.model.d_model}) must be divisible by model.n_head "
-                f"({self.model.n_head})")
+                f"({self.model.n_head})", key="model.d_model")
         if self.model.positions == "rotary" and (self.model.d_model // self.model.n_head) % 2:
             raise TinyLLMError(
                 f"model.positions rotary turns channels in pairs, so each head's width "
                 f"(model.d_model / model.n_head = {self.model.d_model // self.model.n_head}) "
-                f"must be even")
+                f"must be even", key="model.positions")
         if self.data.val_fraction + self.data.test_fraction >= 0.9:
             raise TinyLLMError("data.val_fraction + data.test_fraction must leave at least 10% "
-                               "of the corpus for training")
+                               "of the corpus for training", key="data.val_fraction")
         if not all(isinstance(p, str) and p for p in self.evaluate.prompts):
-            raise TinyLLMError("evaluate.prompts must be a list of non-empty strings")
+            raise TinyLLMError("evaluate.prompts must be a list of non-empty strings",
+                               key="evaluate.prompts")
         return self
 
     def flat(self) -> dict[str, Any]:
@@ -297,9 +298,21 @@ def build_section(cls: type, name: str, values: Any) -> Any:
         raise TinyLLMError(f"params section '{name}' must be a mapping of keys, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     _reject_unknown(values, list(fields), lambda key: f"unknown params key '{name}.{key}'")
-    typed = {key: coerce_value(f"{name}.{key}", value, fields[key])
-             for key, value in values.items()}
+    typed = {}
+    for key, value in values.items():
+        try:
+            typed[key] = coerce_value(f"{name}.{key}", value, fields[key])
+        except TinyLLMError as exc:
+            exc.key = f"{name}.{key}"
+            raise
     return cls(**typed)
+
+
+def params_field(key: str) -> dataclasses.Field:
+    """The field that declares a params key ("train.max_steps"): its type, default and range."""
+    section, name = key.split(".")
+    cls = next(f.default_factory for f in dataclasses.fields(Params) if f.name == section)
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
 
 
 def set_keys(raw: dict, values: dict[str, Any]) -> dict:
