@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,20 @@ log = logging.getLogger(__name__)
 CALIBRATION_STEPS, CALIBRATION_SEC = 3, 1.0
 
 
+class StoppedBy(str, Enum):
+    """Why a run stopped: TrainResult.stopped_by, and `stopped_by` in summary.json and the MLflow
+    tag, as the value's string (docs/training-budget.md#when-the-run-stops)."""
+
+    MAX_STEPS = "max_steps"  # no budget: train.max_steps
+    PLANNED_STEPS = "planned_steps"  # the end of a budget's plan
+    DATA_LIMITED = "data_limited"  # validation stalled: the final decay, maybe to its bottom
+    TIME_BUDGET = "time_budget"  # no time left for a step and the final evaluation
+    DEADLINE = "deadline"  # past the budget before that evaluation: the best weights stand
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class StepMetrics:
     step: int
@@ -76,7 +91,7 @@ class TrainResult:
     best_val_loss: float
     best_step: int
     elapsed_sec: float  # the whole run's training seconds, sessions before a resume included
-    stopped_by: str  # see _Loop.train
+    stopped_by: StoppedBy
     resumed_from: int
     plan: StepPlan
     history: list[dict] = field(default_factory=list)
@@ -302,12 +317,9 @@ class _Loop:
     callbacks: list
     tokens_per_step: int
 
-    def train(self, checkpoint: Callable[[], None], checkpoint_path: Path | None) -> str:
+    def train(self, checkpoint: Callable[[], None], checkpoint_path: Path | None) -> StoppedBy:
         """Steps until the plan ends, the deadline comes or a signal arrives; returns why it
-        stopped: max_steps, planned_steps, data_limited (validation stalled, the decay was brought
-        forward, and may have ended at its bottom), time_budget (the clock stopped it, with a
-        final evaluation) or deadline (past the budget before that evaluation: the best weights
-        so far stand, unevaluated again)."""
+        stopped."""
         state, cfg = self.state, self.cfg
         net = distributed.data_parallel(self.model, self.device)  # the model itself, plainly
         step_fn = compiled(net) if cfg.compile else net
@@ -341,14 +353,14 @@ class _Loop:
                 # Every rank moves its plan's end to the earliest any rank asks for.
                 state.plan = state.plan.ended_at(state.step, end) if end else state.plan
         if state.plan.data_limited_at:
-            return "data_limited"
-        return "planned_steps" if state.plan.budget_sec else "max_steps"
+            return StoppedBy.DATA_LIMITED
+        return StoppedBy.PLANNED_STEPS if state.plan.budget_sec else StoppedBy.MAX_STEPS
 
     def _step(self, step_fn, stop: list[int], pace: Pace, tick: float
-              ) -> tuple[int, str, int]:
+              ) -> tuple[int, StoppedBy | None, int]:
         """One optimizer step, its metrics and callbacks, and an evaluation when one is due.
 
-        Returns (a signal that arrived, why the run must stop now or "", the plan end the pace
+        Returns (a signal that arrived, why the run must stop now or None, the plan end the pace
         asks for or 0), agreed by every rank."""
         state, cfg = self.state, self.cfg
         lr = lr_at(state.step, cfg, state.plan)
@@ -383,6 +395,7 @@ class _Loop:
         state.history.append(asdict(metrics))
         for callback in self.callbacks:
             callback(metrics)
-        stop_now = "deadline" if past_deadline else "time_budget" if out_of_time else ""
+        stop_now = (StoppedBy.DEADLINE if past_deadline else StoppedBy.TIME_BUDGET if out_of_time
+                    else None)
         end = -neg_end  # the pace's wish, unless validation just moved the plan
         return signum, stop_now, end if state.plan is plan and end != plan.steps else 0
