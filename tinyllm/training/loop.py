@@ -110,7 +110,6 @@ class TrainingInterrupted(TinyLLMError):
         self.exit_code = 128 + signum
 
 
-
 @contextlib.contextmanager
 def stop_requests():
     """Turn SIGINT/SIGTERM into a flag the loop checks between steps (main thread only)."""
@@ -149,10 +148,10 @@ def estimate_loss(model: GPT, batches, batch_size: int, autocast) -> float:
 
 
 def fit(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
-          val_tokens: np.ndarray, *, checkpoint_dir: Path | None = None,
-          data_fingerprint: str = "", callbacks: Iterable[Callable[[StepMetrics], None]] = (),
-          plan: StepPlan | None = None, clock: Callable[[], float] = time.monotonic
-          ) -> TrainResult:
+        val_tokens: np.ndarray, *, checkpoint_dir: Path | None = None,
+        data_fingerprint: str = "", callbacks: Iterable[Callable[[StepMetrics], None]] = (),
+        plan: StepPlan | None = None, clock: Callable[[], float] = time.monotonic
+        ) -> TrainResult:
     """Train a GPT from scratch or from this run's checkpoint; returns the best model.
 
     A budgeted run calibrates its plan and follows `clock` (seconds); a sweep that plans as
