@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from tinyllm.config import Params, SamplingConfig
+from tinyllm.config import Params, SamplingConfig, TrackingConfig
 from tinyllm.io import atomic_write_json, file_sha256
 from tinyllm.tracking.store import Store, project_root
 
@@ -255,7 +255,7 @@ class TrackedRun:
 
     def register(self, package_dir: Path, name: str, test_loss: float,
                  test_bits_per_char: float, data_fingerprint: str,
-                 alias: str = "champion") -> Registration:
+                 alias: str = TrackingConfig.champion_alias) -> Registration:
         """Log the package as a pyfunc MLflow Model and register it, unless these exact weights
         are registered already; move the alias when the test loss beats the current holder's."""
         client = self.store.client
