@@ -33,6 +33,7 @@ from tinyllm.errors import exit_on_error
 from tinyllm.evaluation.scoring import split_metrics
 from tinyllm.package import load_package
 from tinyllm.tokenizer import CharTokenizer, load_tokens
+from tinyllm.training import batches
 from tinyllm.training.plan import StepPlan
 
 # What a run spends besides its steps when planning from a rate: building the model and the
@@ -68,7 +69,7 @@ class PacedClock:
 
     def __init__(self, params, tokens_per_sec: float, train_tokens: int, slowdown: float = 1.0):
         train, model = params.train, params.model
-        tokens_per_step = train.batch_size * train.grad_accum_steps * model.context_length
+        tokens_per_step = batches.tokens_per_step(train, model.context_length)
         step_sec = tokens_per_step / tokens_per_sec
         eval_sec = train.eval_batches * train.batch_size * model.context_length / (
             3 * tokens_per_sec)
@@ -112,7 +113,7 @@ class Slowdown:
 
     def __init__(self, params, factor: float):
         train, model = params.train, params.model
-        self.tokens_per_step = train.batch_size * train.grad_accum_steps * model.context_length
+        self.tokens_per_step = batches.tokens_per_step(train, model.context_length)
         self.factor = factor
 
     def __call__(self, metrics) -> None:

@@ -1,13 +1,13 @@
 """Training-step throughput of this checkout against another, side by side in one run.
 
-    git worktree add /tmp/baseline 9030ad5
+    git worktree add /tmp/baseline main
     python scripts/train_speed_ab.py --baseline /tmp/baseline --context-length 64 --batch-size 12
 
-Each probe is a fresh process that runs the real training loop (`tinyllm.training.loop.fit`,
-sampling, clipping and AdamW included, whatever train.optimizer defaults to) for --steps steps
-on random tokens and reports its median step tokens/s; the two source trees take turns
-(A B A B ...), so drift in the machine's speed hits both. Prints each pair's ratio and the
-median ratio (this checkout / baseline), with the load.
+Each probe is a fresh process that runs `step_rate` below with the tinyllm of one checkout (any
+from 2026-12-04 on, when the loop moved to tinyllm/training/): the real training loop, sampling,
+clipping and AdamW (the optimizer every such checkout has) included, for --steps steps on random
+tokens. The two checkouts take turns (A B A B ...), so drift in the machine's speed hits both.
+Prints each pair's ratio and the median ratio (this checkout / baseline), with the load.
 """
 
 from __future__ import annotations
@@ -20,36 +20,36 @@ import subprocess
 import sys
 from pathlib import Path
 
-PROBE = """
-import json, statistics, sys
-import numpy as np
-from tinyllm.config import TrainConfig
-from tinyllm.model import GPTConfig
-try:
-    from tinyllm.training import loop
-except ImportError:  # tinyllm/train.py before 2026-12-04
-    from tinyllm import train as loop
+SHAPE = ("context_length", "batch_size", "layers", "heads", "width")
 
-context, batch, steps, layers, heads, width = map(int, sys.argv[1:7])
-tokens = np.random.default_rng(0).integers(1, 85, 500_000).astype(np.uint16)
-cfg = TrainConfig(max_steps=steps, batch_size=batch, warmup_steps=5, eval_interval=10**6,
-                  eval_batches=1, checkpoint_interval=10**6, device="cpu")
-if hasattr(cfg, "optimizer"):  # AdamW, the optimizer every checkout has (Muon came later)
-    cfg.optimizer = "adamw"
-model = GPTConfig(vocab_size=85, context_length=context, n_layer=layers, n_head=heads,
-                  d_model=width)
-rates = []
-fit = getattr(loop, 'fit', None) or loop.train  # named train before 2026-11-27
-fit(model, cfg, tokens, tokens, callbacks=[lambda m: rates.append(m.tokens_per_sec)])
-print(json.dumps(statistics.median(rates[steps // 5:])))
-"""
+
+def step_rate(context_length: int, batch_size: int, layers: int, heads: int, width: int,
+              steps: int) -> float:
+    """Median tokens/s of a training step, the first fifth of the steps (warming up) left out,
+    trained by whichever tinyllm this process imports."""
+    import numpy as np
+
+    from tinyllm.config import TrainConfig
+    from tinyllm.model import GPTConfig
+    from tinyllm.training.loop import fit
+
+    tokens = np.random.default_rng(0).integers(1, 85, 500_000).astype(np.uint16)
+    cfg = TrainConfig(max_steps=steps, batch_size=batch_size, warmup_steps=5, optimizer="adamw",
+                      eval_interval=10**6, eval_batches=1, checkpoint_interval=10**6,
+                      device="cpu")
+    model = GPTConfig(vocab_size=85, context_length=context_length, n_layer=layers,
+                      n_head=heads, d_model=width)
+    rates: list[float] = []
+    fit(model, cfg, tokens, tokens, callbacks=[lambda m: rates.append(m.tokens_per_sec)])
+    return statistics.median(rates[steps // 5:])
 
 
 def probe(source: Path, args) -> float:
-    env = {**os.environ, "PYTHONPATH": str(source)}
-    shape = [args.context_length, args.batch_size, args.steps, args.layers, args.heads, args.width]
-    out = subprocess.run([sys.executable, "-c", PROBE, *map(str, shape)], env=env, cwd=source,
-                         capture_output=True, text=True, check=True)
+    """step_rate in a fresh process that imports tinyllm from the checkout at source."""
+    shape = [str(getattr(args, name)) for name in (*SHAPE, "steps")]
+    out = subprocess.run([sys.executable, __file__, "--probe", *shape], cwd=source,
+                         env={**os.environ, "PYTHONPATH": str(source)}, capture_output=True,
+                         text=True, check=True)
     return json.loads(out.stdout.splitlines()[-1])
 
 
@@ -72,12 +72,14 @@ def main() -> None:
         ratios.append(ours / theirs)
         print(f"pair {pair + 1}: {ours:,.0f} vs {theirs:,.0f} tokens/s = {ratios[-1]:.2f}x",
               file=sys.stderr, flush=True)
-    print(json.dumps({"shape": {k: getattr(args, k) for k in (
-        "context_length", "batch_size", "layers", "heads", "width")},
-        "ratios": [round(r, 3) for r in ratios], "median_ratio": round(statistics.median(ratios),
-                                                                       3),
-        "load_before": load, "load_after": os.getloadavg()[0]}))
+    print(json.dumps({"shape": {k: getattr(args, k) for k in SHAPE},
+                      "ratios": [round(r, 3) for r in ratios],
+                      "median_ratio": round(statistics.median(ratios), 3),
+                      "load_before": load, "load_after": os.getloadavg()[0]}))
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--probe"]:  # one probe process (see probe): the shape, then the steps
+        print(json.dumps(step_rate(*map(int, sys.argv[2:]))))
+    else:
+        main()

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tinyllm.config import Params, load_params, params_from_dict, warmup_for
+from tinyllm.config import Params, load_params, params_from_dict
 from tinyllm.errors import TinyLLMError
 from tinyllm.recipes import recipe_for
+from tinyllm.training.plan import warmup_for
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -138,8 +139,21 @@ def test_recipe_auto_fits_the_untouched_keys_to_the_budget():
     ({"train": {"optimizer": "sgd"}}, "train.optimizer must be one of adamw, muon; got 'sgd'"),
 ])
 def test_recipe_contradictions_name_the_key(raw, message):
-    with pytest.raises(TinyLLMError, match="^" + re.escape(message)):
+    with pytest.raises(TinyLLMError, match="^" + re.escape(message)) as caught:
         params_from_dict(raw)
+    assert caught.value.key == message.split()[0]  # what the CLI maps to its option
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"model": {"n_head": 3}}, "model.d_model"),
+    ({"data": {"val_fraction": 0.45, "test_fraction": 0.45}}, "data.val_fraction"),
+    ({"evaluate": {"prompts": [""]}}, "evaluate.prompts"),
+    ({"model": {"dropout": 2}}, "model.dropout"),
+])
+def test_every_refused_value_carries_the_key_it_is_about(raw, key):
+    with pytest.raises(TinyLLMError, match="^" + re.escape(key)) as caught:
+        params_from_dict(raw)
+    assert caught.value.key == key
 
 
 def test_the_recipes_default_model_is_the_defaults_but_for_the_budgets_keys():

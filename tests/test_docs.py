@@ -95,3 +95,14 @@ def test_the_budget_page_states_the_data_limited_stop_as_the_code_sets_it():
     assert f"over {shares[FINAL_DECAY]} of the steps so far" in text
     assert f"evaluated {words[DECAY_EVALS_PER_INTERVAL]} times as often" in text
     assert f"{words[STALL_EVALS]} evaluations in a row no better end the run" in text
+
+
+def test_the_budget_page_lists_every_stopped_by_value_and_only_those():
+    """docs/training-budget.md's "When the run stops" names each StoppedBy value once, in a bullet
+    of its own: a reason added to the code (or dropped from it) shows on the page."""
+    from tinyllm.training.loop import StoppedBy
+
+    text = (ROOT / "docs" / "training-budget.md").read_text(encoding="utf-8")
+    section = text.split("## When the run stops", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^- \*\*.+?\*\* \(`(\w+)`\)", section, re.MULTILINE)
+    assert sorted(listed) == sorted(reason.value for reason in StoppedBy)

@@ -1,6 +1,8 @@
-"""Every DVC stage lists in dvc.yaml each project source file its code can import.
+"""Every DVC stage lists in dvc.yaml each project source file its code can import, and no other;
+the server's and the commands' own code is in none of them.
 
-Otherwise a change to that file leaves `dvc repro` calling stale outputs up to date. The imports
+Otherwise a change to a file a stage runs leaves `dvc repro` calling stale outputs up to date, and
+a change to code no stage runs re-runs the pipeline for nothing. The imports
 are read from the source (function-local ones included; an `if TYPE_CHECKING:` block never
 runs, so its imports do not count), following from the stage's
 `python3 -m pipeline.<stage>` through the functions and classes it names, so a stage is held to
@@ -10,6 +12,7 @@ the code it can run, not to every module its helpers' modules mention.
 from __future__ import annotations
 
 import ast
+import inspect
 from functools import cache
 from pathlib import Path
 
@@ -30,6 +33,10 @@ NEUTRAL = {
 }
 # Source files a stage reads as files rather than imports.
 READ_AS_FILES = {"evaluate": {"tinyllm/tracking/pyfunc.py"}}  # logged as the MLflow Model's code
+# Code that only the commands run: no stage may depend on it, or editing it (a server cap, a
+# `tinyllm restore` message) would re-run the pipeline, training included. tinyllm/serving/ too.
+COMMAND_ONLY = {"tinyllm/__main__.py", "tinyllm/cli.py", "tinyllm/chat.py", "tinyllm/bench.py",
+                "tinyllm/adhoc_training.py", "tinyllm/restore.py"}
 Unit = tuple[str, str | None]  # (module, top-level function or class; None: module level)
 
 
@@ -130,12 +137,24 @@ def stage_code(module: str) -> set[str]:
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
+def stage_module(stage: str) -> str:
+    return STAGES[stage]["cmd"].split(" -m ")[1].split()[0]
+
+
+def stage_files(stage: str) -> set[str]:
+    """Every file a stage's `dvc status` looks at: its listed deps and the code it can import."""
+    return {str(d) for d in STAGES[stage]["deps"]} | stage_code(stage_module(stage))
+
+
+def source_of(thing) -> str:
+    return str(Path(inspect.getsourcefile(thing)).relative_to(ROOT))
+
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_every_project_file_a_stage_can_import_is_one_of_its_dvc_deps(stage):
     spec = STAGES[stage]
-    module = spec["cmd"].split(" -m ")[1].split()[0]
     deps = {str(d) for d in spec["deps"]}
-    needed = stage_code(module) - set(NEUTRAL) | READ_AS_FILES.get(stage, set())
+    needed = stage_code(stage_module(stage)) - set(NEUTRAL) | READ_AS_FILES.get(stage, set())
     assert not sorted(needed - deps), (
         f"dvc.yaml stage {stage} runs {sorted(needed - deps)} but does not list them in deps")
     listed_code = {d for d in deps if d.endswith(".py")}
@@ -165,3 +184,22 @@ def test_the_walk_skips_imports_that_only_type_checkers_run():
     without depending on the loop."""
     assert "tinyllm/training/outputs.py" in stage_code("pipeline.evaluate")
     assert "tinyllm/training/loop.py" not in stage_code("pipeline.evaluate")
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_no_stage_depends_on_the_server_or_on_command_only_code(stage):
+    serving = {str(p.relative_to(ROOT)) for p in ROOT.glob("tinyllm/serving/*.py")}
+    assert len(serving) > 5 and all((ROOT / path).is_file() for path in COMMAND_ONLY)
+    assert not sorted(stage_files(stage) & (serving | COMMAND_ONLY))
+
+
+def test_editing_a_server_cap_or_a_restore_message_reruns_no_stage():
+    """The files that define the server's caps, `tinyllm restore` and `tinyllm train`'s own
+    assembly are in no stage's deps: editing them leaves `dvc status` clean."""
+    from tinyllm.adhoc_training import adhoc_params
+    from tinyllm.restore import restore
+    from tinyllm.serving.limits import Limits
+
+    homes = {source_of(restore), source_of(Limits), source_of(adhoc_params)}
+    for stage in STAGES:
+        assert not sorted(stage_files(stage) & homes), stage

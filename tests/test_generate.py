@@ -10,9 +10,9 @@ import torch
 
 from tinyllm.config import SamplingConfig
 from tinyllm.generate import (
+    Sampler,
     filter_logits,
     generate_text,
-    sample_next,
     sampling_logits,
     stream_text,
     stream_tokens,
@@ -137,14 +137,14 @@ def test_cache_and_recompute_agree_when_sampling(lively_model, tokenizer, gpt_co
     assert ids[0] == ids[1]
 
 
-def test_sample_next_never_returns_the_unknown_id():
+def test_a_draw_is_never_the_unknown_id():
     logits = torch.zeros(12)
     logits[UNKNOWN_ID] = 100.0  # overwhelmingly the most likely id
     logits[5] = 1.0
-    generator = torch.Generator().manual_seed(0)
-    assert sample_next(logits, settings(temperature=0), generator) == 5
-    assert sample_next(logits, settings(top_k=1), generator) == 5
-    draws = [sample_next(logits, settings(temperature=2.0), generator) for _ in range(500)]
+    assert Sampler(settings(temperature=0), 12).draw(logits) == 5
+    assert Sampler(settings(top_k=1), 12).draw(logits) == 5
+    sampler = Sampler(settings(temperature=2.0), 12)
+    draws = [sampler.draw(logits) for _ in range(500)]
     assert UNKNOWN_ID not in draws
     assert len(set(draws)) > 5
 

@@ -17,10 +17,10 @@ import torch
 from fastapi.testclient import TestClient
 from tiny_project import untrained_package
 
-from tinyllm.config import Limits
 from tinyllm.package import load_package
 from tinyllm.serving.app import create_app
-from tinyllm.serving.jobs import Models
+from tinyllm.serving.jobs import ServedModel
+from tinyllm.serving.limits import Limits
 from tinyllm.serving.requests import Message, chat_prompt
 from tinyllm.tokenizer import UNKNOWN_ID
 from tinyllm.tracking import discovery
@@ -37,10 +37,10 @@ def package(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def http(package):
     """The app of `tinyllm serve --model-uri PACKAGE` with its default limits."""
-    models = Models(discovery.resolve(str(package)), "cpu")
-    with TestClient(create_app(models, Limits())) as client:
+    model = ServedModel(discovery.resolve(str(package)), "cpu")
+    with TestClient(create_app(model, Limits())) as client:
         yield client
-    models.stop()
+    model.stop()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from tiny_project import TINY_TEXT
 from tinyllm.errors import TinyLLMError
 from tinyllm.model import GPTConfig
 from tinyllm.tokenizer import CharTokenizer
-from tinyllm.training.batches import check_split_lengths
+from tinyllm.training.batches import check_split_lengths, tokens_per_step
 from tinyllm.training.loop import fit
 from tinyllm.training.plan import DECAY_EVALS_PER_INTERVAL, StepPlan, lr_at
 from tinyllm.training.state import CHECKPOINT_FILE, STALL_EVALS, load_checkpoint
@@ -70,6 +70,8 @@ def test_loss_falls_well_below_unigram_entropy(train_config, optimizer):
     entropy = unigram_entropy_nats(structured_corpus(lines=400))
     assert result.best_val_loss < 0.5 * entropy
     assert result.steps == 50 and result.stopped_by == "max_steps"
+    assert result.tokens_seen == 50 * tokens_per_step(cfg, config.context_length) == (
+        50 * 64 * config.context_length)
     assert result.history[0]["train_loss"] > entropy  # it started above the unigram level
 
 
@@ -309,10 +311,10 @@ def test_a_budget_follows_a_machine_that_slows_down_after_the_calibration(train_
     gpt_config, train, val = structured_run(lines=4000)
     cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=50, warmup_steps=5,
                               learning_rate=3e-4, time_budget_minutes=0.1)
-    tokens_per_step = cfg.batch_size * gpt_config.context_length
+    step_tokens = tokens_per_step(cfg, gpt_config.context_length)
 
     def twice_as_slow(metrics):  # sleeps as long as the step took
-        time.sleep(tokens_per_step / metrics.tokens_per_sec)
+        time.sleep(step_tokens / metrics.tokens_per_sec)
 
     result = fit(gpt_config, cfg, train, val, callbacks=[twice_as_slow])
     assert result.stopped_by in ("planned_steps", "time_budget")  # the clock's, not the data's

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 
 import pytest
 
-from tinyllm.training.loop import fit
-from tinyllm.training.outputs import LiveCurves, write_history
+from tinyllm.training.loop import StoppedBy, fit
+from tinyllm.training.outputs import LiveCurves, summary_of, write_history
 from tinyllm.training.samples import SAMPLES_FILE, TrainingSamples
 
 
@@ -106,3 +107,12 @@ def test_no_prompts_no_samples(gpt_config, train_config, tokens, tokenizer, tmp_
     fit(gpt_config, cfg, tokens[:200], tokens[200:],
           callbacks=[TrainingSamples(tmp_path, tokenizer, [])])
     assert "## Step" not in (tmp_path / SAMPLES_FILE).read_text()
+
+
+def test_why_a_run_stopped_reads_as_the_plain_string_everywhere(run, tmp_path):
+    """StoppedBy is an enum in the code; summary.json, the log line and the MLflow tag (str())
+    keep the plain values they always had."""
+    result = run(tmp_path / "train", None)
+    assert result.stopped_by is StoppedBy.MAX_STEPS
+    assert json.loads(json.dumps(summary_of(result, "data")))["stopped_by"] == "max_steps"
+    assert str(result.stopped_by) == f"{result.stopped_by}" == "max_steps"

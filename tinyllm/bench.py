@@ -31,7 +31,7 @@ from tinyllm.generate import compiled_for_generation, stream_tokens
 from tinyllm.model import GPT, GPTConfig, compiled
 from tinyllm.package import save_package
 from tinyllm.tokenizer import CharTokenizer
-from tinyllm.training.batches import WindowSampler
+from tinyllm.training.batches import WindowSampler, tokens_per_step
 from tinyllm.training.optimizer import make_optimizer, optimizer_step
 
 # Printable ASCII from space to "s": 84 characters + the unknown id = 85, about Shakespeare's.
@@ -111,7 +111,7 @@ def training_speed(plan: Plan, device: torch.device, compile: bool, matmul: floa
     warmup = sum(seconds(step, device) for _ in range(plan.warmup_steps))  # compiling, if any
     # The median step shrugs off bursts of other work on a shared machine.
     step_sec = statistics.median(seconds(step, device) for _ in range(plan.steps))
-    tokens_per_sec = plan.batch_size * config.context_length / step_sec
+    tokens_per_sec = tokens_per_step(cfg, config.context_length) / step_sec
     flops = model.flops_per_token() * tokens_per_sec
     return {"tokens_per_sec": tokens_per_sec, "flops_per_sec": flops,
             "matmul_fraction": flops / matmul, "warmup_sec": warmup}

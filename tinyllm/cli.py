@@ -12,7 +12,7 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import Field, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import click
@@ -20,20 +20,22 @@ import click
 from tinyllm.config import (
     DEVICES,
     MAX_TOKENS_CEILING,
-    OPTIMIZERS,
-    RECIPES,
     SEED_MAX,
-    SERVED_MAX_TOKENS,
-    SERVED_REQUEST_SECONDS,
     SamplingConfig,
+    params_field,
 )
+from tinyllm.corpus import TEST
 from tinyllm.errors import TinyLLMError, fail, fail_on_user_error
+from tinyllm.layout import Layout
+from tinyllm.serving.limits import Limits
 from tinyllm.serving.workers import MAX_DEFAULT_WORKERS
 from tinyllm.tracking.discovery import (
+    MODEL_URI_FORMS,
+    MODEL_URI_HELP,
     load_model,
     open_store,
     pinned_uri,
-    test_bits_per_char,
+    recorded_test_bits,
     title_of,
 )
 from tinyllm.version import __version__
@@ -106,6 +108,23 @@ def main() -> None:
 
 # --- shared options ---------------------------------------------------------------------------
 
+def flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def option_type(f: Field):
+    """An option's click type from the config field it sets: its choices, else its number."""
+    if f.metadata["choices"]:
+        return click.Choice(f.metadata["choices"])
+    return click.INT if f.type == "int" else click.FLOAT
+
+
+def naming_the_option(exc: TinyLLMError, options: dict[str, str]) -> TinyLLMError:
+    """exc, led by the option ({key: name}) that set the key it is about, when an option did."""
+    option = options.get(exc.key)
+    return TinyLLMError(f"{flag(option)}: {exc}" if option else str(exc))
+
+
 def sampling_options(command):
     """One option per SamplingConfig field (--max-tokens, --top-p, ...), its default and help.
 
@@ -113,10 +132,8 @@ def sampling_options(command):
     one reads the same as from the Python API or the server: `error: top_p must be > 0.0, ...`.
     """
     for f in reversed(fields(SamplingConfig)):
-        command = click.option(f"--{f.name.replace('_', '-')}", f.name,
-                               type=click.INT if f.type == "int" else click.FLOAT,
-                               default=f.default, show_default=True,
-                               help=f.metadata["help"])(command)
+        command = click.option(flag(f.name), f.name, type=option_type(f), default=f.default,
+                               show_default=True, help=f.metadata["help"])(command)
     return command
 
 
@@ -128,11 +145,7 @@ def model_options(command):
              "says so.")(command)
     command = click.option("--device", type=click.Choice(DEVICES),
                            default="auto", show_default=True, help="Where the model runs.")(command)
-    return click.option(
-        "--model-uri", metavar="URI",
-        help="models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH "
-             "or a model package directory. Default: the champion of the model named in "
-             "./params.yaml, else its latest version, else ./models/model.")(command)
+    return click.option("--model-uri", metavar="URI", help=MODEL_URI_HELP)(command)
 
 
 def notify(message: str) -> None:
@@ -145,7 +158,7 @@ def settings_from(sampling: dict) -> SamplingConfig:
     try:
         return SamplingConfig(**sampling)
     except TinyLLMError as exc:
-        raise TinyLLMError(f"--{exc.key.replace('_', '-')}: {exc}") from None
+        raise naming_the_option(exc, {name: name for name in sampling}) from None
 
 
 # --- chat and generate ------------------------------------------------------------------------
@@ -174,7 +187,7 @@ def chat(obj: Options, as_json, model_uri, device, compile_model, **sampling) ->
 
     settings = settings_from(sampling)
     loaded = load_model(model_uri, device, obj.tracking_uri, notify, compile_model)
-    bits = test_bits_per_char(loaded, obj.tracking_uri)
+    bits = recorded_test_bits(loaded, obj.tracking_uri)
     if hasattr(sys.stdin, "reconfigure"):  # undecodable input bytes: unknown characters
         sys.stdin.reconfigure(errors="replace")
     console = Console(loaded, settings, title_of(loaded.source), bits, as_json=as_json)
@@ -235,20 +248,18 @@ def generate(obj: Options, prompts, prompt_file, num_samples, as_json, model_uri
 
 @cli.command(short_help="Serve a model over an OpenAI-compatible HTTP API (streaming too).")
 @click.option("--model-uri", metavar="URI",
-              help="As for chat: models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, "
-                   "runs:/RUN_ID/PATH or a directory. Default: the champion, else the latest "
-                   "version, else ./models/model. An alias is followed as it moves.")
+              help=f"{MODEL_URI_HELP} An alias is followed as it moves.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the model runs.")
 @click.option("--max-tokens-limit", type=click.IntRange(1, MAX_TOKENS_CEILING),
-              default=SERVED_MAX_TOKENS, show_default=True,
+              default=Limits.max_tokens, show_default=True,
               help="The largest max_tokens a request may ask for.")
 @click.option("--request-seconds", type=click.FloatRange(0, min_open=True),
-              default=SERVED_REQUEST_SECONDS, show_default=True,
+              default=Limits.request_seconds, show_default=True,
               help="Generation time per request; then it ends (finish_reason length).")
-@click.option("--max-prompt-chars", type=click.IntRange(1), default=100_000,
+@click.option("--max-prompt-chars", type=click.IntRange(1), default=Limits.max_prompt_chars,
               show_default=True, help="The longest prompt (or chat) a request may send.")
 @click.option("--refresh-seconds", type=click.FloatRange(0), default=5.0, show_default=True,
               help="How often an alias (or /latest) is checked for a new version; 0 = never.")
@@ -270,7 +281,6 @@ def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request
         curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
           -d '{"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 50, "seed": 1}'
     """
-    from tinyllm.config import Limits
     from tinyllm.serving.workers import ServeOptions, default_workers
     from tinyllm.serving.workers import serve as run_server
 
@@ -283,36 +293,60 @@ def serve(obj: Options, model_uri, host, port, device, max_tokens_limit, request
 
 # --- train ------------------------------------------------------------------------------------
 
-# option -> params.yaml key it sets
-TRAIN_KEYS = {"max_steps": "train.max_steps", "batch_size": "train.batch_size",
-              "learning_rate": "train.learning_rate", "optimizer": "train.optimizer",
-              "context_length": "model.context_length",
-              "layers": "model.n_layer", "heads": "model.n_head", "width": "model.d_model",
-              "dropout": "model.dropout", "seed": "train.seed",
-              "time_budget": "train.time_budget_minutes", "recipe": "train.recipe",
-              "device": "train.device",
-              "val_fraction": "data.val_fraction"}  # test_fraction follows val_fraction
+# --option: (the params key it sets, its help[, metavar]); type and choices come from that key's
+# field. data.test_fraction follows --val-fraction (adhoc_training.adhoc_params).
+TRAIN_OPTIONS = {
+    "max_steps": ("train.max_steps", "Optimizer steps."),
+    "batch_size": ("train.batch_size", "Sequences per step."),
+    "learning_rate": ("train.learning_rate", "Peak learning rate."),
+    "optimizer": ("train.optimizer",
+                  "adamw, or muon: Muon for the blocks' matrices, Adam for the rest."),
+    "context_length": ("model.context_length", "Characters the model sees at once."),
+    "layers": ("model.n_layer", "Transformer blocks."),
+    "heads": ("model.n_head", "Attention heads (must divide --width)."),
+    "width": ("model.d_model", "Embedding width (d_model)."),
+    "dropout": ("model.dropout", "Dropout rate."),
+    "val_fraction": ("data.val_fraction",
+                     "Share held out for validation, and the same again for test."),
+    "seed": ("train.seed", "Seed for weights and batches."),
+    "time_budget": ("train.time_budget_minutes",
+                    "Train for this many minutes: the plan follows the measured pace so the "
+                    "decay and a last evaluation end by then (sooner when validation stops "
+                    "improving), and under --recipe auto the model, batch and learning rate fit "
+                    "the budget and the device (0 = train --max-steps).", "MINUTES"),
+    "recipe": ("train.recipe", "auto: with --time-budget, take the recipe fitted to that budget "
+                               "on this device; none: use the values given."),
+    "device": ("train.device", "Where training runs."),
+}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def train_params(data_path: str, name: str, register: bool, options: dict):
-    """The options on top of ./params.yaml (workflow.adhoc_params); a refused value names its
-    option, then the setting's check."""
-    from tinyllm import workflow
+def train_options(command):
+    """One option per TRAIN_OPTIONS entry, typed (or given its choices) by the params field it
+    sets; unset unless given, so ./params.yaml's value stands."""
+    for name, (key, help, *metavar) in reversed(TRAIN_OPTIONS.items()):
+        command = click.option(flag(name), name, type=option_type(params_field(key)), help=help,
+                               metavar=metavar[0] if metavar else None)(command)
+    return command
 
-    given = {TRAIN_KEYS[k]: v for k, v in options.items() if v is not None}
+
+def train_params(data_path: str, name: str, register: bool, options: dict):
+    """The options on top of ./params.yaml (adhoc_training.adhoc_params); a refused value names
+    its option, then the setting's check."""
+    from tinyllm.adhoc_training import adhoc_params
+
+    given = {TRAIN_OPTIONS[o][0]: o for o, value in options.items() if value is not None}
     try:
-        return workflow.adhoc_params(data_path, name, register, given)
+        return adhoc_params(data_path, name, register,
+                            {key: options[o] for key, o in given.items()})
     except TinyLLMError as exc:
-        option = next((f"--{o.replace('_', '-')}" for o, k in TRAIN_KEYS.items()
-                       if k in given and str(exc).startswith(k)), None)
-        raise TinyLLMError(f"{option}: {exc}" if option else str(exc)) from None
+        raise naming_the_option(exc, given) from None
 
 
 def describe_training(params, name: str, output: Path, source: str, resume: bool,
                       tracking_uri: str | None) -> str:
-    from tinyllm.config import warmup_for
     from tinyllm.tracking.store import choose_tracking_uri
+    from tinyllm.training.plan import warmup_for
 
     m, t, d = params.model, params.train, params.data
     steps = (f"steps planned for {t.time_budget_minutes:g} min (recipe {t.recipe}), warm-up "
@@ -334,29 +368,7 @@ def describe_training(params, name: str, output: Path, source: str, resume: bool
 
 @cli.command(short_help="Train a model on any text file or directory, outside DVC.")
 @click.argument("data_path", metavar="DATA_PATH")
-@click.option("--max-steps", type=int, help="Optimizer steps.")
-@click.option("--batch-size", type=int, help="Sequences per step.")
-@click.option("--learning-rate", type=float, help="Peak learning rate.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS),
-              help="adamw, or muon: Muon for the blocks' matrices, Adam for the rest.")
-@click.option("--context-length", type=int, help="Characters the model sees at once.")
-@click.option("--layers", type=int, help="Transformer blocks.")
-@click.option("--heads", type=int, help="Attention heads (must divide --width).")
-@click.option("--width", type=int, help="Embedding width (d_model).")
-@click.option("--dropout", type=float, help="Dropout rate.")
-@click.option("--val-fraction", type=float,
-              help="Share held out for validation, and the same again for test.")
-@click.option("--seed", type=int, help="Seed for weights and batches.")
-@click.option("--time-budget", type=float, metavar="MINUTES",
-              help="Train for this many minutes: the plan follows the measured pace so the "
-                   "decay and a last evaluation end by then (sooner when validation stops "
-                   "improving), and under --recipe auto the model, batch and learning rate fit "
-                   "the budget and the device (0 = train --max-steps).")
-@click.option("--recipe", type=click.Choice(RECIPES),
-              help="auto: with --time-budget, take the recipe fitted to that budget on this "
-                   "device; none: use the values given.")
-@click.option("--device", type=click.Choice(DEVICES),
-              help="Where training runs.")
+@train_options
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where data, checkpoints and the model go [default: runs/NAME].")
 @click.option("--name", help="Model name [default: the data file's or directory's name].")
@@ -375,20 +387,20 @@ def train(obj: Options, data_path: str, output_dir: Path | None, name: str | Non
     override them. The model is tracked in MLflow and registered under its name (the data
     file's name unless --name) so `tinyllm chat --model-uri models:/NAME/latest` finds it.
     """
-    from tinyllm import workflow
+    from tinyllm import adhoc_training, workflow
 
-    workflow.check_data_path(data_path)
+    adhoc_training.check_data_path(data_path)
     if name is not None and not NAME_PATTERN.match(name):
         raise click.BadParameter("use letters, digits, '.', '_' and '-'", param_hint="--name")
-    name = name or workflow.model_name_for(data_path)
+    name = name or adhoc_training.model_name_for(data_path)
     output = output_dir or Path("runs") / name
     params = train_params(data_path, name, not no_register, options)
     source = "./params.yaml" if Path("params.yaml").is_file() else "built-in (no ./params.yaml)"
 
     from tinyllm.training.loop import TrainingInterrupted
 
-    layout = workflow.Layout(output)
-    aside = workflow.set_aside_checkpoint(layout.checkpoints, resume)
+    layout = Layout(output)
+    aside = adhoc_training.set_aside_checkpoint(layout.checkpoints, resume)
     if aside:
         notify(f"starting afresh; the previous checkpoint was moved to {aside} "
                "(--resume continues from a checkpoint)")
@@ -398,7 +410,7 @@ def train(obj: Options, data_path: str, output_dir: Path | None, name: str | Non
     except TrainingInterrupted as exc:
         raise TrainingInterrupted(f"{exc}; run the same command with --resume to continue",
                                   exc.exit_code - 128) from None
-    test = metrics["test"]
+    test = metrics[TEST]
     uri = (f"models:/{metrics['registered']['name']}/{metrics['registered']['version']}"
            if "registered" in metrics else str(layout.model))
     click.echo(f"done: test loss {test['loss']:.4f} nats/char, "
@@ -434,28 +446,29 @@ def runs(obj: Options, experiment: str | None, over: str, as_json: bool) -> None
 
     experiment = experiment or _experiment_name()
     everything, uri = sweep.experiment_runs(obj.tracking_uri, experiment)
-    recipes = sweep.group_runs(everything, over)
+    groups = sweep.group_runs(everything, over)
     if as_json:
-        click.echo(json.dumps(sweep.as_dicts(recipes, over), indent=2))
+        click.echo(json.dumps(sweep.as_dicts(groups, over), indent=2))
         return
-    if not recipes:
+    if not groups:
         click.echo(f"No finished runs with a test loss in experiment '{experiment}' ({uri}).")
         return
     click.echo(f"Runs of experiment '{experiment}' in {uri}, by recipe over {over} "
                "(sd: sample standard deviation over the runs):")
-    for corpus, group in sweep.by_corpus(recipes).items():
+    for corpus, corpus_groups in sweep.by_corpus(groups).items():
         click.echo(f"\ncorpus {corpus}:")
-        print_whole(recipes_table(group, over))
+        print_whole(recipes_table(corpus_groups, over))
 
 
-def recipes_table(recipes, over: str):
-    """One row a recipe: what sets it apart (key=value lines), its run count, the values of
-    `over` it ran with, and the mean ± sd of its test loss; cells wrap, headers never do."""
+def recipes_table(groups, over: str):
+    """One row a recipe (a sweep.RunGroup): what sets it apart (key=value lines), its run count,
+    the values of `over` it ran with, and the mean ± sd of its test loss; cells wrap, headers
+    never do."""
     from rich.table import Table
 
     from tinyllm.tracking import sweep
 
-    keys = [k for k in sweep.varying_keys(recipes) if k != sweep.CORPUS]
+    keys = [k for k in sweep.varying_keys(groups) if k != sweep.CORPUS]
     table = Table(box=None, header_style="bold")
     if keys:
         table.add_column("recipe", overflow="fold")
@@ -463,11 +476,11 @@ def recipes_table(recipes, over: str):
     table.add_column(over, overflow="fold")
     for header in ("test loss (nats/char)", "test bits/char"):
         table.add_column(header.replace(" (", "\n("), no_wrap=True)
-    for recipe in recipes:
-        differs = ["\n".join(f"{k}={recipe.params.get(k, '-')}" for k in keys)] if keys else []
-        table.add_row(*differs, str(len(recipe.runs)), ", ".join(recipe.runs),
-                      sweep.plus_minus(*recipe.summary(sweep.TEST_LOSS)),
-                      sweep.plus_minus(*recipe.summary(sweep.TEST_BITS)))
+    for group in groups:
+        differs = ["\n".join(f"{k}={group.params.get(k, '-')}" for k in keys)] if keys else []
+        table.add_row(*differs, str(len(group.runs)), ", ".join(group.runs),
+                      sweep.plus_minus(*group.summary(sweep.TEST_LOSS)),
+                      sweep.plus_minus(*group.summary(sweep.TEST_BITS)))
     return table
 
 
@@ -485,10 +498,13 @@ def print_whole(renderable) -> None:
 
 # --- compare ----------------------------------------------------------------------------------
 
-DEFAULT_TEXT = Path("data/prepared/test.txt")  # the test split `dvc repro` prepares
+DEFAULT_TEXT = Layout().prepared_text(TEST)  # the test split `dvc repro` prepares
 
 
-@cli.command(short_help="Is model B better than model A? Bits/char with a 95% interval.")
+@cli.command(short_help="Is model B better than model A? Bits/char with a 95% interval.", help=(
+    "Score models A and B on the same text, character by character, and say whether B - A "
+    "(bits/char) is a real difference or noise: a 95% confidence interval from a block "
+    f"bootstrap over the text. A and B are each one of {MODEL_URI_FORMS}."))
 @click.argument("model_a", metavar="A")
 @click.argument("model_b", metavar="B")
 @click.option("--text", "text_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -503,11 +519,6 @@ DEFAULT_TEXT = Path("data/prepared/test.txt")  # the test split `dvc repro` prep
 @click.pass_obj
 def compare(obj: Options, model_a: str, model_b: str, text_file: Path | None, seed: int,
             block_length: int | None, as_json: bool, device: str) -> None:
-    """Score models A and B on the same text, character by character, and say whether B - A
-    (bits/char) is a real difference or noise: a 95% confidence interval from a block
-    bootstrap over the text. A and B are model URIs (models:/NAME/VERSION, models:/NAME@ALIAS,
-    runs:/RUN_ID/PATH) or model package directories.
-    """
     from tinyllm.evaluation import compare as comparing
 
     source = text_file or DEFAULT_TEXT
@@ -535,10 +546,10 @@ def restore(obj: Options, model_uri: str | None) -> None:
     cache lacks (a dvc.lock from git, made on another machine). MODEL_URI defaults to
     models:/NAME/latest, NAME being tracking.registry_name of params.yaml.
     """
-    from tinyllm import workflow
+    from tinyllm.restore import restore as restore_model
     from tinyllm.tracking.store import project_root
 
-    restored = workflow.restore(model_uri, workflow.Layout(project_root()), obj.tracking_uri)
+    restored = restore_model(model_uri, Layout(project_root()), obj.tracking_uri)
     version = f" (version {restored.version})" if restored.version else ""
     click.echo(f"restored {restored.uri}{version} to {' and '.join(map(str, restored.paths))}")
 

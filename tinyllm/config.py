@@ -71,17 +71,6 @@ class ModelConfig:
     activation: str = knob("relu2", choices=ACTIVATIONS)
 
 
-def warmup_for(warmup_steps: int, steps: int) -> int:
-    """The warm-up of a run of `steps` steps: train.warmup_steps, but at most an eighth of them.
-
-    The one rule for `dvc repro`/`dvc exp run`, `tinyllm train` and time budgets (whose steps
-    are planned), so no entry point refuses a warm-up that another accepts. The cap leaves a
-    short run (`-S train.max_steps=100`, a one-minute budget) most of its steps for the decay;
-    it sits above the defaults' 100 of 820 steps, which keep their warm-up.
-    """
-    return min(warmup_steps, steps // 8)
-
-
 @dataclass
 class TrainConfig:
     """train: optimisation, schedule, evaluation cadence, checkpoints and the machine."""
@@ -93,7 +82,7 @@ class TrainConfig:
     optimizer: str = knob("muon", choices=OPTIMIZERS)
     learning_rate: float = knob(3e-3, min=0.0, max=1.0, min_exclusive=True)
     min_lr_fraction: float = knob(0.1, min=0.0, max=1.0)
-    warmup_steps: int = knob(100, min=0)  # at most an eighth of the run: see warmup_for
+    warmup_steps: int = knob(100, min=0)  # at most an eighth of the run: training.plan.warmup_for
     weight_decay: float = knob(0.1, min=0.0, max=1.0)
     beta1: float = knob(0.9, min=0.0, max=1.0)
     beta2: float = knob(0.99, min=0.0, max=1.0)
@@ -109,22 +98,7 @@ class TrainConfig:
 
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
-# Served requests (tinyllm serve's default caps, the MLflow model's fixed ones): no request may
-# hold a worker for minutes.
-SERVED_MAX_TOKENS = 2000
 MAX_TOKENS_CEILING = 100_000  # the most one generation may ask for; a server's cap is lower
-SERVED_REQUEST_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Server-side caps (the `tinyllm serve` options)."""
-
-    max_tokens: int = SERVED_MAX_TOKENS  # per choice
-    request_seconds: float = SERVED_REQUEST_SECONDS  # then it ends with finish_reason "length"
-    max_prompt_chars: int = 100_000
-    max_body_bytes: int = 16 << 20
-    max_n: int = 16
 
 
 @dataclass(frozen=True)
@@ -226,17 +200,18 @@ class Params:
         if self.model.d_model % self.model.n_head:
             raise TinyLLMError(
                 f"model.d_model ({self.model.d_model}) must be divisible by model.n_head "
-                f"({self.model.n_head})")
+                f"({self.model.n_head})", key="model.d_model")
         if self.model.positions == "rotary" and (self.model.d_model // self.model.n_head) % 2:
             raise TinyLLMError(
                 f"model.positions rotary turns channels in pairs, so each head's width "
                 f"(model.d_model / model.n_head = {self.model.d_model // self.model.n_head}) "
-                f"must be even")
+                f"must be even", key="model.positions")
         if self.data.val_fraction + self.data.test_fraction >= 0.9:
             raise TinyLLMError("data.val_fraction + data.test_fraction must leave at least 10% "
-                               "of the corpus for training")
+                               "of the corpus for training", key="data.val_fraction")
         if not all(isinstance(p, str) and p for p in self.evaluate.prompts):
-            raise TinyLLMError("evaluate.prompts must be a list of non-empty strings")
+            raise TinyLLMError("evaluate.prompts must be a list of non-empty strings",
+                               key="evaluate.prompts")
         return self
 
     def flat(self) -> dict[str, Any]:
@@ -323,9 +298,21 @@ def build_section(cls: type, name: str, values: Any) -> Any:
         raise TinyLLMError(f"params section '{name}' must be a mapping of keys, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     _reject_unknown(values, list(fields), lambda key: f"unknown params key '{name}.{key}'")
-    typed = {key: coerce_value(f"{name}.{key}", value, fields[key])
-             for key, value in values.items()}
+    typed = {}
+    for key, value in values.items():
+        try:
+            typed[key] = coerce_value(f"{name}.{key}", value, fields[key])
+        except TinyLLMError as exc:
+            exc.key = f"{name}.{key}"
+            raise
     return cls(**typed)
+
+
+def params_field(key: str) -> dataclasses.Field:
+    """The field that declares a params key ("train.max_steps"): its type, default and range."""
+    section, name = key.split(".")
+    cls = next(f.default_factory for f in dataclasses.fields(Params) if f.name == section)
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
 
 
 def set_keys(raw: dict, values: dict[str, Any]) -> dict:

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 FALLBACK_ENCODINGS = ("utf-8", "cp1252", "latin-1")
-SPLITS = ("train", "val", "test")
+SPLITS = TRAIN, VAL, TEST = ("train", "val", "test")
 
 
 @dataclass

@@ -13,7 +13,10 @@ class TinyLLMError(Exception):
     """A problem with the user's input (params, corpus, model, URI) described in one line."""
 
     exit_code = 1
-    key: str | None = None  # the setting or field it is about, when it is about one
+
+    def __init__(self, *args, key: str | None = None):
+        super().__init__(*args)
+        self.key = key  # the setting it is about (a params key, a sampling field), if one
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

@@ -65,12 +65,6 @@ def pick(logits: torch.Tensor, settings: SamplingConfig, generator: torch.Genera
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def sample_next(logits: torch.Tensor, settings: SamplingConfig,
-                generator: torch.Generator) -> int:
-    """One token id from the last position's logits (shape [vocab]), nothing generated yet."""
-    return pick(sampling_logits(logits, settings), settings, generator)
-
-
 class Draw(NamedTuple):
     """A sampled token with log-probabilities of the distribution it was drawn from
     (sampling_logits): its own, and the `top` most likely tokens' as (id, logprob), best first

@@ -110,14 +110,25 @@ def staging_directory(target: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
 
 
+def _hash_into(digest, path: str | Path) -> None:
+    """Feed a file's bytes to a hashlib digest a MiB at a time (token files can be large)."""
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    _hash_into(digest, path)
+    return digest.hexdigest()
+
+
 def fingerprint_files(paths) -> str:
     """A short content hash of several files, in order: identifies the data a model saw."""
     digest = hashlib.sha256()
     for path in paths:
         digest.update(Path(path).name.encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        _hash_into(digest, path)
     return digest.hexdigest()[:16]
 
 

@@ -40,7 +40,6 @@ FORMAT_1_BLOCK = {"positions": "learned", "qk_norm": False, "activation": "gelu"
 READS = (1, FORMAT_VERSION)
 CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, META_FILE = (
     "config.json", "tokenizer.json", "weights.pt", "meta.json")
-PACKAGE_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, META_FILE)
 
 
 def runtime_versions() -> dict[str, str]:

@@ -79,7 +79,7 @@ def apply_recipe(params):
                 f"{key} is {current}, but train.recipe auto sets it to {value} for a "
                 f"{train.time_budget_minutes:g}-minute budget on {device} (the {row:g}-minute "
                 f"{device} recipe); leave "
-                f"{key} at its default {default} or set train.recipe: none")
+                f"{key} at its default {default} or set train.recipe: none", key=key)
         sections.setdefault(section, {})[name] = value
     return dataclasses.replace(params, **{
         section: dataclasses.replace(getattr(params, section), **changes)

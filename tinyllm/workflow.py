@@ -1,72 +1,34 @@
-"""The four steps of a model's life, each reading what the one before wrote.
+"""The steps of a model's life, each reading what the one before wrote.
 
-DVC's stage scripts (pipeline/) and `tinyllm train` both run these; a Layout says where the files
-go. Tracking is optional: with params.tracking.enabled false nothing touches MLflow. Here too is
-what `tinyllm train` assembles before the steps (its params, name and checkpoint) and what
-`tinyllm restore` puts back after `dvc exp run` removed the model: the CLI only wires and prints.
+DVC's stage scripts (pipeline/) and `tinyllm train` both run these; a Layout (layout.py) says where
+the files go. Tracking is optional: with params.tracking.enabled false nothing touches MLflow.
+Only what a stage runs lives here: every stage depends on this file, so `tinyllm train`'s own
+assembly is in adhoc_training.py and `tinyllm restore` in restore.py.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from tinyllm.config import Params
-from tinyllm.corpus import SPLITS, clean_text, load_corpus, split_by_works, split_stats
+from tinyllm.corpus import (
+    SPLITS,
+    TEST,
+    TRAIN,
+    VAL,
+    clean_text,
+    load_corpus,
+    split_by_works,
+    split_stats,
+)
 from tinyllm.errors import TinyLLMError
 from tinyllm.io import atomic_write_json, atomic_write_text, current_directory, fingerprint_files
+from tinyllm.layout import Layout
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where each step reads and writes; the defaults are the DVC pipeline's (see dvc.yaml)."""
-
-    root: Path = Path(".")
-
-    def __post_init__(self):
-        object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def validated(self) -> Path:
-        return self.root / "data/validated.txt"
-
-    @property
-    def prepared(self) -> Path:
-        return self.root / "data/prepared"
-
-    @property
-    def tokens(self) -> Path:
-        return self.root / "data/tokens"
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.root / "models/tokenizer.json"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "models/model"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "models/checkpoints"
-
-    @property
-    def train_dir(self) -> Path:
-        return self.root / "models/train"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / "models/eval"
-
-    @property
-    def run_handoff(self) -> Path:
-        return self.train_dir / "mlflow_run.json"
 
 
 def _require(path: Path, step: str) -> Path:
@@ -98,7 +60,7 @@ def prepare(params: Params, layout: Layout) -> dict:
                               collapse_blank_lines=cfg.collapse_blank_lines)
     texts, works = split_by_works(documents, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     for split, text in texts.items():
-        atomic_write_text(layout.prepared / f"{split}.txt", text)
+        atomic_write_text(layout.prepared_text(split), text)
     stats = {
         "corpus": cfg.corpus,
         "documents": len(documents),
@@ -117,9 +79,9 @@ def tokenize(params: Params, layout: Layout) -> dict:
     """Fit the tokenizer on train, encode every split to token files, count unknown chars."""
     from tinyllm.tokenizer import CharTokenizer, save_tokens
 
-    texts = {s: _require(layout.prepared / f"{s}.txt", "prepare").read_text(encoding="utf-8")
+    texts = {s: _require(layout.prepared_text(s), "prepare").read_text(encoding="utf-8")
              for s in SPLITS}
-    tokenizer = CharTokenizer.fit(texts["train"], unknown=params.tokenizer.unknown)
+    tokenizer = CharTokenizer.fit(texts[TRAIN], unknown=params.tokenizer.unknown)
     stats = {"vocab_size": tokenizer.vocab_size, "unknown_policy": tokenizer.unknown,
              "splits": {}}
     for split, text in texts.items():
@@ -130,7 +92,7 @@ def tokenize(params: Params, layout: Layout) -> dict:
                                   "unknown_distinct": "".join(sorted(encoded.unknown))}
     tokenizer.save(layout.tokenizer)
     atomic_write_json(layout.tokens / "stats.json", stats)
-    unknown = {s: v["unknown_characters"] for s, v in stats["splits"].items() if s != "train"}
+    unknown = {s: v["unknown_characters"] for s, v in stats["splits"].items() if s != TRAIN}
     log.info("tokenize: vocabulary of %d ids; characters outside it: %s",
              tokenizer.vocab_size, unknown)
     return stats
@@ -179,7 +141,7 @@ def _training_data(layout: Layout):
     from tinyllm.tokenizer import CharTokenizer, load_tokens
 
     tokenizer = CharTokenizer.load(_require(layout.tokenizer, "tokenize"))
-    token_files = [layout.tokens / "train.bin", layout.tokens / "val.bin"]
+    token_files = [layout.tokens / f"{TRAIN}.bin", layout.tokens / f"{VAL}.bin"]
     train_tokens, val_tokens = (load_tokens(_require(p, "tokenize"), tokenizer)
                                 for p in token_files)
     return (tokenizer, train_tokens, val_tokens,
@@ -202,8 +164,8 @@ def _log_inputs(run, params: Params, layout: Layout) -> None:
     run.log_artifacts([layout.tokenizer], "data")
     run.log_artifacts([layout.prepared / "stats.json"], "data/prepare")
     run.log_artifacts([layout.tokens / "stats.json"], "data/tokenize")
-    run.log_datasets({"train": layout.prepared / "train.txt",
-                      "validation": layout.prepared / "val.txt"},
+    run.log_datasets({"train": layout.prepared_text(TRAIN),
+                      "validation": layout.prepared_text(VAL)},
                      Path(params.data.corpus).stem)
 
 
@@ -256,7 +218,7 @@ def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) ->
     from tinyllm.evaluation.scoring import split_metrics
     from tinyllm.package import load_package
     from tinyllm.tokenizer import load_tokens
-    from tinyllm.tracking.runs import EVAL_METRIC_PREFIX, evaluation_run, run_name
+    from tinyllm.tracking.runs import eval_metric, evaluation_run, run_name
 
     cfg, tracked = params.evaluate, params.tracking
     device = select_device(cfg.device, key="evaluate.device")
@@ -266,19 +228,19 @@ def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) ->
         loaded = load_package(_require(current_directory(layout.model), "train"), str(device))
         metrics = {split: split_metrics(loaded.model, load_tokens(
             _require(layout.tokens / f"{split}.bin", "tokenize"), loaded.tokenizer),
-            cfg.batch_size) for split in ("val", "test")}
+            cfg.batch_size) for split in (VAL, TEST)}
         settings = cfg.sampling()
         samples = {prompt: loaded.generate(prompt, **asdict(settings))
                    for prompt in cfg.prompts}
         files = [layout.eval_dir / "samples.md", layout.eval_dir / "loss_curve.png",
-                 layout.eval_dir / "metrics.json"]
+                 layout.eval_metrics]
         atomic_write_text(files[0], samples_markdown(samples, settings))
         loss_curve_png(layout.train_dir, files[1])
         atomic_write_json(files[2], metrics)
-        test = metrics["test"]
+        test = metrics[TEST]
         log.info("evaluate: test loss %.4f nats/char, %.4f bits/char, perplexity %.3f",
                  test["loss"], test["bits_per_char"], test["perplexity"])
-        run.log_metrics({f"{EVAL_METRIC_PREFIX}{split}_{key}": value
+        run.log_metrics({eval_metric(split, key): value
                          for split, values in metrics.items()
                          for key, value in values.items() if key != "characters"})
         run.log_artifacts(files, "eval")
@@ -312,63 +274,6 @@ def build(params: Params, layout: Layout, tracking_uri: str | None = None, *,
     return result
 
 
-# --- `tinyllm train`: a model from any text, outside DVC ---------------------------------------
-
-def check_data_path(data_path: str) -> None:
-    """A missing data path is an error that lists the text files under ./data/ instead."""
-    if Path(data_path).exists():
-        return
-    from tinyllm.corpus import text_files_under
-
-    found = text_files_under(Path("data")) if Path("data").is_dir() else []
-    if found:
-        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
-        hint = f"text files under ./data/: {', '.join(map(str, found[:10]))}{more}"
-    else:
-        hint = "no text files under ./data/ either"
-    raise TinyLLMError(f"data file not found: {data_path}; {hint}")
-
-
-def model_name_for(data_path: str) -> str:
-    """my_text.txt -> my_text; a directory -> its name; odd characters become '_'."""
-    path = Path(data_path).resolve()
-    stem = path.name if path.is_dir() else path.stem
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "model"
-
-
-def adhoc_params(data_path: str, name: str, register: bool, overrides: dict) -> Params:
-    """./params.yaml (or the built-in defaults) training on data_path under the registry name
-    `name`, tracked if `register`, with overrides ({params key: value}) on top, validated.
-
-    data.val_fraction sets test_fraction too: one option holds out the same share for each.
-    """
-    from tinyllm.config import load_params_or_defaults, params_from_dict, set_keys
-
-    raw = asdict(load_params_or_defaults())
-    raw["data"]["corpus"] = data_path
-    raw["tracking"]["registry_name"] = name
-    raw["tracking"]["enabled"] = register
-    set_keys(raw, overrides)
-    if "data.val_fraction" in overrides:
-        raw["data"]["test_fraction"] = overrides["data.val_fraction"]
-    return params_from_dict(raw, "params.yaml and options")
-
-
-def set_aside_checkpoint(checkpoints: Path, resume: bool) -> Path | None:
-    """--resume needs the checkpoint; a fresh start moves it aside (never deletes it) and
-    returns where to."""
-    from tinyllm.io import set_aside
-    from tinyllm.training.state import CHECKPOINT_FILE
-
-    checkpoint = checkpoints / CHECKPOINT_FILE
-    if resume:
-        if not checkpoint.exists():
-            raise TinyLLMError(f"--resume: no checkpoint at {checkpoint}; drop --resume to start "
-                               "afresh (or check --output-dir/--name)")
-        return None
-    return set_aside(checkpoint) if checkpoint.exists() else None
-
-
 def run_stage(step) -> None:
     """Entry point of a DVC stage script: params.yaml in, the default Layout, clean errors."""
     from tinyllm.config import load_params
@@ -389,54 +294,6 @@ def run_stage(step) -> None:
 
 
 RESTORE_COMMAND = "tinyllm restore"
-
-
-@dataclass(frozen=True)
-class Restored:
-    uri: str  # the model URI restored
-    version: str | None  # its registered version, when it names one
-    paths: tuple[Path, ...]  # what was written: the model package, and the run handoff if new
-
-
-def restore(model_uri: str | None, layout: Layout, tracking_uri: str | None = None) -> Restored:
-    """Write layout.model (and layout.run_handoff, for evaluate) back from the MLflow registry,
-    after `dvc exp run` deleted them (removed_model_hint). Never over an existing model.
-
-    model_uri defaults to models:/NAME/latest, NAME being tracking.registry_name of params.yaml.
-    """
-    from tinyllm.io import replace_directory, staging_directory
-    from tinyllm.tracking.registry import resolve_model_uri
-    from tinyllm.tracking.runs import TrackedRun
-    from tinyllm.tracking.store import Store
-
-    if layout.model.exists():
-        raise TinyLLMError(f"{layout.model} exists; move it aside to restore another model")
-    uri = model_uri or f"models:/{_registry_name(layout.root / 'params.yaml')}/latest"
-    store = Store(tracking_uri)
-    model = resolve_model_uri(uri, store)
-    staging = staging_directory(layout.model)
-    shutil.copytree(model.path, staging, dirs_exist_ok=True)
-    replace_directory(staging, layout.model)
-    paths = [layout.model]
-    if model.run_id and not layout.run_handoff.exists():
-        run = store.client.get_run(model.run_id)
-        experiment = store.client.get_experiment(run.info.experiment_id).name
-        TrackedRun(store, model.run_id, experiment).write_handoff(layout.run_handoff)
-        paths.append(layout.run_handoff)
-    return Restored(uri, model.version, tuple(paths))
-
-
-def _registry_name(params_file: Path) -> str:
-    """tracking.registry_name of params.yaml, read leniently: after a refused `dvc exp run`
-    the file still holds the refused value, which must not stop the restore."""
-    import yaml
-
-    from tinyllm.config import TrackingConfig
-
-    try:
-        return str(yaml.safe_load(params_file.read_text("utf-8"))["tracking"]["registry_name"])
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
-        return TrackingConfig.registry_name
 
 
 def removed_model_hint(layout: Layout) -> str | None:

@@ -63,6 +63,24 @@ def test_repro_builds_everything_then_reruns_only_what_a_param_touches(built_pro
     assert ran_stages(run(["dvc", "repro"], repo, env)) == set()
 
 
+def test_editing_a_server_cap_or_a_restore_message_leaves_dvc_status_clean(built_project,
+                                                                            tmp_path):
+    """Code no stage runs is in no stage's deps (tests/test_dvc_deps.py): changing it re-runs
+    nothing. Code every stage runs, config.py, re-runs them all."""
+    repo, env = copy_project(built_project.root, tmp_path / "project"), built_project.env
+    edits = {"tinyllm/serving/limits.py": ("SERVED_MAX_TOKENS = 2000", "SERVED_MAX_TOKENS = 999"),
+             "tinyllm/restore.py": ("move it aside to restore", "set it aside to restore")}
+    for name, (old, new) in edits.items():
+        text = (repo / name).read_text()
+        assert old in text
+        (repo / name).write_text(text.replace(old, new))
+    assert json.loads(run(["dvc", "status", "--json"], repo, env)) == {}
+    with open(repo / "tinyllm/config.py", "a") as config:
+        config.write("# an edit\n")
+    assert set(json.loads(run(["dvc", "status", "--json"], repo, env))) == set(
+        yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+
+
 def test_bad_params_stop_the_stage_with_one_line_naming_the_key(project):
     repo, env = project
     raw = tiny_params("data/raw/tiny")

@@ -1,29 +1,9 @@
-"""`tinyllm serve`: an OpenAI-compatible HTTP server for a model, streaming included.
+"""The FastAPI app a `tinyllm serve` worker runs: OpenAI's /v1/models, /v1/completions and
+/v1/chat/completions, whole or streamed as server-sent events. What a request may ask and what it
+gets back is docs/serving.md; here are the routes, the error handlers and the replies' shapes.
 
-    GET  /v1/models              the model served (its id is what requests name as `model`)
-    POST /v1/completions         prompt -> continuation
-    POST /v1/chat/completions    messages -> reply; see chat_prompt for how they become a prompt
-
-Requests take the sampling settings of tinyllm.config.SamplingConfig under the same names and
-defaults (max_tokens, temperature, top_k, top_p, min_p, frequency_penalty, presence_penalty,
-seed), plus stop, n, stream and logprobs (chat: logprobs and top_logprobs). They speak the
-dialect OpenAI's clients send: null for any field means its default, chat's
-max_completion_tokens is max_tokens, content may be a list of text parts, user is ignored, and
-a field that cannot be honoured (tools, images, JSON modes) is refused naming it unless its
-value asks for nothing (`tools: []`, `response_format: {"type": "text"}`). A request without
-a seed draws a fresh one; every response (and every streamed chunk) names it as `seed`, so
-sending it back replays the reply. Log-probabilities are those of the distribution each
-character was drawn from (tinyllm.generate.sampling_logits: after the penalties, the temperature
-and top-k/top-p/min-p; at temperature 0 the model's own, penalised), so a character those
-filters removed is never listed. With `stream: true` the reply is server-sent events,
-`data: {json}` chunks ending in `data: [DONE]`. usage counts characters. Every response names
-the exact model version (`models:/NAME/VERSION`).
-
-Concurrent requests share one model through batching.Decoder: one forward pass per step
-for every sequence in flight, each giving exactly what `tinyllm generate` gives alone. When the
-alias (or /latest) a server serves moves, workers.py hands each worker the new version, and
-new requests get it without a restart. Bad requests get a 4xx in OpenAI's error shape
-naming the field; SIGTERM ends whatever is in flight and exits within seconds.
+Every request shares the worker's one batching.Decoder, and every error leaves in OpenAI's error
+shape, never as a traceback.
 """
 
 from __future__ import annotations
@@ -45,9 +25,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from tinyllm.config import Limits
 from tinyllm.serving.balancing import SharedLoads
-from tinyllm.serving.jobs import Job, Models, Piece, chat_logprobs, completion_logprobs
+from tinyllm.serving.jobs import Job, Piece, ServedModel, chat_logprobs, completion_logprobs
+from tinyllm.serving.limits import Limits
 from tinyllm.serving.requests import (
     BaseRequest,
     ChatRequest,
@@ -61,18 +41,6 @@ from tinyllm.serving.requests import (
 )
 
 log = logging.getLogger(__name__)
-
-
-# --- requests -----------------------------------------------------------------------------------
-
-
-# --- the model served ---------------------------------------------------------------------------
-
-
-# --- one request's generations ------------------------------------------------------------------
-
-
-# --- the app ------------------------------------------------------------------------------------
 
 UNION_MEMBERS = re.compile(r"^(str|int|float|bool|.*\[.*\])$")  # pydantic's tags in a loc
 
@@ -148,15 +116,15 @@ class Wakeups:
         yield
 
 
-def create_app(models: Models, limits: Limits) -> FastAPI:
+def create_app(model: ServedModel, limits: Limits) -> FastAPI:
     """The HTTP app: errors in OpenAI's shape, the info routes and the two generation routes."""
     wakeups = Wakeups()
-    models.after_step = wakeups.after_step
+    model.after_step = wakeups.after_step
     app = FastAPI(title="tinyllm", docs_url=None, redoc_url=None, lifespan=wakeups.lifespan)
     add_error_handlers(app)
     app.add_middleware(BoundedBody, max_bytes=limits.max_body_bytes)
-    add_info_routes(app, models)
-    add_generation_routes(app, Generation(models, limits, wakeups))
+    add_info_routes(app, model)
+    add_generation_routes(app, Generation(model, limits, wakeups))
     return app
 
 
@@ -182,16 +150,16 @@ def add_error_handlers(app: FastAPI) -> None:
                                        kind="server_error"), 500)
 
 
-def add_info_routes(app: FastAPI, models: Models) -> None:
+def add_info_routes(app: FastAPI, model: ServedModel) -> None:
     @app.get("/health")
     async def health():
         """For load balancers and tests: up, what it serves, sequences in flight."""
-        served = models.current
+        served = model.current
         return {"status": "ok", "model": served.uri, "active": served.decoder.in_flight}
 
     @app.get("/v1/models")
     async def list_models():
-        served = models.current
+        served = model.current
         return {"object": "list", "data": [
             {"id": served.id, "object": "model", "created": 0, "owned_by": "tinyllm",
              "version": served.uri}]}
@@ -201,13 +169,13 @@ def add_info_routes(app: FastAPI, models: Models) -> None:
 class Generation:
     """What both generation routes share: checking a request into a Job, and the reply."""
 
-    models: Models
+    model: ServedModel
     limits: Limits
     wakeups: Wakeups
 
     def start(self, body: SampledRequest, prompts: list[str], param: str,
               top_logprobs: int | None) -> Job:
-        served = self.models.check_name(body.model)
+        served = self.model.check_name(body.model)
         settings = settings_of(body, self.limits)
         for prompt in prompts:
             if len(prompt) > self.limits.max_prompt_chars:
@@ -311,25 +279,25 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def describe(models: Models) -> str:
+def describe(model: ServedModel) -> str:
     """What a server serves, for its start-up line."""
-    return f"{models.current.uri} (model '{models.current.id}')"
+    return f"{model.current.uri} (model '{model.current.id}')"
 
 
-def load(resolved, device: str) -> Models:
+def load(resolved, device: str) -> ServedModel:
     """The model to serve, its decoder started."""
     import torch
 
     torch.set_num_threads(1)  # one small matmul at a time: more threads only contend
-    return Models(resolved, device)
+    return ServedModel(resolved, device)
 
 
-def run(models: Models, limits: Limits, listener: socket.socket, loads: SharedLoads) -> None:
-    """Serve models over HTTP on listener (a bound socket, shared by the workers whose open
+def run(model: ServedModel, limits: Limits, listener: socket.socket, loads: SharedLoads) -> None:
+    """Serve the model over HTTP on listener (a bound socket, shared by the workers whose open
     connections loads counts) until SIGTERM/SIGINT."""
-    config = uvicorn.Config(create_app(models, limits), log_level="warning", access_log=False,
+    config = uvicorn.Config(create_app(model, limits), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=2, lifespan="on")
     try:
-        _Server(config, models.stop).run(sockets=[loads.listener(listener)])
+        _Server(config, model.stop).run(sockets=[loads.listener(listener)])
     finally:
-        models.stop()
+        model.stop()

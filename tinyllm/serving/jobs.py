@@ -1,4 +1,4 @@
-"""The models a worker serves and the jobs that generate for requests: one Job a request,
+"""The model a worker serves and the jobs that generate for requests: one Job a request,
 its choices decoded together by the shared batching.Decoder, streamed as Pieces with their
 log-probabilities."""
 
@@ -37,7 +37,7 @@ class Served:
         return pinned_uri(self.loaded.source)
 
 
-class Models:
+class ServedModel:
     """The model a server serves: a resolved model, then each newer version it is given (an
     alias or /latest that moved)."""
 

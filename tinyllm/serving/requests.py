@@ -10,8 +10,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from tinyllm.config import SEED_MAX, Limits, SamplingConfig
+from tinyllm.config import SEED_MAX, SamplingConfig
 from tinyllm.errors import TinyLLMError
+from tinyllm.serving.limits import Limits
 
 
 class RequestError(Exception):

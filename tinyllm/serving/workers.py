@@ -16,9 +16,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tinyllm.config import Limits
 from tinyllm.errors import TinyLLMError
 from tinyllm.serving.balancing import LOADING, SharedLoads
+from tinyllm.serving.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -173,14 +173,14 @@ def _worker(options: ServeOptions, listener: socket.socket, pipe, loads: SharedL
     except EOFError:
         return  # the parent is gone
     try:
-        models = app.load(resolved, options.device)
+        model = app.load(resolved, options.device)
     except Exception as exc:
         _tell(pipe, (user_error_message(exc) or f"worker failed: {exc!r}", None))
         raise SystemExit(1) from None
-    if not _tell(pipe, (None, app.describe(models))):
+    if not _tell(pipe, (None, app.describe(model))):
         return
-    threading.Thread(target=_listen, args=(pipe, models), daemon=True).start()
-    app.run(models, options.limits, listener, loads)
+    threading.Thread(target=_listen, args=(pipe, model), daemon=True).start()
+    app.run(model, options.limits, listener, loads)
 
 
 def _tell(pipe, message) -> bool:
@@ -192,14 +192,14 @@ def _tell(pipe, message) -> bool:
         return False
 
 
-def _listen(pipe, models) -> None:
+def _listen(pipe, model) -> None:
     """Serve each newer version the parent sends. SIGTERM this worker once the parent is gone,
     even killed by SIGKILL: its end of the pipe closes."""
     with contextlib.suppress(EOFError, OSError):
         while True:
             resolved = pipe.recv()
             try:
-                models.swap(resolved)
+                model.swap(resolved)
             except Exception as exc:  # keep serving the current one
                 log.warning("could not load %s: %s", resolved.uri, exc)
     os.kill(os.getpid(), signal.SIGTERM)

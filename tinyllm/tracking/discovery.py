@@ -12,12 +12,19 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from tinyllm.config import TrackingConfig
+from tinyllm.corpus import TEST
 from tinyllm.errors import TinyLLMError
+from tinyllm.layout import Layout, evaluation_of
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REGISTRY_NAME, DEFAULT_ALIAS = "shakespeare", "champion"
-LOCAL_MODEL = Path("models/model")  # what `dvc repro` leaves in the project
+LOCAL_MODEL = Layout().model  # what `dvc repro` leaves in the project
+# Every form load_model takes, and what it loads without one: the CLI's --model-uri help.
+MODEL_URI_FORMS = ("models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, "
+                   "runs:/RUN_ID/PATH or a model package directory")
+MODEL_URI_HELP = (f"{MODEL_URI_FORMS}. Default: the champion of the model named in "
+                  f"./params.yaml, else its latest version, else ./{LOCAL_MODEL}.")
 
 
 def open_store(explicit_uri: str | None):
@@ -38,7 +45,9 @@ def registry_defaults() -> tuple[str, str, str]:
 
         tracking = load_params("params.yaml").tracking
         return tracking.registry_name, tracking.champion_alias, "./params.yaml"
-    return DEFAULT_REGISTRY_NAME, DEFAULT_ALIAS, "the default, no ./params.yaml here"
+    defaults = TrackingConfig()
+    return (defaults.registry_name, defaults.champion_alias,
+            "the default, no ./params.yaml here")
 
 
 def discover_model(store, store_uri: str) -> tuple[str, str]:
@@ -66,9 +75,8 @@ def discover_model(store, store_uri: str) -> tuple[str, str]:
 
 def load_model(uri: str | None = None, device: str = "cpu", tracking_uri: str | None = None,
                notify: Callable[[str], None] = log.info, compile: bool = False):
-    """The one model loader: a LoadedModel for any form the CLI takes (models:/NAME/VERSION,
-    models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH, a package directory), or for
-    None the discovered one (notify says which and why). loaded.source says where it came from
+    """The one model loader: a LoadedModel for any of MODEL_URI_FORMS, or for None the
+    discovered one (notify says which and why). loaded.source says where it came from
     (a registry.ResolvedModel). compile: torch.compile it for generation."""
     return load_resolved(resolve(uri, tracking_uri, notify), device, compile)
 
@@ -120,8 +128,11 @@ def newer(resolved, tracking_uri: str | None = None):
     return resolve_model_uri(resolved.uri, store)
 
 
-def test_bits_per_char(loaded, tracking_uri: str | None = None) -> float | None:
-    """From the registered version's tag, the run's metric, the package or its eval/ folder."""
+def recorded_test_bits(loaded, tracking_uri: str | None = None) -> float | None:
+    """The test bits/char recorded for a loaded model: the registered version's tag, the run's
+    metric, the package's meta or the evaluation beside it; None when none holds it."""
+    from tinyllm.tracking.runs import eval_metric
+
     resolved = loaded.source
     try:
         store = open_store(tracking_uri)[0] if resolved.name or resolved.run_id else None
@@ -131,14 +142,14 @@ def test_bits_per_char(loaded, tracking_uri: str | None = None) -> float | None:
                 return float(tags["test_bits_per_char"])
         if store is not None and resolved.run_id:
             metric = store.client.get_run(resolved.run_id).data.metrics.get(
-                "eval_test_bits_per_char")
+                eval_metric(TEST, "bits_per_char"))
             if metric is not None:
                 return float(metric)
         if "test_bits_per_char" in loaded.meta:
             return float(loaded.meta["test_bits_per_char"])
-        metrics = Path(resolved.path).parent / "eval" / "metrics.json"  # models/model's sibling
+        metrics = evaluation_of(resolved.path)
         if metrics.is_file():
-            return float(json.loads(metrics.read_text())["test"]["bits_per_char"])
+            return float(json.loads(metrics.read_text())[TEST]["bits_per_char"])
     except Exception as exc:  # a missing figure must not stop a chat
         log.debug("no test bits/char: %s", exc)
     return None

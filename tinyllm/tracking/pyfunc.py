@@ -21,10 +21,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from mlflow.pyfunc import PythonModel
 
-from tinyllm.config import SERVED_MAX_TOKENS as MAX_TOKENS
-from tinyllm.config import SERVED_REQUEST_SECONDS as REQUEST_SECONDS
 from tinyllm.config import SamplingConfig
 from tinyllm.errors import TinyLLMError
+from tinyllm.serving.limits import SERVED_MAX_TOKENS as MAX_TOKENS
+from tinyllm.serving.limits import SERVED_REQUEST_SECONDS as REQUEST_SECONDS
 
 
 def _server_stopping() -> bool:

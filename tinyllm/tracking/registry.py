@@ -1,5 +1,5 @@
-"""The model registry and model URIs: which package models:/NAME/VERSION, models:/NAME@ALIAS,
-models:/NAME/latest, runs:/RUN_ID/PATH or a directory names, downloaded when it must be."""
+"""The model registry and model URIs: which package a model URI (discovery.MODEL_URI_FORMS)
+names, downloaded when it must be."""
 
 from __future__ import annotations
 
@@ -172,8 +172,7 @@ def _run_source(store: Store, run, uri: str, inner: str) -> str:
 
 
 def resolve_model_uri(uri: str, store: Store | None = None) -> ResolvedModel:
-    """A local package directory for models:/NAME/VERSION, models:/NAME@ALIAS,
-    models:/NAME/latest, runs:/RUN_ID/PATH, or a local directory."""
+    """The local package directory a model URI (discovery.MODEL_URI_FORMS) names."""
     if "://" not in uri and ":/" not in uri:
         path = Path(uri).expanduser()
         if not path.is_dir():

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from tinyllm.config import Params, SamplingConfig
-from tinyllm.io import atomic_write_json
+from tinyllm.config import Params, SamplingConfig, TrackingConfig
+from tinyllm.io import atomic_write_json, file_sha256
 from tinyllm.tracking.store import Store, project_root
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,11 @@ PACKAGE_CODE = Path(__file__).parents[1]  # tinyllm's source, logged with the mo
 TRAINING_SAMPLES = "training_samples.json"  # MLflow table of samples taken while training
 STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_sec", "grad_norm")
 EVAL_METRIC_PREFIX = "eval_"  # eval_test_loss, eval_val_bits_per_char, ...
+
+
+def eval_metric(split: str, measure: str) -> str:
+    """The MLflow metric evaluate logs for one measure of a split (evaluation.scoring's keys)."""
+    return f"{EVAL_METRIC_PREFIX}{split}_{measure}"
 
 
 # --- names and tags -----------------------------------------------------------------------------
@@ -250,7 +255,7 @@ class TrackedRun:
 
     def register(self, package_dir: Path, name: str, test_loss: float,
                  test_bits_per_char: float, data_fingerprint: str,
-                 alias: str = "champion") -> Registration:
+                 alias: str = TrackingConfig.champion_alias) -> Registration:
         """Log the package as a pyfunc MLflow Model and register it, unless these exact weights
         are registered already; move the alias when the test loss beats the current holder's."""
         client = self.store.client
@@ -366,14 +371,6 @@ class StepLogger:
 
 
 # --- the registered model -----------------------------------------------------------------------
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def signature():
     """Prompts in, continuations out; params: every sampling setting with its default."""

@@ -12,15 +12,19 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from tinyllm.corpus import TEST
 from tinyllm.errors import TinyLLMError
+from tinyllm.tracking.runs import eval_metric
 
 RECIPE_SECTIONS = ("data.", "tokenizer.", "model.", "train.")
 CORPUS = "data.corpus"  # recipes on different corpora are never compared: one table each
-TEST_LOSS, TEST_BITS = "eval_test_loss", "eval_test_bits_per_char"
+TEST_LOSS, TEST_BITS = eval_metric(TEST, "loss"), eval_metric(TEST, "bits_per_char")
 
 
 @dataclass
-class Recipe:
+class RunGroup:
+    """The runs of one recipe: they agree on every recipe key but the swept-over one."""
+
     params: dict[str, str]  # every recipe key, the swept-over one excluded
     runs: dict[str, object] = field(default_factory=dict)  # swept value -> its latest run
 
@@ -53,48 +57,48 @@ def experiment_runs(tracking_uri: str | None, experiment: str) -> tuple[list, st
             return everything, uri
 
 
-def group_runs(runs, over: str) -> list[Recipe]:
+def group_runs(runs, over: str) -> list[RunGroup]:
     """Finished runs with a test loss, grouped by recipe, best mean test loss first. A value of
     `over` run twice in one recipe counts once: its latest run."""
-    recipes: dict[tuple, Recipe] = {}
+    groups: dict[tuple, RunGroup] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
         if run.info.status != "FINISHED" or TEST_LOSS not in run.data.metrics:
             continue
         params = {k: v for k, v in run.data.params.items()
                   if k.startswith(RECIPE_SECTIONS) and k != over}
-        recipe = recipes.setdefault(tuple(sorted(params.items())), Recipe(params))
-        recipe.runs[run.data.params.get(over, "?")] = run
-    return sorted(recipes.values(), key=lambda r: r.summary(TEST_LOSS)[0])
+        group = groups.setdefault(tuple(sorted(params.items())), RunGroup(params))
+        group.runs[run.data.params.get(over, "?")] = run
+    return sorted(groups.values(), key=lambda g: g.summary(TEST_LOSS)[0])
 
 
-def by_corpus(recipes: list[Recipe]) -> dict[str, list[Recipe]]:
-    """The recipes of each corpus, best first; corpora in the order of their best recipe."""
-    groups: dict[str, list[Recipe]] = {}
-    for recipe in recipes:
-        groups.setdefault(recipe.params.get(CORPUS, "?"), []).append(recipe)
-    return groups
+def by_corpus(groups: list[RunGroup]) -> dict[str, list[RunGroup]]:
+    """The groups of each corpus, best first; corpora in the order of their best group."""
+    corpora: dict[str, list[RunGroup]] = {}
+    for group in groups:
+        corpora.setdefault(group.params.get(CORPUS, "?"), []).append(group)
+    return corpora
 
 
-def varying_keys(recipes: list[Recipe]) -> list[str]:
-    """The recipe keys whose values differ between recipes: what the sweep changed."""
-    keys = sorted({k for r in recipes for k in r.params})
-    return [k for k in keys if len({r.params.get(k) for r in recipes}) > 1]
+def varying_keys(groups: list[RunGroup]) -> list[str]:
+    """The recipe keys whose values differ between groups: what the sweep changed."""
+    keys = sorted({k for g in groups for k in g.params})
+    return [k for k in keys if len({g.params.get(k) for g in groups}) > 1]
 
 
 def plus_minus(mean: float, sd: float | None) -> str:
     return f"{mean:.4f} ± {sd:.4f}" if sd is not None else f"{mean:.4f}"
 
 
-def as_dicts(recipes: list[Recipe], over: str) -> list[dict]:
-    keys = varying_keys(recipes)
+def as_dicts(groups: list[RunGroup], over: str) -> list[dict]:
+    keys = varying_keys(groups)
     out = []
-    for recipe in recipes:
-        loss, loss_sd = recipe.summary(TEST_LOSS)
-        bits, bits_sd = recipe.summary(TEST_BITS)
-        out.append({"corpus": recipe.params.get(CORPUS), "over": over,
-                    "recipe": {k: recipe.params.get(k) for k in keys},
-                    "values": list(recipe.runs), "runs": len(recipe.runs),
-                    "run_ids": [r.info.run_id for r in recipe.runs.values()],
+    for group in groups:
+        loss, loss_sd = group.summary(TEST_LOSS)
+        bits, bits_sd = group.summary(TEST_BITS)
+        out.append({"corpus": group.params.get(CORPUS), "over": over,
+                    "recipe": {k: group.params.get(k) for k in keys},
+                    "values": list(group.runs), "runs": len(group.runs),
+                    "run_ids": [r.info.run_id for r in group.runs.values()],
                     "test_loss_mean": loss, "test_loss_sd": loss_sd,
                     "test_bits_per_char_mean": bits, "test_bits_per_char_sd": bits_sd})
     return out

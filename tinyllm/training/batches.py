@@ -6,8 +6,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tinyllm.config import TrainConfig
 from tinyllm.errors import TinyLLMError
 from tinyllm.training import distributed
+
+
+def tokens_per_step(cfg: TrainConfig, context_length: int) -> int:
+    """Tokens one optimizer step trains on: its windows (every micro-batch's) times their length."""
+    return cfg.batch_size * cfg.grad_accum_steps * context_length
 
 
 class WindowSampler:

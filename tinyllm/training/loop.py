@@ -28,12 +28,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tinyllm.config import TrainConfig, warmup_for
+from tinyllm.config import TrainConfig
 from tinyllm.devices import autocast_for, seconds, select_device
 from tinyllm.errors import TinyLLMError
 from tinyllm.model import GPT, GPTConfig, compiled
@@ -43,15 +44,30 @@ from tinyllm.training.batches import (
     check_batch_split,
     check_split_lengths,
     fixed_windows,
+    tokens_per_step,
 )
 from tinyllm.training.optimizer import make_optimizer, optimizer_step
-from tinyllm.training.plan import Pace, StepPlan, lr_at
+from tinyllm.training.plan import Pace, StepPlan, lr_at, warmup_for
 from tinyllm.training.state import CHECKPOINT_FILE, RunState, load_checkpoint, run_fingerprint
 
 log = logging.getLogger(__name__)
 
 # A budget's calibration times at least this many steps, and as many as fill this many seconds.
 CALIBRATION_STEPS, CALIBRATION_SEC = 3, 1.0
+
+
+class StoppedBy(str, Enum):
+    """Why a run stopped: TrainResult.stopped_by, and `stopped_by` in summary.json and the MLflow
+    tag, as the value's string (docs/training-budget.md#when-the-run-stops)."""
+
+    MAX_STEPS = "max_steps"  # no budget: train.max_steps
+    PLANNED_STEPS = "planned_steps"  # the end of a budget's plan
+    DATA_LIMITED = "data_limited"  # validation stalled: the final decay, maybe to its bottom
+    TIME_BUDGET = "time_budget"  # no time left for a step and the final evaluation
+    DEADLINE = "deadline"  # past the budget before that evaluation: the best weights stand
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -75,7 +91,7 @@ class TrainResult:
     best_val_loss: float
     best_step: int
     elapsed_sec: float  # the whole run's training seconds, sessions before a resume included
-    stopped_by: str  # see _Loop.train
+    stopped_by: StoppedBy
     resumed_from: int
     plan: StepPlan
     history: list[dict] = field(default_factory=list)
@@ -92,7 +108,6 @@ class TrainingInterrupted(TinyLLMError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
-
 
 
 @contextlib.contextmanager
@@ -133,10 +148,10 @@ def estimate_loss(model: GPT, batches, batch_size: int, autocast) -> float:
 
 
 def fit(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
-          val_tokens: np.ndarray, *, checkpoint_dir: Path | None = None,
-          data_fingerprint: str = "", callbacks: Iterable[Callable[[StepMetrics], None]] = (),
-          plan: StepPlan | None = None, clock: Callable[[], float] = time.monotonic
-          ) -> TrainResult:
+        val_tokens: np.ndarray, *, checkpoint_dir: Path | None = None,
+        data_fingerprint: str = "", callbacks: Iterable[Callable[[StepMetrics], None]] = (),
+        plan: StepPlan | None = None, clock: Callable[[], float] = time.monotonic
+        ) -> TrainResult:
     """Train a GPT from scratch or from this run's checkpoint; returns the best model.
 
     A budgeted run calibrates its plan and follows `clock` (seconds); a sweep that plans as
@@ -205,8 +220,8 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
     val_batches = tuple(t.to(device) for t in fixed_windows(
         val_tokens, model_cfg.context_length, cfg.eval_batches * cfg.batch_size, rows))
     started = clock()  # the budget counts from here: calibration, steps, evaluations
-    run = _start_or_resume(checkpoint_path, fingerprint, model, optimizer, sampler, cfg)
-    spent_before = run.train_seconds
+    state = _start_or_resume(checkpoint_path, fingerprint, model, optimizer, sampler, cfg)
+    spent_before = state.train_seconds
 
     def validate(net: GPT = model) -> float:
         """Each rank scores its share of the fixed batches; all agree on the mean."""
@@ -217,47 +232,46 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
         """Seconds this run has trained, sessions before a resume included."""
         return spent_before + clock() - started
 
-    if run.plan is None and plan is not None:
-        run.plan = plan
-    elif run.plan is None:
-        run.plan = _first_plan(model, cfg, train_tokens, rows, device, validate, callbacks,
+    if state.plan is None and plan is not None:
+        state.plan = plan
+    elif state.plan is None:
+        state.plan = _first_plan(model, cfg, train_tokens, rows, device, validate, callbacks,
                                elapsed)
-    loop = _Loop(cfg, model, optimizer, sampler, device, autocast, run, validate, elapsed,
-                 clock, callbacks, tokens_per_step=cfg.batch_size * cfg.grad_accum_steps
-                 * model_cfg.context_length)
+    loop = _Loop(cfg, model, optimizer, sampler, device, autocast, state, validate, elapsed,
+                 clock, callbacks, tokens_per_step(cfg, model_cfg.context_length))
 
     def checkpoint() -> None:
         if checkpoint_path is not None and distributed.is_main():
-            run.train_seconds = elapsed()
-            run.save(checkpoint_path, fingerprint, model, optimizer, sampler)
+            state.train_seconds = elapsed()
+            state.save(checkpoint_path, fingerprint, model, optimizer, sampler)
 
-    resumed_from = run.step
+    resumed_from = state.step
     stopped_by = loop.train(checkpoint, checkpoint_path)
-    if run.best is not None:
-        model.load_state_dict(run.best)
+    if state.best is not None:
+        model.load_state_dict(state.best)
     model.eval()
-    return TrainResult(model=model, steps=run.step, tokens_seen=run.tokens_seen,
-                       best_val_loss=run.best_val, best_step=run.best_step,
+    return TrainResult(model=model, steps=state.step, tokens_seen=state.tokens_seen,
+                       best_val_loss=state.best_val, best_step=state.best_step,
                        elapsed_sec=elapsed(), stopped_by=stopped_by, resumed_from=resumed_from,
-                       plan=run.plan, history=run.history)
+                       plan=state.plan, history=state.history)
 
 
 def _start_or_resume(checkpoint_path: Path | None, fingerprint: str, model: GPT, optimizer,
                      sampler: WindowSampler, cfg: TrainConfig) -> RunState:
     """This run's checkpoint restored into the modules, else a fresh RunState; every rank must
     have found the same one."""
-    state = load_checkpoint(checkpoint_path, fingerprint) if checkpoint_path else None
-    run = RunState() if state is None else RunState.restore(state, model, optimizer, sampler,
-                                                             cfg)
-    if state is not None:
-        log.info("resuming from %s at step %d of %d", checkpoint_path, run.step, run.plan.steps)
-    if not distributed.agree(run.step):
+    saved = load_checkpoint(checkpoint_path, fingerprint) if checkpoint_path else None
+    state = RunState() if saved is None else RunState.restore(saved, model, optimizer, sampler,
+                                                              cfg)
+    if saved is not None:
+        log.info("resuming from %s at step %d of %d", checkpoint_path, state.step, state.plan.steps)
+    if not distributed.agree(state.step):
         raise TinyLLMError(f"the training processes found different checkpoints in "
                            f"{checkpoint_path.parent}: every rank must see rank 0's checkpoint "
                            f"directory (use a shared filesystem)")
     if distributed.rank() > 0:  # its own dropout masks; rank 0's RNG state is the checkpoint's
-        torch.manual_seed(cfg.seed + 7919 * distributed.rank() + run.step)
-    return run
+        torch.manual_seed(cfg.seed + 7919 * distributed.rank() + state.step)
+    return state
 
 
 def _first_plan(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: slice,
@@ -273,9 +287,8 @@ def _first_plan(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: sl
             rehearse(net)
 
     step_sec, eval_sec = calibrate(model, cfg, train_tokens, rows, device, evaluation)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * model.config.context_length
-    plan = StepPlan.for_budget(cfg, elapsed(), step_sec, eval_sec,
-                               epoch_steps=len(train_tokens) / tokens_per_step)
+    plan = StepPlan.for_budget(cfg, elapsed(), step_sec, eval_sec, epoch_steps=len(
+        train_tokens) / tokens_per_step(cfg, model.config.context_length))
     # Every rank takes the shortest plan (and its warm-up), so all stop at the same step.
     steps = -distributed.max_over_ranks(-plan.steps)[0]
     plan = replace(plan, steps=steps, warmup_steps=warmup_for(cfg.warmup_steps, steps),
@@ -296,33 +309,30 @@ class _Loop:
     sampler: WindowSampler
     device: torch.device
     autocast: Callable
-    run: RunState
+    state: RunState
     validate: Callable[[], float]
     elapsed: Callable[[], float]
     clock: Callable[[], float]
     callbacks: list
     tokens_per_step: int
 
-    def train(self, checkpoint: Callable[[], None], checkpoint_path: Path | None) -> str:
+    def train(self, checkpoint: Callable[[], None], checkpoint_path: Path | None) -> StoppedBy:
         """Steps until the plan ends, the deadline comes or a signal arrives; returns why it
-        stopped: max_steps, planned_steps, data_limited (validation stalled, the decay was brought
-        forward, and may have ended at its bottom), time_budget (the clock stopped it, with a
-        final evaluation) or deadline (past the budget before that evaluation: the best weights
-        so far stand, unevaluated again)."""
-        run, cfg = self.run, self.cfg
+        stopped."""
+        state, cfg = self.state, self.cfg
         net = distributed.data_parallel(self.model, self.device)  # the model itself, plainly
         step_fn = compiled(net) if cfg.compile else net
-        pace = Pace(run.plan.step_sec, run.plan.eval_sec)
+        pace = Pace(state.plan.step_sec, state.plan.eval_sec)
         for callback in self.callbacks:  # the run so far (a checkpoint's on resume), the model
             if hasattr(callback, "on_start"):
-                callback.on_start(run.history, self.model)
+                callback.on_start(state.history, self.model)
         self.model.train()
         with stop_requests() as stop:
-            while run.step < run.plan.steps:
+            while state.step < state.plan.steps:
                 tick, started = time.perf_counter(), self.clock()
                 signum, stop_now, end = self._step(step_fn, stop, pace, tick)
-                saved = signum or stop_now or run.step % cfg.checkpoint_interval == 0 or (
-                    run.step == run.plan.steps)
+                saved = signum or stop_now or state.step % cfg.checkpoint_interval == 0 or (
+                    state.step == state.plan.steps)
                 if saved:
                     checkpoint()
                 if signum:
@@ -331,59 +341,60 @@ class _Loop:
                     where = (f"; checkpoint written to {checkpoint_path}" if checkpoint_path
                              else "")
                     raise TrainingInterrupted(f"training interrupted by signal {signum} at step "
-                                              f"{run.step}{where}", signum)
+                                              f"{state.step}{where}", signum)
                 if stop_now:
                     log.warning("train.time_budget_minutes (%g) reached at step %d of %d "
-                                "planned", cfg.time_budget_minutes, run.step, run.plan.steps)
+                                "planned", cfg.time_budget_minutes, state.step, state.plan.steps)
                     return stop_now
-                evaluated = run.history[-1].get("val_loss") is not None
+                evaluated = state.history[-1].get("val_loss") is not None
                 if evaluated or not saved:  # a checkpoint's write is not a step's pace
                     pace.observe(self.clock() - started, evaluated)
                 # Every rank moves its plan's end to the earliest any rank asks for.
-                run.plan = run.plan.ended_at(run.step, end) if end else run.plan
-        if run.plan.data_limited_at:
-            return "data_limited"
-        return "planned_steps" if run.plan.budget_sec else "max_steps"
+                state.plan = state.plan.ended_at(state.step, end) if end else state.plan
+        if state.plan.data_limited_at:
+            return StoppedBy.DATA_LIMITED
+        return StoppedBy.PLANNED_STEPS if state.plan.budget_sec else StoppedBy.MAX_STEPS
 
     def _step(self, step_fn, stop: list[int], pace: Pace, tick: float
-              ) -> tuple[int, str, int]:
+              ) -> tuple[int, StoppedBy | None, int]:
         """One optimizer step, its metrics and callbacks, and an evaluation when one is due.
 
-        Returns (a signal that arrived, why the run must stop now or "", the plan end the pace
+        Returns (a signal that arrived, why the run must stop now or None, the plan end the pace
         asks for or 0), agreed by every rank."""
-        run, cfg = self.run, self.cfg
-        lr = lr_at(run.step, cfg, run.plan)
+        state, cfg = self.state, self.cfg
+        lr = lr_at(state.step, cfg, state.plan)
         loss, grad_norm = optimizer_step(step_fn, self.model, self.optimizer, self.sampler, cfg,
                                          lr, self.device, self.autocast)
-        run.step += 1
-        run.tokens_seen += self.tokens_per_step
+        state.step += 1
+        state.tokens_seen += self.tokens_per_step
         elapsed = self.elapsed()
-        budget = run.plan.budget_sec or math.inf
-        wanted = pace.replanned(run.plan, run.step, elapsed, cfg).steps
+        budget = state.plan.budget_sec or math.inf
+        wanted = pace.replanned(state.plan, state.step, elapsed, cfg).steps
         # Out of time: another step and the final evaluation would not fit before the deadline.
         # A signal or the clock may reach the ranks at different steps: all stop together.
         signum, out_of_time, past_deadline, neg_end = distributed.max_over_ranks(
             stop[0] if stop else 0, elapsed + pace.step_sec + pace.eval_sec >= budget,
             elapsed >= budget, -wanted)
         metrics = StepMetrics(
-            step=run.step, train_loss=distributed.mean_over_ranks(loss), lr=lr,
+            step=state.step, train_loss=distributed.mean_over_ranks(loss), lr=lr,
             grad_norm=float(grad_norm), tokens_per_sec=self.tokens_per_step / (
-                time.perf_counter() - tick), tokens_seen=run.tokens_seen,
-            elapsed_sec=elapsed, planned_steps=run.plan.steps)
-        plan = run.plan
-        due = plan.evaluates_at(run.step)
+                time.perf_counter() - tick), tokens_seen=state.tokens_seen,
+            elapsed_sec=elapsed, planned_steps=state.plan.steps)
+        plan = state.plan
+        due = plan.evaluates_at(state.step)
         # Past the deadline, the best weights so far stand without a final evaluation.
-        if (due or out_of_time) and not (past_deadline and run.best is not None):
+        if (due or out_of_time) and not (past_deadline and state.best is not None):
             metrics.val_loss = self.validate()
-            run.evaluated(metrics.val_loss, self.model, self.optimizer)
-            if due and not out_of_time and run.stalled():
-                run.end_for_data()
-            elif run.past_decay_bottom():
-                run.end_at_decay_bottom()
-            run.rewind(self.model, self.optimizer)
-        run.history.append(asdict(metrics))
+            state.evaluated(metrics.val_loss, self.model, self.optimizer)
+            if due and not out_of_time and state.stalled():
+                state.end_for_data()
+            elif state.past_decay_bottom():
+                state.end_at_decay_bottom()
+            state.rewind(self.model, self.optimizer)
+        state.history.append(asdict(metrics))
         for callback in self.callbacks:
             callback(metrics)
-        stop_now = "deadline" if past_deadline else "time_budget" if out_of_time else ""
+        stop_now = (StoppedBy.DEADLINE if past_deadline else StoppedBy.TIME_BUDGET if out_of_time
+                    else None)
         end = -neg_end  # the pace's wish, unless validation just moved the plan
-        return signum, stop_now, end if run.plan is plan and end != plan.steps else 0
+        return signum, stop_now, end if state.plan is plan and end != plan.steps else 0

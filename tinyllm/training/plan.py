@@ -6,8 +6,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from tinyllm.config import TrainConfig, warmup_for
+from tinyllm.config import TrainConfig
 from tinyllm.errors import TinyLLMError
+
+
+def warmup_for(warmup_steps: int, steps: int) -> int:
+    """train.warmup_steps, capped at an eighth of the run's steps under every entry point
+    (docs/pipeline.md#paramsyaml), so that a short run keeps most of its steps for the decay."""
+    return min(warmup_steps, steps // 8)
 
 
 @dataclass(frozen=True)

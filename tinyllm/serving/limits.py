@@ -1,0 +1,24 @@
+"""The caps a server puts on every request, so that no request holds a worker for minutes:
+`tinyllm serve`'s options (docs/serving.md#limits-and-errors) and the MLflow Model's fixed ones
+(tracking/pyfunc.py).
+
+Not params.yaml knobs: no DVC stage depends on this file, so changing a cap re-runs nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SERVED_MAX_TOKENS = 2000  # at most config.MAX_TOKENS_CEILING, the most any generation asks for
+SERVED_REQUEST_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side caps (the `tinyllm serve` options)."""
+
+    max_tokens: int = SERVED_MAX_TOKENS  # per choice
+    request_seconds: float = SERVED_REQUEST_SECONDS  # then it ends with finish_reason "length"
+    max_prompt_chars: int = 100_000
+    max_body_bytes: int = 16 << 20
+    max_n: int = 16
