@@ -51,10 +51,20 @@ def sampling_logits(logits: torch.Tensor, settings: SamplingConfig,
         # OpenAI's definition: mu[j] - c[j] * frequency_penalty - (c[j] > 0) * presence_penalty
         logits = logits - (settings.frequency_penalty * counts
                            + settings.presence_penalty * (counts > 0))
+    if torch.isnan(logits).any():  # a broken model; never sample (or argmax) from NaN
+        raise FloatingPointError("the model's logits hold NaN")
     if settings.temperature == 0:
         return logits
-    return filter_logits(logits / settings.temperature, settings.top_k, settings.top_p,
-                         settings.min_p)
+    return filter_logits(tempered(logits, settings.temperature), settings.top_k,
+                         settings.top_p, settings.min_p)
+
+
+def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature for any temperature > 0, however small: shifted so that the largest
+    is 0 and divided in float64, so no logit becomes +inf (a softmax of inf is NaN) and a
+    temperature below float32's smallest number is not 0. The shift changes no probability."""
+    shifted = logits.double() - logits.max()
+    return (shifted / temperature).float()
 
 
 def pick(logits: torch.Tensor, settings: SamplingConfig, generator: torch.Generator) -> int:
