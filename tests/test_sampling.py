@@ -42,8 +42,8 @@ def test_every_surface_exposes_exactly_the_settings_and_defaults():
     assert option_defaults("generate") == DEFAULTS
     assert option_defaults("chat") == DEFAULTS
     assert {f.name for f in chat.KNOBS.values()} == set(DEFAULTS)
-    params = signature().params
-    assert {p.name: p.default for p in params} == DEFAULTS
+    params = signature().params  # MLflow fills in defaults: an unseeded request must not
+    assert {p.name: p.default for p in params} == {**DEFAULTS, "seed": None}  # get 1337
     evaluate = EvaluateConfig()
     assert {k: v for k, v in dataclasses.asdict(evaluate.sampling()).items()} == {
         **DEFAULTS, "top_p": 0.95}  # evaluate's own default
@@ -127,3 +127,26 @@ def test_nan_logits_are_an_error_not_a_draw():
     for temperature in (0.0, 0.8):
         with pytest.raises(FloatingPointError, match="logits hold NaN"):
             Sampler(SamplingConfig(temperature=temperature), 3).draw(logits)
+
+
+def test_the_mlflow_model_draws_fresh_seeds_and_its_errors_carry_no_traceback():
+    """MLflow answers an MlflowException with its message; any other exception with a 400
+    holding our traceback."""
+    from mlflow.exceptions import MlflowException
+
+    from tinyllm.tracking import pyfunc
+
+    assert len({pyfunc.settings_for({"seed": None}).seed for _ in range(5)}) > 1
+    assert pyfunc.settings_for({"seed": 7}).seed == 7
+
+    class Broken:
+        def stream(self, prompt, settings):
+            raise FloatingPointError("the model's logits hold NaN")
+            yield
+
+    model = pyfunc.TinyLLMModel()
+    model.loaded = Broken()
+    with pytest.raises(MlflowException, match="generation failed: FloatingPointError") as info:
+        model.predict(None, ["ROMEO:"])
+    assert info.value.get_http_status_code() == 500
+    assert "stack_trace" not in info.value.serialize_as_json()

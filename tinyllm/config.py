@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import secrets
 import types
 import typing
 from dataclasses import dataclass, field
@@ -104,6 +105,12 @@ class TrainConfig:
 
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+FRESH_SEEDS = 2**32  # an unseeded request draws its seed below this (exact in any JSON reader)
+
+
+def fresh_seed() -> int:
+    """The seed of a served request that gave none: a new one each time, as OpenAI does."""
+    return secrets.randbelow(FRESH_SEEDS)
 # Served requests (tinyllm serve's default caps, the MLflow model's fixed ones): no request may
 # hold a worker for minutes.
 SERVED_MAX_TOKENS = 2000

@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 
 # --- the app ------------------------------------------------------------------------------------
 
+DEGRADED_SECONDS = 60.0  # /health says degraded this long after a generation failed
 UNION_MEMBERS = re.compile(r"^(str|int|float|bool|.*\[.*\])$")  # pydantic's tags in a loc
 
 
@@ -185,9 +186,19 @@ def add_error_handlers(app: FastAPI) -> None:
 def add_info_routes(app: FastAPI, models: Models) -> None:
     @app.get("/health")
     async def health():
-        """For load balancers and tests: up, what it serves, sequences in flight."""
+        """For load balancers and tests: up, what it serves, sequences in flight, and whether
+        generation failed lately (degraded; it still serves) or cannot run (a 503)."""
         served = models.current
-        return {"status": "ok", "model": served.uri, "active": served.decoder.in_flight}
+        decoder = served.decoder
+        failures = decoder.failures
+        status = "ok"
+        if time.monotonic() - failures.last_at < DEGRADED_SECONDS:
+            status = "degraded"
+        if not decoder.running:
+            status = "unavailable"
+        body = {"status": status, "model": served.uri, "active": decoder.in_flight,
+                "failures": failures.count, "last_failure": failures.last_error}
+        return JSONResponse(body, 503 if status == "unavailable" else 200)
 
     @app.get("/v1/models")
     async def list_models():
@@ -228,6 +239,8 @@ class Generation:
             async for piece in job.pieces(request):
                 texts[piece.index] += piece.text
                 draws[piece.index] += piece.draws
+            if job.error:
+                return JSONResponse(_failed(job), 500)
             choices = [whole(Piece(i, text, 0, draws[i]), job.finish[i])
                        for i, text in enumerate(texts)]
             return {**head, "object": kind, "choices": choices, "usage": job.usage()}
@@ -245,12 +258,20 @@ async def _events(job: Job, body: BaseRequest, head: dict, chunk) -> AsyncIterat
                 yield f"data: {json.dumps({**head, 'choices': [first]})}\n\n"
         async for piece in job.pieces():
             done = job.finish[piece.index] if not piece.text else None
+            if job.error:  # OpenAI's clients raise on an error event
+                yield f"data: {json.dumps(_failed(job))}\n\n"
+                return
             yield f"data: {json.dumps({**head, 'choices': [chunk(piece, done)]})}\n\n"
         if body.stream_options and body.stream_options.include_usage:
             yield f"data: {json.dumps({**head, 'choices': [], 'usage': job.usage()})}\n\n"
         yield "data: [DONE]\n\n"
     finally:  # the client went away (or we are done): stop its generations
         job.cancel()
+
+
+def _failed(job: Job) -> dict:
+    return error_body(f"generation failed in the server ({job.error}); the server goes on "
+                      "serving, so the request may be sent again", kind="server_error")
 
 
 def add_generation_routes(app: FastAPI, generation: Generation) -> None:

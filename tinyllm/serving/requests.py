@@ -3,14 +3,13 @@ its sampling settings and stop strings. A field that cannot be honoured is refus
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import fields
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from tinyllm.config import SEED_MAX, Limits, SamplingConfig
+from tinyllm.config import SEED_MAX, Limits, SamplingConfig, fresh_seed
 from tinyllm.errors import TinyLLMError
 
 
@@ -29,9 +28,6 @@ def error_body(message: str, param: str | None = None, code: str | None = None,
 
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
-
-
-FRESH_SEEDS = 2**32  # an unseeded request draws its seed below this (exact in any JSON reader)
 
 
 NO_TOOLS = "this server's model only continues text; it has no tools or functions"
@@ -196,7 +192,7 @@ def settings_of(body: SampledRequest, limits: Limits) -> SamplingConfig:
     request's own field (max_completion_tokens when it gave that)."""
     values = {f.name: getattr(body, f.name) for f in fields(SamplingConfig)}
     if values["seed"] is None:
-        values["seed"] = secrets.randbelow(FRESH_SEEDS)
+        values["seed"] = fresh_seed()
     if values["max_tokens"] > limits.max_tokens:  # the server's cap, however large the value
         raise RequestError(f"{body.param('max_tokens')} must be <= {limits.max_tokens} on this "
                            f"server, got {values['max_tokens']}", body.param("max_tokens"))
