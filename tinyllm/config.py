@@ -127,6 +127,8 @@ class Limits:
     max_prompt_chars: int = 100_000
     max_body_bytes: int = 16 << 20
     max_n: int = 16
+    header_seconds: float = 10.0  # for a request's headers to arrive (serving/intake.py)
+    body_seconds: float = 30.0  # for its body to arrive
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException
 
 from tinyllm.config import Limits
 from tinyllm.serving.balancing import SharedLoads
+from tinyllm.serving.intake import Intake, timed_protocol
 from tinyllm.serving.jobs import Job, Models, Piece, chat_logprobs, completion_logprobs
 from tinyllm.serving.requests import (
     BaseRequest,
@@ -103,26 +104,6 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     return JSONResponse(error_body(message, param), status_code=400)
 
 
-class BoundedBody:
-    """A 413 for a request whose Content-Length is over max_bytes, before its body is read.
-
-    Plain ASGI: Starlette's @app.middleware("http") would also relay every streamed chunk of
-    every response through a task and a memory stream, a large share of a busy server's time.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        size = dict(scope.get("headers", ())).get(b"content-length", b"")
-        if scope["type"] == "http" and size.isdigit() and int(size) > self.max_bytes:
-            message = (f"the request body is {int(size)} bytes; this server takes at most "
-                       f"{self.max_bytes}")
-            await JSONResponse(error_body(message), 413)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
 class Wakeups:
     """Wakes the requests whose jobs the decoder thread fed: each job is noted as it is fed,
     and once per decoder step all of them are woken in one call onto the event loop."""
@@ -155,7 +136,7 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
     models.after_step = wakeups.after_step
     app = FastAPI(title="tinyllm", docs_url=None, redoc_url=None, lifespan=wakeups.lifespan)
     add_error_handlers(app)
-    app.add_middleware(BoundedBody, max_bytes=limits.max_body_bytes)
+    app.add_middleware(Intake, limits=limits)
     add_info_routes(app, models)
     add_generation_routes(app, Generation(models, limits, wakeups))
     return app
@@ -349,7 +330,8 @@ def run(models: Models, limits: Limits, listener: socket.socket, loads: SharedLo
     """Serve models over HTTP on listener (a bound socket, shared by the workers whose open
     connections loads counts) until SIGTERM/SIGINT."""
     config = uvicorn.Config(create_app(models, limits), log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=2, lifespan="on")
+                            timeout_graceful_shutdown=2, lifespan="on",
+                            http=timed_protocol(limits.header_seconds))
     try:
         _Server(config, models.stop).run(sockets=[loads.listener(listener)])
     finally:
