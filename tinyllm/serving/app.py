@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from tinyllm.config import Limits
+from tinyllm.serving import contract
 from tinyllm.serving.balancing import SharedLoads
 from tinyllm.serving.intake import Intake, timed_protocol
 from tinyllm.serving.jobs import Job, Models, Piece, chat_logprobs, completion_logprobs
@@ -139,6 +140,7 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
     app.add_middleware(Intake, limits=limits)
     add_info_routes(app, models)
     add_generation_routes(app, Generation(models, limits, wakeups))
+    contract.install(app, limits)
     return app
 
 
@@ -261,8 +263,6 @@ def add_generation_routes(app: FastAPI, generation: Generation) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise RequestError("prompt must not be an empty list", "prompt")
         top = body.top_logprobs_wanted()
         job = generation.start(body, prompts, "prompt", top)
         decode = job.served.loaded.tokenizer.decode

@@ -4,9 +4,10 @@ its sampling settings and stop strings. A field that cannot be honoured is refus
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from tinyllm.config import SEED_MAX, Limits, SamplingConfig, fresh_seed
@@ -28,6 +29,8 @@ def error_body(message: str, param: str | None = None, code: str | None = None,
 
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
+MAX_STOPS = 4  # OpenAI's cap on stop strings
+TOP_LOGPROBS = {"minimum": 0, "maximum": MAX_TOP_LOGPROBS}
 
 
 NO_TOOLS = "this server's model only continues text; it has no tools or functions"
@@ -61,16 +64,20 @@ class _Strict(BaseModel):
 
 
 class StreamOptions(_Strict):
-    include_usage: bool = False
+    include_usage: bool | None = Field(False, description="Send a last chunk with usage.")
 
 
 class BaseRequest(_Strict):
-    model: str
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    n: int = 1
-    user: str | None = None  # accepted and ignored, as clients often send it
+    model: str = Field(description="The model's id (GET /v1/models) or the URI it was served "
+                                   "as.")
+    stream: bool | None = Field(False, description="Reply as server-sent events.")
+    stream_options: StreamOptions | None = Field(None, description="With stream.")
+    stop: str | Annotated[list[str], WithJsonSchema(  # stops_of checks it, naming stop
+        {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOPS})] | None = Field(
+        None, description=f"Up to {MAX_STOPS} strings; the reply ends before the first.")
+    n: int | None = Field(1, description="Choices per prompt; choice i uses seed + i.",
+                          json_schema_extra={"minimum": 1})  # maximum: the server's
+    user: str | None = Field(None, description="Accepted and ignored.")
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
         "logit_bias": ([{}], "the model's tokens are characters, not a tokenizer's ids"),
         "response_format": ([{"type": "text"}], 'only {"type": "text"} is; the model cannot '
@@ -81,20 +88,35 @@ class BaseRequest(_Strict):
         return name
 
 
-# The sampling fields, derived from the one definition (names, types, defaults, help). An
-# omitted (or null) seed draws a fresh one; each response names the seed it used.
+def bounds(metadata: dict) -> dict:
+    """A knob's allowed range (tinyllm.config.knob) as JSON Schema keywords, for the OpenAPI
+    document; SamplingConfig checks it (with its own messages naming the field)."""
+    low, high = metadata.get("min"), metadata.get("max")
+    found = {} if low is None else {
+        "exclusiveMinimum" if metadata.get("min_exclusive") else "minimum": low}
+    return found if high is None else {**found, "maximum": high}
+
+
+# The sampling fields, derived from the one definition (names, types, defaults, ranges, help);
+# null means the default. An omitted (or null) seed draws a fresh one; each response names the
+# seed it used.
 SampledRequest = create_model(
     "Sampled", __base__=BaseRequest,
-    **{f.name: (int if f.type == "int" else float,
-                Field(f.default, description=f.metadata["help"]))
+    **{f.name: ((int if f.type == "int" else float) | None,
+                Field(f.default, description=f.metadata["help"],
+                      json_schema_extra=bounds(f.metadata)))
        for f in fields(SamplingConfig) if f.name != "seed"},
     seed=(int | None, Field(None, description="Random seed; omitted or null: a fresh one. The "
-                                              "response's seed replays the reply.")))
+                                              "response's seed replays the reply.",
+                            json_schema_extra=bounds(SamplingConfig.__dataclass_fields__[
+                                "seed"].metadata))))
 
 
 class CompletionRequest(SampledRequest):
-    prompt: str | list[str]
-    logprobs: int | None = None  # how many of the most likely characters to list per position
+    prompt: str | Annotated[list[str], Field(min_length=1)] = Field(
+        description="The text to continue, or a list of texts (each gets n choices).")
+    logprobs: int | None = Field(None, description="List this many of the most likely "
+                                 "characters at each position.", json_schema_extra=TOP_LOGPROBS)
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
         **BaseRequest.UNSUPPORTED, "echo": ([False], "the reply never repeats the prompt"),
         "best_of": ([1], "use n"), "suffix": ([""], "the model only continues text")}
@@ -112,6 +134,11 @@ class CompletionRequest(SampledRequest):
         return _check_top_logprobs(self.logprobs, "logprobs")
 
 
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
 def _check_top_logprobs(value: int | None, param: str) -> int | None:
     if value is not None and not 0 <= value <= MAX_TOP_LOGPROBS:
         raise RequestError(f"{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {value}",
@@ -120,9 +147,10 @@ def _check_top_logprobs(value: int | None, param: str) -> int | None:
 
 
 class Message(_Strict):
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str
-    name: str | None = None
+    role: Literal["system", "user", "assistant", "developer"] = Field(
+        description="Its speaker in the script, unless it has a name.")
+    content: str | list[TextPart] = Field(description="Text, or text parts joined by newlines.")
+    name: str | None = Field(None, description="Its speaker in the script (e.g. ROMEO).")
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
         "tool_calls": ([[]], NO_TOOLS), "function_call": ([], NO_TOOLS),
         "refusal": ([""], "the model never refuses")}
@@ -147,10 +175,14 @@ class Message(_Strict):
 
 
 class ChatRequest(SampledRequest):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
-    logprobs: bool = False
-    top_logprobs: int | None = None  # with logprobs: the most likely characters per position
+    messages: list[Message] = Field(min_length=1, description="The conversation so far.")
+    max_completion_tokens: int | None = Field(
+        None, description="OpenAI's newer name for max_tokens.",
+        json_schema_extra={"minimum": 1})  # maximum: the server's
+    logprobs: bool | None = Field(False, description="List each character's log-probability.")
+    top_logprobs: int | None = Field(None, description="With logprobs: this many of the most "
+                                     "likely characters at each position.",
+                                     json_schema_extra=TOP_LOGPROBS)
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
         **BaseRequest.UNSUPPORTED, "tools": ([[]], NO_TOOLS), "functions": ([[]], NO_TOOLS),
         "tool_choice": (["none"], NO_TOOLS), "function_call": (["none"], NO_TOOLS),
@@ -173,7 +205,7 @@ class ChatRequest(SampledRequest):
         return "max_completion_tokens" if renamed else name
 
     def top_logprobs_wanted(self) -> int | None:
-        if self.top_logprobs is not None and not self.logprobs:
+        if self.top_logprobs and not self.logprobs:  # 0 asks for nothing
             raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
         top = _check_top_logprobs(self.top_logprobs, "top_logprobs")
         return (top or 0) if self.logprobs else None
@@ -210,6 +242,6 @@ def settings_of(body: SampledRequest, limits: Limits) -> SamplingConfig:
 
 def stops_of(body: BaseRequest) -> list[str]:
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stops) > 4:
-        raise RequestError("stop takes at most 4 strings", "stop")
+    if len(stops) > MAX_STOPS:
+        raise RequestError(f"stop takes at most {MAX_STOPS} strings", "stop")
     return stops
