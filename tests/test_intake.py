@@ -5,6 +5,7 @@ limits, so that every limit is reached in a fraction of a second."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -26,21 +27,30 @@ LIMITS = Limits(max_body_bytes=4096, header_seconds=0.5, body_seconds=0.5)
 HEAD = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 
 
-@pytest.fixture(scope="module")
-def address(tmp_path_factory):
-    models = Models(discovery.resolve(str(untrained_package(tmp_path_factory.mktemp("in")))))
+@contextlib.contextmanager
+def serving(package, limits: Limits):
+    """(host, port) of `tinyllm serve`'s app for package under limits, uvicorn in a thread."""
+    models = Models(discovery.resolve(str(package)))
     port = free_port()
-    config = uvicorn.Config(create_app(models, LIMITS), port=port, log_level="warning",
-                            http=timed_protocol(LIMITS.header_seconds))
+    config = uvicorn.Config(create_app(models, limits), port=port, log_level="warning",
+                            http=timed_protocol(limits.header_seconds))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.02)
-    yield "127.0.0.1", port
-    server.should_exit = True
-    thread.join(10)
-    models.stop()
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        models.stop()
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory):
+    with serving(untrained_package(tmp_path_factory.mktemp("in")), LIMITS) as found:
+        yield found
 
 
 def exchange(address, parts: list[bytes], pause: float = 0.0) -> tuple[bytes, float]:

@@ -105,10 +105,11 @@ def test_min_p_keeps_the_characters_at_least_that_fraction_as_likely_as_the_top_
 @pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-45, 1e-37, 1e-6, 10.0])
 def test_any_accepted_temperature_samples_from_a_distribution_without_nan(temperature):
     """The smallest temperatures overflowed logits / temperature to inf, whose softmax is NaN
-    (torch.multinomial then raised in the server's decoder). Near 0 a draw is the argmax."""
+    (torch.multinomial then raised in the server's decoder), and a top_p of 5e-324 (0 in
+    float32) filtered out every token. Near 0 a draw is the argmax."""
     logits = torch.tensor([0.0, 1.0, 3.0, -2.0, 2.9, 40.0, -40.0])
     logits[5] = 3.0  # a tie with the most likely: near 0 the draw is one of the two
-    for top_k, top_p, min_p in [(0, 1.0, 0.0), (2, 0.5, 0.1)]:
+    for top_k, top_p, min_p in [(0, 1.0, 0.0), (2, 0.5, 0.1), (0, 5e-324, 1.0)]:
         settings = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
                                   min_p=min_p, frequency_penalty=2.0, seed=3)
         sampler = Sampler(settings, len(logits), top_logprobs=3)

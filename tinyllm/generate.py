@@ -33,8 +33,9 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = torch.cumsum(probs, dim=-1) - probs
-        sorted_logits[mass_before >= top_p] = float("-inf")  # always keeps the most likely token
+        beyond = torch.cumsum(probs, dim=-1) - probs >= top_p
+        beyond[..., 0] = False  # the most likely token stays, however small top_p (5e-324 is 0
+        sorted_logits[beyond] = float("-inf")  # in float32: a mass of 0 would be >= it)
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
 

@@ -137,10 +137,11 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
     models.after_step = wakeups.after_step
     app = FastAPI(title="tinyllm", docs_url=None, redoc_url=None, lifespan=wakeups.lifespan)
     add_error_handlers(app)
-    app.add_middleware(Intake, limits=limits)
     add_info_routes(app, models)
     add_generation_routes(app, Generation(models, limits, wakeups))
-    contract.install(app, limits)
+    posts = frozenset(r.path for r in app.routes if "POST" in getattr(r, "methods", ()))
+    app.add_middleware(Intake, limits=limits, paths=posts)
+    contract.install(app, limits, models.names)
     return app
 
 
@@ -157,7 +158,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_, exc: HTTPException):
-        return JSONResponse(error_body(str(exc.detail)), exc.status_code)
+        return JSONResponse(error_body(str(exc.detail)), exc.status_code,
+                            exc.headers)  # a 405's Allow
 
     @app.exception_handler(Exception)
     async def bug(_, exc: Exception):

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from tinyllm.config import Limits
+from tinyllm.serving.requests import default_max_tokens
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["message", "type", "param", "code"], "properties": {
@@ -51,11 +52,20 @@ def reply(kind: str, choice: dict) -> dict:
 
 
 COMPLETION = reply("text_completion", {"text": {"type": "string"}})
-CHAT = reply("chat.completion", {"message": {"type": "object", "properties": {
-    "role": {"type": "string", "enum": ["assistant"]}, "content": {"type": "string"}}}})
-EVENTS = {"type": "string", "description": "Server-sent events: `data: {chunk}` lines (a "
-          "chunk is the reply's shape with one piece of text; `data: {\"error\": ...}` if "
-          "generation failed), ending in `data: [DONE]`."}
+MESSAGE = {"type": "object", "properties": {
+    "role": {"type": "string", "enum": ["assistant"]}, "content": {"type": "string"}}}
+CHAT = reply("chat.completion", {"message": MESSAGE})
+CHAT_CHUNK = reply("chat.completion.chunk", {"delta": MESSAGE})
+
+
+def events(chunk: dict) -> dict:
+    """One server-sent event of a streamed reply (as OpenAPI 3.1 describes a stream: each
+    event; 3.2 would call it itemSchema): its data is a chunk, an error, or [DONE] at the end."""
+    return {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
+        {"type": "string", "contentMediaType": "application/json",
+         "contentSchema": {"oneOf": [chunk, ERROR]}}, {"const": "[DONE]"}],
+        "description": "A chunk (the reply's shape with the text since the last one), or an "
+                       "error if generation failed; the last event is `[DONE]`."}}}
 MODEL = {"type": "object", "required": ["id", "object"], "properties": {
     "id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
     "created": {"type": "integer"}, "owned_by": {"type": "string"},
@@ -73,24 +83,25 @@ REPLIES = {
     "/v1/models": {200: ("The model served.", {"type": "object", "properties": {
         "object": {"type": "string", "enum": ["list"]},
         "data": {"type": "array", "items": MODEL}}}, None)},
-    "/v1/completions": {200: ("The continuation(s).", COMPLETION, EVENTS)},
-    "/v1/chat/completions": {200: ("The reply(ies).", CHAT, EVENTS)},
+    "/v1/completions": {200: ("The continuation(s).", COMPLETION, events(COMPLETION))},
+    "/v1/chat/completions": {200: ("The reply(ies).", CHAT, events(CHAT_CHUNK))},
 }
 ERRORS = {"/v1/completions": GENERATION_ERRORS, "/v1/chat/completions": GENERATION_ERRORS}
 
 
-def install(app: FastAPI, limits: Limits) -> None:
-    """Serve the document below as the app's /openapi.json."""
+def install(app: FastAPI, limits: Limits, names: set[str]) -> None:
+    """Serve the document below as the app's /openapi.json; names: those of the model served
+    (its id and the URI it was asked for, which a request's `model` must be)."""
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = document(app, limits)
+            app.openapi_schema = document(app, limits, names)
         return app.openapi_schema
 
     app.openapi = openapi
 
 
-def document(app: FastAPI, limits: Limits) -> dict:
+def document(app: FastAPI, limits: Limits, names: set[str]) -> dict:
     found = get_openapi(title=app.title, version=app.version, routes=app.routes,
                         description=(app.description or None))
     schemas = found["components"]["schemas"]
@@ -100,6 +111,8 @@ def document(app: FastAPI, limits: Limits) -> dict:
         for operation in operations.values():
             operation["responses"] = responses(path)
     _server_limits(schemas, limits)
+    for name in ("CompletionRequest", "ChatRequest"):
+        schemas[name]["properties"]["model"]["enum"] = sorted(names)
     return found
 
 
@@ -121,6 +134,7 @@ def _server_limits(schemas: dict, limits: Limits) -> None:
     for name in ("CompletionRequest", "ChatRequest"):
         fields = schemas[name]["properties"]
         fields["n"]["maximum"] = limits.max_n
+        fields["max_tokens"]["default"] = default_max_tokens(limits)
         for capped in ("max_tokens", "max_completion_tokens"):
             if capped in fields:
                 fields[capped]["maximum"] = min(fields[capped].get("maximum", limits.max_tokens),

@@ -65,15 +65,18 @@ def timed_protocol(header_seconds: float) -> type[H11Protocol]:
 
 
 class Intake:
-    """ASGI middleware reading each POST body within the limits and checking that it is JSON,
-    then handing it to the app. Plain ASGI: Starlette's @app.middleware("http") would also
-    relay every streamed chunk of every response through a task and a memory stream."""
+    """ASGI middleware reading the body of each POST to one of paths (the routes that take
+    JSON) within the limits and checking that it is JSON, then handing it to the app; any
+    other request is the app's (a 404, a 405). Plain ASGI: Starlette's @app.middleware("http")
+    would also relay every streamed chunk of every response through a task and a memory
+    stream."""
 
-    def __init__(self, app, limits: Limits):
-        self.app, self.limits = app, limits
+    def __init__(self, app, limits: Limits, paths: frozenset[str]):
+        self.app, self.limits, self.paths = app, limits, paths
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or (
+                scope["path"] not in self.paths):
             await self.app(scope, receive, send)
             return
         try:

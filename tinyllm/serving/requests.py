@@ -6,7 +6,15 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -36,10 +44,31 @@ TOP_LOGPROBS = {"minimum": 0, "maximum": MAX_TOP_LOGPROBS}
 NO_TOOLS = "this server's model only continues text; it has no tools or functions"
 
 
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer as JSON Schema has it: 5.0 is one (a number with no fraction); "5" and true are not.
+Integer = Annotated[int, BeforeValidator(_whole)]
+
+
 def refused(field: str, message: str) -> PydanticCustomError:
     """A validation error that _validation_error turns into a 400 `FIELD: message`, FIELD
     named in full (field is relative to where it was raised)."""
     return PydanticCustomError("tinyllm_refused", message, {"field": field})
+
+
+def _unsupported_in_schema(schema: dict, cls: type[_Strict]) -> None:
+    """The OpenAPI document lists each UNSUPPORTED field with the values it takes, and the
+    class's RULES across fields."""
+    for name, (nothing, why) in cls.UNSUPPORTED.items():
+        schema["properties"][name] = {"enum": [*nothing, None],
+                                      "description": f"Accepted only with these values ({why})."}
+    schema.update(cls.RULES)
+
+
+def _asks_for_nothing(value: Any, nothing: list) -> bool:
+    return any(type(value) is type(n) and value == n for n in nothing)  # 0 is no False
 
 
 class _Strict(BaseModel):
@@ -47,9 +76,11 @@ class _Strict(BaseModel):
     field in UNSUPPORTED is dropped when its value asks for nothing, else refused naming it;
     any other unknown field is refused."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is no number, 1 no bool
+    model_config = ConfigDict(extra="forbid", strict=True,  # "5" is no number, 1 no bool
+                              json_schema_extra=_unsupported_in_schema)
     # field -> (the values that ask for nothing, why any other cannot be honoured)
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {}
+    RULES: ClassVar[dict] = {}  # JSON Schema keywords for the checks across fields below
 
     @model_validator(mode="before")
     @classmethod
@@ -58,7 +89,7 @@ class _Strict(BaseModel):
             return data
         data = {key: value for key, value in data.items() if value is not None}
         for name, (nothing, why) in cls.UNSUPPORTED.items():
-            if name in data and data.pop(name) not in nothing:
+            if name in data and not _asks_for_nothing(data.pop(name), nothing):
                 raise refused(name, f"not supported ({why})")
         return data
 
@@ -75,7 +106,7 @@ class BaseRequest(_Strict):
     stop: str | Annotated[list[str], WithJsonSchema(  # stops_of checks it, naming stop
         {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOPS})] | None = Field(
         None, description=f"Up to {MAX_STOPS} strings; the reply ends before the first.")
-    n: int | None = Field(1, description="Choices per prompt; choice i uses seed + i.",
+    n: Integer | None = Field(1, description="Choices per prompt; choice i uses seed + i.",
                           json_schema_extra={"minimum": 1})  # maximum: the server's
     user: str | None = Field(None, description="Accepted and ignored.")
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
@@ -102,11 +133,11 @@ def bounds(metadata: dict) -> dict:
 # seed it used.
 SampledRequest = create_model(
     "Sampled", __base__=BaseRequest,
-    **{f.name: ((int if f.type == "int" else float) | None,
+    **{f.name: ((Integer if f.type == "int" else float) | None,
                 Field(f.default, description=f.metadata["help"],
                       json_schema_extra=bounds(f.metadata)))
        for f in fields(SamplingConfig) if f.name != "seed"},
-    seed=(int | None, Field(None, description="Random seed; omitted or null: a fresh one. The "
+    seed=(Integer | None, Field(None, description="Random seed; omitted or null: a fresh one. The "
                                               "response's seed replays the reply.",
                             json_schema_extra=bounds(SamplingConfig.__dataclass_fields__[
                                 "seed"].metadata))))
@@ -115,7 +146,7 @@ SampledRequest = create_model(
 class CompletionRequest(SampledRequest):
     prompt: str | Annotated[list[str], Field(min_length=1)] = Field(
         description="The text to continue, or a list of texts (each gets n choices).")
-    logprobs: int | None = Field(None, description="List this many of the most likely "
+    logprobs: Integer | None = Field(None, description="List this many of the most likely "
                                  "characters at each position.", json_schema_extra=TOP_LOGPROBS)
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
         **BaseRequest.UNSUPPORTED, "echo": ([False], "the reply never repeats the prompt"),
@@ -176,11 +207,11 @@ class Message(_Strict):
 
 class ChatRequest(SampledRequest):
     messages: list[Message] = Field(min_length=1, description="The conversation so far.")
-    max_completion_tokens: int | None = Field(
+    max_completion_tokens: Integer | None = Field(
         None, description="OpenAI's newer name for max_tokens.",
         json_schema_extra={"minimum": 1})  # maximum: the server's
     logprobs: bool | None = Field(False, description="List each character's log-probability.")
-    top_logprobs: int | None = Field(None, description="With logprobs: this many of the most "
+    top_logprobs: Integer | None = Field(None, description="With logprobs: this many of the most "
                                      "likely characters at each position.",
                                      json_schema_extra=TOP_LOGPROBS)
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
@@ -189,6 +220,10 @@ class ChatRequest(SampledRequest):
         "parallel_tool_calls": ([True, False], NO_TOOLS),
         "modalities": ([["text"]], "the model writes text only"),
         "audio": ([], "the model writes text only")}
+    RULES: ClassVar[dict] = {  # top_logprobs_wanted
+        "if": {"required": ["top_logprobs"],
+               "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
+        "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}}
 
     @model_validator(mode="after")
     def _one_max_tokens(self) -> ChatRequest:
@@ -219,10 +254,18 @@ def chat_prompt(messages: list[Message]) -> str:
     return "".join(lines) + "ASSISTANT:\n"
 
 
+def default_max_tokens(limits: Limits) -> int:
+    """What a request that gives no max_tokens gets: SamplingConfig's default, within the cap
+    of a server capped lower."""
+    return min(SamplingConfig.__dataclass_fields__["max_tokens"].default, limits.max_tokens)
+
+
 def settings_of(body: SampledRequest, limits: Limits) -> SamplingConfig:
     """The request's sampling settings, an unseeded one with a fresh seed; errors name the
     request's own field (max_completion_tokens when it gave that)."""
     values = {f.name: getattr(body, f.name) for f in fields(SamplingConfig)}
+    if body.param("max_tokens") not in body.model_fields_set:  # the default, within the cap
+        values["max_tokens"] = default_max_tokens(limits)
     if values["seed"] is None:
         values["seed"] = fresh_seed()
     if values["max_tokens"] > limits.max_tokens:  # the server's cap, however large the value
