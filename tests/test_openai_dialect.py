@@ -178,6 +178,8 @@ def test_null_means_the_default_and_newer_or_ignored_fields_are_accepted(http):
     asking_nothing = {"user": "u-1", "response_format": {"type": "text"}, "tools": [],
                       "tool_choice": "none", "parallel_tool_calls": False, "logit_bias": {},
                       "max_completion_tokens": 300, "max_tokens": 300,
+                      "metadata": {"run": "7"}, "service_tier": "auto",
+                      "reasoning_effort": "low",
                       "messages": [{"role": "user", "content": [{"type": "text",
                                                                  "text": "ROMEO:"}]}]}
     same = http.post("/v1/chat/completions", json={**base, **asking_nothing}).json()
@@ -251,3 +253,25 @@ def test_what_cannot_be_honoured_is_a_400_naming_the_field(http, endpoint, chang
     error = reply.json()["error"]
     assert error["param"] == param and message in error["message"], error
     assert error["message"].count("\n") == 0
+
+
+def test_models_are_retrieved_by_id_or_uri(client, package):
+    assert client.models.retrieve("tiny").id == "tiny"
+    assert client.models.retrieve(str(package)).version == str(package)
+    with pytest.raises(openai.NotFoundError, match="model 'gpt-4' is not served here"):
+        client.models.retrieve("gpt-4")
+
+
+def test_history_of_every_role_is_rendered_into_the_script(client, package):
+    """What clients replay: an assistant turn with content null (it called a tool) and the
+    tool's result, each its speaker's lines."""
+    messages = [{"role": "system", "content": "A play."}, {"role": "user", "content": "Sum?"},
+                {"role": "assistant", "content": None, "tool_calls": []},
+                {"role": "tool", "content": "42", "tool_call_id": "call_1"},
+                {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]}]
+    prompt = ("SYSTEM:\nA play.\n\nUSER:\nSum?\n\nASSISTANT:\n\n\nTOOL:\n42\n\n"
+              "DEVELOPER:\nBe brief.\n\nASSISTANT:\n")
+    reply = client.chat.completions.create(model="tiny", messages=messages, seed=2,
+                                           max_tokens=20)
+    expected = load_package(package).generate(prompt, seed=2, max_tokens=20)
+    assert reply.choices[0].message.content == expected

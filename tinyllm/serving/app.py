@@ -185,12 +185,21 @@ def add_info_routes(app: FastAPI, models: Models) -> None:
                 "failures": failures.count, "last_failure": failures.last_error}
         return JSONResponse(body, 503 if status == "unavailable" else 200)
 
+    def model_object() -> dict:
+        served = models.current
+        return {"id": served.id, "object": "model", "created": 0, "owned_by": "tinyllm",
+                "version": served.uri}
+
     @app.get("/v1/models")
     async def list_models():
-        served = models.current
-        return {"object": "list", "data": [
-            {"id": served.id, "object": "model", "created": 0, "owned_by": "tinyllm",
-             "version": served.uri}]}
+        """The model served; its id is what requests name as `model`."""
+        return {"object": "list", "data": [model_object()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str):
+        """The model served, by its id or the URI it was served as; else a 404."""
+        models.check_name(model_id)
+        return model_object()
 
 
 @dataclass

@@ -83,10 +83,12 @@ REPLIES = {
     "/v1/models": {200: ("The model served.", {"type": "object", "properties": {
         "object": {"type": "string", "enum": ["list"]},
         "data": {"type": "array", "items": MODEL}}}, None)},
+    "/v1/models/{model_id}": {200: ("The model served.", MODEL, None)},
     "/v1/completions": {200: ("The continuation(s).", COMPLETION, events(COMPLETION))},
     "/v1/chat/completions": {200: ("The reply(ies).", CHAT, events(CHAT_CHUNK))},
 }
-ERRORS = {"/v1/completions": GENERATION_ERRORS, "/v1/chat/completions": GENERATION_ERRORS}
+ERRORS = {"/v1/completions": GENERATION_ERRORS, "/v1/chat/completions": GENERATION_ERRORS,
+          "/v1/models/{model_id}": {404: GENERATION_ERRORS[404]}}
 
 
 def install(app: FastAPI, limits: Limits, names: set[str]) -> None:

@@ -108,7 +108,11 @@ class BaseRequest(_Strict):
         None, description=f"Up to {MAX_STOPS} strings; the reply ends before the first.")
     n: Integer | None = Field(1, description="Choices per prompt; choice i uses seed + i.",
                           json_schema_extra={"minimum": 1})  # maximum: the server's
+    # accepted and ignored, as OpenAI's clients may send them
     user: str | None = Field(None, description="Accepted and ignored.")
+    metadata: dict[str, str] | None = Field(None, description="Accepted and ignored.")
+    service_tier: str | None = Field(None, description="Accepted and ignored.")
+    reasoning_effort: str | None = Field(None, description="Accepted and ignored.")
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
         "logit_bias": ([{}], "the model's tokens are characters, not a tokenizer's ids"),
         "response_format": ([{"type": "text"}], 'only {"type": "text"} is; the model cannot '
@@ -178,10 +182,16 @@ def _check_top_logprobs(value: int | None, param: str) -> int | None:
 
 
 class Message(_Strict):
-    role: Literal["system", "user", "assistant", "developer"] = Field(
+    """A message of the conversation, any role a client replays (a tool's result, an assistant
+    turn without content): each becomes its speaker's lines in the script (chat_prompt)."""
+
+    role: Literal["system", "user", "assistant", "developer", "tool"] = Field(
         description="Its speaker in the script, unless it has a name.")
-    content: str | list[TextPart] = Field(description="Text, or text parts joined by newlines.")
+    content: str | list[TextPart] | None = Field(
+        "", description="Text, or text parts joined by newlines; null: none.")
     name: str | None = Field(None, description="Its speaker in the script (e.g. ROMEO).")
+    tool_call_id: str | None = Field(None, description="Accepted and ignored (a tool's "
+                                     "result is its content).")
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
         "tool_calls": ([[]], NO_TOOLS), "function_call": ([], NO_TOOLS),
         "refusal": ([""], "the model never refuses")}
