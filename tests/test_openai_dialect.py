@@ -234,7 +234,7 @@ REFUSED = [  # (endpoint, body changes, param, part of the message)
     ("completions", {"stream": "yes"}, "stream", "stream: Input should be a valid boolean"),
     ("completions", {"prompt": [1, 2, 3]}, "prompt", "prompt: token ids are not supported"),
     ("completions", {"stop": [1]}, "stop", "stop: Input should be a valid string"),
-    ("completions", {"echo": True}, "echo", "not supported"),
+    ("completions", {"echo": True, "stream": True}, "echo", "echo cannot be streamed"),
     ("completions", {"best_of": 3}, "best_of", "not supported"),
     ("completions", {"seed": -1}, "seed", "seed must be >= 0"),
 ]
@@ -275,3 +275,40 @@ def test_history_of_every_role_is_rendered_into_the_script(client, package):
                                            max_tokens=20)
     expected = load_package(package).generate(prompt, seed=2, max_tokens=20)
     assert reply.choices[0].message.content == expected
+
+
+def test_echo_with_logprobs_and_no_tokens_scores_a_text_as_the_evaluation_does(client, package):
+    """How evaluation harnesses (lm-evaluation-harness's local-completions) score a text: the
+    server's per-character log-probabilities are the evaluate stage's (char_nll), across
+    windows too (the text is longer than the tiny model's 16-character context)."""
+    from tinyllm.evaluation.scoring import char_nll, split_metrics
+
+    text = "ROMEO:\nlove night light sweet death.\n\nJULIET:\nfair heaven hath thou doth.\n"
+    reply = client.completions.create(model="tiny", prompt=[text, "JULIET:"], echo=True,
+                                      logprobs=2, max_tokens=0, temperature=0)
+    choice = reply.choices[0]
+    assert choice.text == text and reply.usage.completion_tokens == 0
+    assert choice.logprobs.tokens == list(text) and choice.logprobs.token_logprobs[0] is None
+    assert choice.logprobs.text_offset == list(range(len(text)))
+    loaded = load_package(package)
+    tokens = loaded.tokenizer.encode(text)
+    served = -torch.tensor(choice.logprobs.token_logprobs[1:], dtype=torch.float64)
+    assert torch.allclose(served, torch.from_numpy(char_nll(loaded.model, tokens)), atol=1e-4)
+    bits = float(served.mean()) / math.log(2)
+    assert abs(bits - split_metrics(loaded.model, tokens)["bits_per_char"]) < 1e-4
+    for position, top in enumerate(choice.logprobs.top_logprobs[1:], start=1):
+        assert text[position] in top and len(top) <= 3  # the 2 most likely and the text's
+        assert max(top.values()) >= choice.logprobs.token_logprobs[position] - 1e-6
+    assert reply.choices[1].text == "JULIET:"
+
+
+def test_echo_repeats_the_prompt_before_the_reply_and_scores_both(client):
+    plain = client.completions.create(model="tiny", prompt="ROMEO:", seed=3, max_tokens=10,
+                                      logprobs=1)
+    echoed = client.completions.create(model="tiny", prompt="ROMEO:", seed=3, max_tokens=10,
+                                       logprobs=1, echo=True)
+    assert echoed.choices[0].text == "ROMEO:" + plain.choices[0].text
+    logprobs = echoed.choices[0].logprobs
+    assert logprobs.tokens == list(echoed.choices[0].text)
+    assert logprobs.token_logprobs[6:] == plain.choices[0].logprobs.token_logprobs
+    assert logprobs.text_offset == list(range(16))

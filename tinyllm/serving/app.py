@@ -46,7 +46,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from tinyllm.config import Limits
-from tinyllm.serving import contract
+from tinyllm.serving import contract, echo
 from tinyllm.serving.balancing import SharedLoads
 from tinyllm.serving.intake import Intake, timed_protocol
 from tinyllm.serving.jobs import Job, Models, Piece, chat_logprobs, completion_logprobs
@@ -214,20 +214,40 @@ class Generation:
               top_logprobs: int | None) -> Job:
         served = self.models.check_name(body.model)
         settings = settings_of(body, self.limits)
+        self.check_lengths(prompts, param)
+        return Job(served, prompts, settings, body.n, stops_of(body),
+                   time.monotonic() + self.limits.request_seconds, self.wakeups.wake,
+                   top_logprobs)
+
+    def check_lengths(self, prompts: list[str], param: str) -> None:
         for prompt in prompts:
             if len(prompt) > self.limits.max_prompt_chars:
                 raise RequestError(f"{param} is {len(prompt)} characters; this server takes "
                                    f"at most {self.limits.max_prompt_chars}", param)
-        return Job(served, prompts, settings, body.n, stops_of(body),
-                   time.monotonic() + self.limits.request_seconds, self.wakeups.wake,
-                   top_logprobs)
+
+    async def score(self, body: CompletionRequest, prompts: list[str], top: int | None) -> dict:
+        """echo with max_tokens 0: each prompt back, scored when logprobs asks; no
+        generation. Scoring runs outside the event loop (a long text takes a while)."""
+        served = self.models.check_name(body.model)
+        settings = settings_of(body.model_copy(update={"max_tokens": 1}), self.limits)
+        self.check_lengths(prompts, "prompt")
+        logprobs = [None] * len(prompts)
+        if top is not None:
+            logprobs = await asyncio.to_thread(
+                lambda: [echo.scored(served.loaded, p, top) for p in prompts])
+        choices = [{"index": i * body.n + j, "text": prompt, "finish_reason": "length",
+                    "logprobs": logprobs[i]}
+                   for i, prompt in enumerate(prompts) for j in range(body.n)]
+        size = sum(len(p) for p in prompts) * body.n
+        usage = {"prompt_tokens": size, "completion_tokens": 0, "total_tokens": size}
+        return {**reply_head(served, settings.seed), "object": "text_completion",
+                "choices": choices, "usage": usage}
 
     async def reply(self, job: Job, body: BaseRequest, request: Request, kind: str, chunk, whole):
         """The whole response, or with stream its server-sent events; kind: OpenAI's object
         name (chunks add `.chunk` for chat). Each names the model version and the seed, which
         replays the reply (choice i used seed + i)."""
-        head = {"id": uuid.uuid4().hex[:24], "created": int(time.time()),
-                "model": job.served.uri, "seed": job.settings.seed}
+        head = reply_head(job.served, job.settings.seed)
         if not body.stream:
             texts, draws = [""] * len(job.filters), [[] for _ in job.filters]
             async for piece in job.pieces(request):
@@ -268,6 +288,13 @@ def _failed(job: Job) -> dict:
                       "serving, so the request may be sent again", kind="server_error")
 
 
+def reply_head(served, seed: int) -> dict:
+    """What every reply and chunk starts with: its id, time, the exact model version served and
+    the seed that replays it."""
+    return {"id": uuid.uuid4().hex[:24], "created": int(time.time()), "model": served.uri,
+            "seed": seed}
+
+
 def add_generation_routes(app: FastAPI, generation: Generation) -> None:
     """/v1/completions and /v1/chat/completions: each shapes the pieces of a Job its way."""
 
@@ -275,15 +302,27 @@ def add_generation_routes(app: FastAPI, generation: Generation) -> None:
     async def completions(body: CompletionRequest, request: Request):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         top = body.top_logprobs_wanted()
+        if body.echo and body.stream:
+            raise RequestError("echo cannot be streamed here; send stream: false", "echo")
+        if body.echo_only():
+            return await generation.score(body, prompts, top)
         job = generation.start(body, prompts, "prompt", top)
-        decode = job.served.loaded.tokenizer.decode
+        loaded = job.served.loaded
+        echoed = {}  # prompt -> its scores, with echo and logprobs
+        if body.echo and top is not None:
+            echoed = await asyncio.to_thread(
+                lambda: {p: echo.scored(loaded, p, top) for p in set(prompts)})
 
         def whole(piece: Piece, finish, opening: bool = False):
             if opening:
                 return None
+            prompt = job.prompts[piece.index]
             logprobs = None if top is None else completion_logprobs(
-                decode, piece.draws, len(job.prompts[piece.index]) + piece.start)
-            return {"index": piece.index, "text": piece.text, "finish_reason": finish,
+                loaded.tokenizer.decode, piece.draws, len(prompt) + piece.start)
+            text = prompt + piece.text if body.echo else piece.text
+            if echoed:
+                logprobs = echo.joined(echoed[prompt], logprobs)
+            return {"index": piece.index, "text": text, "finish_reason": finish,
                     "logprobs": logprobs}
 
         return await generation.reply(job, body, request, "text_completion", whole, whole)

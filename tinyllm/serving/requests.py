@@ -152,9 +152,27 @@ class CompletionRequest(SampledRequest):
         description="The text to continue, or a list of texts (each gets n choices).")
     logprobs: Integer | None = Field(None, description="List this many of the most likely "
                                  "characters at each position.", json_schema_extra=TOP_LOGPROBS)
+    echo: bool | None = Field(False, description=(
+        "Repeat the prompt before the reply, and with logprobs score its characters (the "
+        "first has none); with max_tokens 0 the prompt is only scored. Not with stream."))
     UNSUPPORTED: ClassVar[dict[str, tuple[list, str]]] = {
-        **BaseRequest.UNSUPPORTED, "echo": ([False], "the reply never repeats the prompt"),
-        "best_of": ([1], "use n"), "suffix": ([""], "the model only continues text")}
+        **BaseRequest.UNSUPPORTED, "best_of": ([1], "use n"),
+        "suffix": ([""], "the model only continues text")}
+    RULES: ClassVar[dict] = {  # echo_only, and app.py's refusal of echo with stream
+        "if": {"required": ["echo"], "properties": {"echo": {"const": True}}},
+        "then": {"not": {"required": ["stream"], "properties": {"stream": {"const": True}}}},
+        "else": {"properties": {"max_tokens": {"minimum": 1}}}}
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        schema = handler(core_schema)
+        schema = handler.resolve_ref_schema(schema)
+        schema["properties"]["max_tokens"]["minimum"] = 0  # with echo (RULES)
+        return schema
+
+    def echo_only(self) -> bool:
+        """Whether it only scores the prompt: echo with max_tokens 0."""
+        return bool(self.echo) and self.max_tokens == 0
 
     @field_validator("prompt", mode="before")
     @classmethod
