@@ -312,3 +312,25 @@ def test_echo_repeats_the_prompt_before_the_reply_and_scores_both(client):
     assert logprobs.tokens == list(echoed.choices[0].text)
     assert logprobs.token_logprobs[6:] == plain.choices[0].logprobs.token_logprobs
     assert logprobs.text_offset == list(range(16))
+
+
+def test_the_responses_api_created_and_streamed_with_the_official_client(client, package):
+    """Input and instructions become the chat script; the text is what generate gives it."""
+    prompt = "SYSTEM:\nA play.\n\nUSER:\nROMEO:\n\nASSISTANT:\n"
+    expected = load_package(package).generate(prompt, seed=3, max_tokens=20)
+    options = {"model": "tiny", "instructions": "A play.", "max_output_tokens": 20,
+               "extra_body": {"seed": 3}}
+    created = client.responses.create(input="ROMEO:", **options)
+    assert created.output_text == expected and created.status == "incomplete"
+    assert created.usage.output_tokens == 20 and created.usage.input_tokens == len(prompt)
+    as_messages = client.responses.create(
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "ROMEO:"}]}],
+        **options)
+    assert as_messages.output_text == expected
+    with client.responses.stream(input="ROMEO:", **options) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == expected and final.output_text == expected
+    assert len(deltas) >= 1 and final.id.startswith("resp_")
+    with pytest.raises(openai.BadRequestError, match="previous_response_id: not supported"):
+        client.responses.create(input="x", model="tiny", previous_response_id="resp_1")

@@ -1,8 +1,10 @@
 """`tinyllm serve`: an OpenAI-compatible HTTP server for a model, streaming included.
 
-    GET  /v1/models              the model served (its id is what requests name as `model`)
-    POST /v1/completions         prompt -> continuation
+    GET  /v1/models, /v1/models/{id}  the model served (its id is what requests name as `model`)
+    POST /v1/completions         prompt -> continuation; with echo, the prompt scored (echo.py)
     POST /v1/chat/completions    messages -> reply; see chat_prompt for how they become a prompt
+    POST /v1/responses           the Responses API (responses.py)
+    GET  /health, /openapi.json  what it serves and how it fares; the contract (contract.py)
 
 Requests take the sampling settings of tinyllm.config.SamplingConfig under the same names and
 defaults (max_tokens, temperature, top_k, top_p, min_p, frequency_penalty, presence_penalty,
@@ -22,8 +24,10 @@ the exact model version (`models:/NAME/VERSION`).
 Concurrent requests share one model through batching.Decoder: one forward pass per step
 for every sequence in flight, each giving exactly what `tinyllm generate` gives alone. When the
 alias (or /latest) a server serves moves, workers.py hands each worker the new version, and
-new requests get it without a restart. Bad requests get a 4xx in OpenAI's error shape
-naming the field; SIGTERM ends whatever is in flight and exits within seconds.
+new requests get it without a restart. Bodies are read within limits by intake.py. Bad requests
+get a 4xx in OpenAI's error shape naming the field; a failed generation a 500 (an error event
+when streamed) while the worker serves on; SIGTERM ends whatever is in flight (finish_reason
+"abort") and exits within seconds.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from tinyllm.config import Limits
-from tinyllm.serving import contract, echo
+from tinyllm.serving import contract, echo, responses
 from tinyllm.serving.balancing import SharedLoads
 from tinyllm.serving.intake import Intake, timed_protocol
 from tinyllm.serving.jobs import Job, Models, Piece, chat_logprobs, completion_logprobs
@@ -61,6 +65,7 @@ from tinyllm.serving.requests import (
     settings_of,
     stops_of,
 )
+from tinyllm.serving.responses import ResponsesRequest
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +143,9 @@ def create_app(models: Models, limits: Limits) -> FastAPI:
     app = FastAPI(title="tinyllm", docs_url=None, redoc_url=None, lifespan=wakeups.lifespan)
     add_error_handlers(app)
     add_info_routes(app, models)
-    add_generation_routes(app, Generation(models, limits, wakeups))
+    generation = Generation(models, limits, wakeups)
+    add_generation_routes(app, generation)
+    add_responses_route(app, generation)
     posts = frozenset(r.path for r in app.routes if "POST" in getattr(r, "methods", ()))
     app.add_middleware(Intake, limits=limits, paths=posts)
     contract.install(app, limits, models.names)
@@ -349,6 +356,26 @@ def add_generation_routes(app: FastAPI, generation: Generation) -> None:
                     "finish_reason": finish, "logprobs": logprobs(piece)}
 
         return await generation.reply(job, body, request, "chat.completion", chunk, whole)
+
+
+def add_responses_route(app: FastAPI, generation: Generation) -> None:
+    """/v1/responses: the Responses API over the same Job (responses.py shapes it)."""
+
+    @app.post("/v1/responses")
+    async def create_response(body: ResponsesRequest, request: Request):
+        if body.n != 1:
+            raise RequestError("n must be 1 here: a response has one output", "n")
+        job = generation.start(body, [chat_prompt(body.messages())], "input", None)
+        if body.stream:
+            return StreamingResponse(responses.events(job, body, _failed),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        text = ""
+        async for piece in job.pieces(request):
+            text += piece.text
+        if job.error:
+            return JSONResponse(_failed(job), 500)
+        return responses.response(job, body, responses.new_ids(), text)
 
 
 class _Server(uvicorn.Server):

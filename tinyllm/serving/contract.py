@@ -66,6 +66,25 @@ def events(chunk: dict) -> dict:
          "contentSchema": {"oneOf": [chunk, ERROR]}}, {"const": "[DONE]"}],
         "description": "A chunk (the reply's shape with the text since the last one), or an "
                        "error if generation failed; the last event is `[DONE]`."}}}
+RESPONSE = {"type": "object", "required": ["id", "object", "status", "model", "output"],
+            "properties": {
+                "id": {"type": "string"}, "object": {"type": "string", "enum": ["response"]},
+                "status": {"type": "string", "enum": ["completed", "incomplete"],
+                           "description": "incomplete: max_output_tokens or the time cap."},
+                "model": {"type": "string", "description": "The exact version served."},
+                "seed": {"type": "integer", "description": "Send it back to replay it."},
+                "output": {"type": "array", "items": {"type": "object", "properties": {
+                    "type": {"type": "string", "enum": ["message"]},
+                    "content": {"type": "array", "items": {"type": "object", "properties": {
+                        "type": {"type": "string", "enum": ["output_text"]},
+                        "text": {"type": "string"}}}}}}}}}
+RESPONSE_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "event": {"type": "string"}, "data": {
+        "type": "string", "contentMediaType": "application/json",
+        "contentSchema": {"type": "object", "required": ["type"]},
+        "description": "response.created, response.output_item.added, "
+                       "response.content_part.added, response.output_text.delta (each piece), "
+                       "their .done events, response.completed; or error."}}}
 MODEL = {"type": "object", "required": ["id", "object"], "properties": {
     "id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
     "created": {"type": "integer"}, "owned_by": {"type": "string"},
@@ -86,9 +105,14 @@ REPLIES = {
     "/v1/models/{model_id}": {200: ("The model served.", MODEL, None)},
     "/v1/completions": {200: ("The continuation(s).", COMPLETION, events(COMPLETION))},
     "/v1/chat/completions": {200: ("The reply(ies).", CHAT, events(CHAT_CHUNK))},
+    "/v1/responses": {200: ("The response.", RESPONSE, RESPONSE_EVENT)},
 }
 ERRORS = {"/v1/completions": GENERATION_ERRORS, "/v1/chat/completions": GENERATION_ERRORS,
+          "/v1/responses": GENERATION_ERRORS,
           "/v1/models/{model_id}": {404: GENERATION_ERRORS[404]}}
+
+
+REQUESTS = ("CompletionRequest", "ChatRequest", "ResponsesRequest")  # the generation routes
 
 
 def install(app: FastAPI, limits: Limits, names: set[str]) -> None:
@@ -113,7 +137,7 @@ def document(app: FastAPI, limits: Limits, names: set[str]) -> dict:
         for operation in operations.values():
             operation["responses"] = responses(path)
     _server_limits(schemas, limits)
-    for name in ("CompletionRequest", "ChatRequest"):
+    for name in REQUESTS:
         schemas[name]["properties"]["model"]["enum"] = sorted(names)
     return found
 
@@ -133,11 +157,11 @@ def responses(path: str) -> dict:
 
 def _server_limits(schemas: dict, limits: Limits) -> None:
     """The caps of this server (its options) on the request fields."""
-    for name in ("CompletionRequest", "ChatRequest"):
+    for name in REQUESTS:
         fields = schemas[name]["properties"]
-        fields["n"]["maximum"] = limits.max_n
+        fields["n"]["maximum"] = 1 if name == "ResponsesRequest" else limits.max_n
         fields["max_tokens"]["default"] = default_max_tokens(limits)
-        for capped in ("max_tokens", "max_completion_tokens"):
+        for capped in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             if capped in fields:
                 fields[capped]["maximum"] = min(fields[capped].get("maximum", limits.max_tokens),
                                                 limits.max_tokens)
