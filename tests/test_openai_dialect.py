@@ -178,6 +178,8 @@ def test_null_means_the_default_and_newer_or_ignored_fields_are_accepted(http):
     asking_nothing = {"user": "u-1", "response_format": {"type": "text"}, "tools": [],
                       "tool_choice": "none", "parallel_tool_calls": False, "logit_bias": {},
                       "max_completion_tokens": 300, "max_tokens": 300,
+                      "metadata": {"run": "7"}, "service_tier": "auto",
+                      "reasoning_effort": "low",
                       "messages": [{"role": "user", "content": [{"type": "text",
                                                                  "text": "ROMEO:"}]}]}
     same = http.post("/v1/chat/completions", json={**base, **asking_nothing}).json()
@@ -232,7 +234,7 @@ REFUSED = [  # (endpoint, body changes, param, part of the message)
     ("completions", {"stream": "yes"}, "stream", "stream: Input should be a valid boolean"),
     ("completions", {"prompt": [1, 2, 3]}, "prompt", "prompt: token ids are not supported"),
     ("completions", {"stop": [1]}, "stop", "stop: Input should be a valid string"),
-    ("completions", {"echo": True}, "echo", "not supported"),
+    ("completions", {"echo": True, "stream": True}, "echo", "echo cannot be streamed"),
     ("completions", {"best_of": 3}, "best_of", "not supported"),
     ("completions", {"seed": -1}, "seed", "seed must be >= 0"),
 ]
@@ -251,3 +253,84 @@ def test_what_cannot_be_honoured_is_a_400_naming_the_field(http, endpoint, chang
     error = reply.json()["error"]
     assert error["param"] == param and message in error["message"], error
     assert error["message"].count("\n") == 0
+
+
+def test_models_are_retrieved_by_id_or_uri(client, package):
+    assert client.models.retrieve("tiny").id == "tiny"
+    assert client.models.retrieve(str(package)).version == str(package)
+    with pytest.raises(openai.NotFoundError, match="model 'gpt-4' is not served here"):
+        client.models.retrieve("gpt-4")
+
+
+def test_history_of_every_role_is_rendered_into_the_script(client, package):
+    """What clients replay: an assistant turn with content null (it called a tool) and the
+    tool's result, each its speaker's lines."""
+    messages = [{"role": "system", "content": "A play."}, {"role": "user", "content": "Sum?"},
+                {"role": "assistant", "content": None, "tool_calls": []},
+                {"role": "tool", "content": "42", "tool_call_id": "call_1"},
+                {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]}]
+    prompt = ("SYSTEM:\nA play.\n\nUSER:\nSum?\n\nASSISTANT:\n\n\nTOOL:\n42\n\n"
+              "DEVELOPER:\nBe brief.\n\nASSISTANT:\n")
+    reply = client.chat.completions.create(model="tiny", messages=messages, seed=2,
+                                           max_tokens=20)
+    expected = load_package(package).generate(prompt, seed=2, max_tokens=20)
+    assert reply.choices[0].message.content == expected
+
+
+def test_echo_with_logprobs_and_no_tokens_scores_a_text_as_the_evaluation_does(client, package):
+    """How evaluation harnesses (lm-evaluation-harness's local-completions) score a text: the
+    server's per-character log-probabilities are the evaluate stage's (char_nll), across
+    windows too (the text is longer than the tiny model's 16-character context)."""
+    from tinyllm.evaluation.scoring import char_nll, split_metrics
+
+    text = "ROMEO:\nlove night light sweet death.\n\nJULIET:\nfair heaven hath thou doth.\n"
+    reply = client.completions.create(model="tiny", prompt=[text, "JULIET:"], echo=True,
+                                      logprobs=2, max_tokens=0, temperature=0)
+    choice = reply.choices[0]
+    assert choice.text == text and reply.usage.completion_tokens == 0
+    assert choice.logprobs.tokens == list(text) and choice.logprobs.token_logprobs[0] is None
+    assert choice.logprobs.text_offset == list(range(len(text)))
+    loaded = load_package(package)
+    tokens = loaded.tokenizer.encode(text)
+    served = -torch.tensor(choice.logprobs.token_logprobs[1:], dtype=torch.float64)
+    assert torch.allclose(served, torch.from_numpy(char_nll(loaded.model, tokens)), atol=1e-4)
+    bits = float(served.mean()) / math.log(2)
+    assert abs(bits - split_metrics(loaded.model, tokens)["bits_per_char"]) < 1e-4
+    for position, top in enumerate(choice.logprobs.top_logprobs[1:], start=1):
+        assert text[position] in top and len(top) <= 3  # the 2 most likely and the text's
+        assert max(top.values()) >= choice.logprobs.token_logprobs[position] - 1e-6
+    assert reply.choices[1].text == "JULIET:"
+
+
+def test_echo_repeats_the_prompt_before_the_reply_and_scores_both(client):
+    plain = client.completions.create(model="tiny", prompt="ROMEO:", seed=3, max_tokens=10,
+                                      logprobs=1)
+    echoed = client.completions.create(model="tiny", prompt="ROMEO:", seed=3, max_tokens=10,
+                                       logprobs=1, echo=True)
+    assert echoed.choices[0].text == "ROMEO:" + plain.choices[0].text
+    logprobs = echoed.choices[0].logprobs
+    assert logprobs.tokens == list(echoed.choices[0].text)
+    assert logprobs.token_logprobs[6:] == plain.choices[0].logprobs.token_logprobs
+    assert logprobs.text_offset == list(range(16))
+
+
+def test_the_responses_api_created_and_streamed_with_the_official_client(client, package):
+    """Input and instructions become the chat script; the text is what generate gives it."""
+    prompt = "SYSTEM:\nA play.\n\nUSER:\nROMEO:\n\nASSISTANT:\n"
+    expected = load_package(package).generate(prompt, seed=3, max_tokens=20)
+    options = {"model": "tiny", "instructions": "A play.", "max_output_tokens": 20,
+               "extra_body": {"seed": 3}}
+    created = client.responses.create(input="ROMEO:", **options)
+    assert created.output_text == expected and created.status == "incomplete"
+    assert created.usage.output_tokens == 20 and created.usage.input_tokens == len(prompt)
+    as_messages = client.responses.create(
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "ROMEO:"}]}],
+        **options)
+    assert as_messages.output_text == expected
+    with client.responses.stream(input="ROMEO:", **options) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == expected and final.output_text == expected
+    assert len(deltas) >= 1 and final.id.startswith("resp_")
+    with pytest.raises(openai.BadRequestError, match="previous_response_id: not supported"):
+        client.responses.create(input="x", model="tiny", previous_response_id="resp_1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import pytest
@@ -15,7 +16,7 @@ from tinyllm import chat
 from tinyllm.cli import cli
 from tinyllm.config import EvaluateConfig, SamplingConfig
 from tinyllm.errors import TinyLLMError
-from tinyllm.generate import filter_logits
+from tinyllm.generate import Sampler, filter_logits, sampling_logits, tempered
 from tinyllm.package import LoadedModel
 from tinyllm.serving.requests import ChatRequest, CompletionRequest
 from tinyllm.tracking.runs import signature
@@ -41,8 +42,8 @@ def test_every_surface_exposes_exactly_the_settings_and_defaults():
     assert option_defaults("generate") == DEFAULTS
     assert option_defaults("chat") == DEFAULTS
     assert {f.name for f in chat.KNOBS.values()} == set(DEFAULTS)
-    params = signature().params
-    assert {p.name: p.default for p in params} == DEFAULTS
+    params = signature().params  # MLflow fills in defaults: an unseeded request must not
+    assert {p.name: p.default for p in params} == {**DEFAULTS, "seed": None}  # get 1337
     evaluate = EvaluateConfig()
     assert {k: v for k, v in dataclasses.asdict(evaluate.sampling()).items()} == {
         **DEFAULTS, "top_p": 0.95}  # evaluate's own default
@@ -99,3 +100,54 @@ def test_min_p_keeps_the_characters_at_least_that_fraction_as_likely_as_the_top_
     kept = filter_logits(probs.log(), min_p=0.2) > float("-inf")
     assert kept.tolist() == [True, True, True, False]  # 0.08 < 0.2 x 0.5
     assert torch.equal(filter_logits(probs.log(), min_p=0.0), probs.log())
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-45, 1e-37, 1e-6, 10.0])
+def test_any_accepted_temperature_samples_from_a_distribution_without_nan(temperature):
+    """The smallest temperatures overflowed logits / temperature to inf, whose softmax is NaN
+    (torch.multinomial then raised in the server's decoder), and a top_p of 5e-324 (0 in
+    float32) filtered out every token. Near 0 a draw is the argmax."""
+    logits = torch.tensor([0.0, 1.0, 3.0, -2.0, 2.9, 40.0, -40.0])
+    logits[5] = 3.0  # a tie with the most likely: near 0 the draw is one of the two
+    for top_k, top_p, min_p in [(0, 1.0, 0.0), (2, 0.5, 0.1), (0, 5e-324, 1.0)]:
+        settings = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
+                                  min_p=min_p, frequency_penalty=2.0, seed=3)
+        sampler = Sampler(settings, len(logits), top_logprobs=3)
+        scores = sampling_logits(logits, settings)
+        assert not scores.isnan().any() and not scores.isposinf().any()
+        draw = sampler.draw(logits)
+        assert math.isfinite(draw.logprob)
+        if temperature < 1e-6:
+            assert draw.token in (2, 5)
+    assert not tempered(logits, temperature).isnan().any()
+
+
+def test_nan_logits_are_an_error_not_a_draw():
+    """Greedy argmax would silently pick a NaN; a draw would fail deep inside torch."""
+    logits = torch.tensor([0.0, float("nan"), 1.0])
+    for temperature in (0.0, 0.8):
+        with pytest.raises(FloatingPointError, match="logits hold NaN"):
+            Sampler(SamplingConfig(temperature=temperature), 3).draw(logits)
+
+
+def test_the_mlflow_model_draws_fresh_seeds_and_its_errors_carry_no_traceback():
+    """MLflow answers an MlflowException with its message; any other exception with a 400
+    holding our traceback."""
+    from mlflow.exceptions import MlflowException
+
+    from tinyllm.tracking import pyfunc
+
+    assert len({pyfunc.settings_for({"seed": None}).seed for _ in range(5)}) > 1
+    assert pyfunc.settings_for({"seed": 7}).seed == 7
+
+    class Broken:
+        def stream(self, prompt, settings):
+            raise FloatingPointError("the model's logits hold NaN")
+            yield
+
+    model = pyfunc.TinyLLMModel()
+    model.loaded = Broken()
+    with pytest.raises(MlflowException, match="generation failed: FloatingPointError") as info:
+        model.predict(None, ["ROMEO:"])
+    assert info.value.get_http_status_code() == 500
+    assert "stack_trace" not in info.value.serialize_as_json()

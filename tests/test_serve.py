@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -226,11 +227,14 @@ def test_request_time_is_capped_and_sigterm_ends_the_server_at_once(package, wor
         connection.request("POST", "/v1/completions", json.dumps({
             "model": "tiny", "prompt": "R", "max_tokens": 100000, "stream": True}),
             {"Content-Type": "application/json"})
-        assert connection.getresponse().readline().startswith(b"data: ")
+        streamed = connection.getresponse()
+        assert streamed.readline().startswith(b"data: ")
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         time.sleep(0.01)
         process.send_signal(signal.SIGTERM)
+        # cut short, which a reply that reached its limit ("length") is not
+        assert b'"finish_reason": "abort"' in streamed.read()
         assert process.wait(timeout=10) == 0
         assert time.monotonic() - started < 5
         assert not re.search("error|Traceback", log.read_text()), log.read_text()
@@ -354,3 +358,95 @@ def test_a_bad_workers_count_is_one_error_line_naming_the_option(workers):
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith("error: Invalid value for '--workers': ")
     assert len(result.stderr.splitlines()) == 1
+
+
+def health(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_generation_that_fails_is_an_error_the_client_sees_and_the_worker_serves_on(
+        package, tmp_path):
+    """A failure injected into the decoder: a package whose unknown-character embedding is NaN,
+    so a prompt with a character the model never saw gives NaN logits (the model is broken for
+    it; no temperature is). That request gets a 500, or an error event when streamed; a stream
+    in flight on the same worker goes on; /health says degraded; the next request is served,
+    on the slot the failed one held too. The temperature that once killed a worker is served."""
+    from tinyllm.package import load_package, save_package
+    from tinyllm.tokenizer import UNKNOWN_ID
+
+    loaded = load_package(package)
+    with torch.no_grad():
+        loaded.model.tok_emb.weight[UNKNOWN_ID] = float("nan")
+    broken = save_package(tmp_path / "tiny", loaded.model, loaded.tokenizer, {})
+    process, url, _ = start(broken, "--workers", "1")
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    try:
+        assert health(url) == (200, {"status": "ok", "model": str(broken), "active": 0,
+                                     "failures": 0, "last_failure": None})
+        going = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=2000,
+                                          stream=True, seed=1)
+        first = next(iter(going))
+        status, reply, _ = post(url, "/v1/completions", {"model": "tiny", "prompt": "Z€",
+                                                         "max_tokens": 5})
+        assert status == 500 and reply["error"]["type"] == "server_error"
+        assert "the model's logits hold NaN" in reply["error"]["message"]
+        with pytest.raises(openai.APIError, match="generation failed in the server"):
+            list(client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "Z"}], stream=True))
+        for temperature in (1e-45, 1e-300, 5e-324):  # batched with the stream still going
+            reply = client.completions.create(model="tiny", prompt="A", max_tokens=5,
+                                              temperature=temperature)
+            assert len(reply.choices[0].text) == 5 and reply.choices[0].finish_reason == "length"
+        assert health(url)[1]["active"] == 1  # the stream was still going
+        rest = [c for chunk in going for c in chunk.choices]
+        assert len(first.choices[0].text + "".join(c.text for c in rest)) == 2000
+        assert rest[-1].finish_reason == "length"
+        status, state = health(url)
+        assert status == 200 and state["status"] == "degraded" and state["failures"] == 2
+        assert "NaN" in state["last_failure"]
+    finally:
+        stop(process)
+
+
+def test_a_decoding_step_that_fails_ends_its_sequences_and_the_next_ones_are_served():
+    """A failure injected into the decoder's forward pass (the whole step, not one draw): its
+    sequences end with FAILED and the error, and the decoder thread serves the next ones."""
+    from tinyllm.serving.batching import FAILED
+
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=30, context_length=16, n_layer=1, n_head=2, d_model=16))
+
+    class FailsOnce:
+        def __init__(self):
+            self.failed = False
+
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def __call__(self, *args, **kwargs):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("injected")
+            return model(*args, **kwargs)
+
+    decoder = Decoder(model, max_batch=4)
+    decoder.model = FailsOnce()
+    settings = SamplingConfig(max_tokens=12, seed=4)
+    got: list[list] = [[], []]
+    failed = decoder.submit(Sequence([1, 2], settings, got[0].append))
+    deadline = time.monotonic() + 30
+    while not got[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    decoder.submit(Sequence([1, 2], settings, got[1].append))
+    while not got[1] or got[1][-1] != "length":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    decoder.stop()
+    assert got[0] == [FAILED] and failed.error == "RuntimeError: injected"
+    assert got[1][:-1] == list(stream_tokens(model, [1, 2], settings))
+    assert decoder.failures.count == 1

@@ -33,8 +33,9 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = torch.cumsum(probs, dim=-1) - probs
-        sorted_logits[mass_before >= top_p] = float("-inf")  # always keeps the most likely token
+        beyond = torch.cumsum(probs, dim=-1) - probs >= top_p
+        beyond[..., 0] = False  # the most likely token stays, however small top_p (5e-324 is 0
+        sorted_logits[beyond] = float("-inf")  # in float32: a mass of 0 would be >= it)
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
 
@@ -51,10 +52,20 @@ def sampling_logits(logits: torch.Tensor, settings: SamplingConfig,
         # OpenAI's definition: mu[j] - c[j] * frequency_penalty - (c[j] > 0) * presence_penalty
         logits = logits - (settings.frequency_penalty * counts
                            + settings.presence_penalty * (counts > 0))
+    if torch.isnan(logits).any():  # a broken model; never sample (or argmax) from NaN
+        raise FloatingPointError("the model's logits hold NaN")
     if settings.temperature == 0:
         return logits
-    return filter_logits(logits / settings.temperature, settings.top_k, settings.top_p,
-                         settings.min_p)
+    return filter_logits(tempered(logits, settings.temperature), settings.top_k,
+                         settings.top_p, settings.min_p)
+
+
+def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature for any temperature > 0, however small: shifted so that the largest
+    is 0 and divided in float64, so no logit becomes +inf (a softmax of inf is NaN) and a
+    temperature below float32's smallest number is not 0. The shift changes no probability."""
+    shifted = logits.double() - logits.max()
+    return (shifted / temperature).float()
 
 
 def pick(logits: torch.Tensor, settings: SamplingConfig, generator: torch.Generator) -> int:

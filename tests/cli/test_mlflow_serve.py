@@ -50,6 +50,16 @@ def session_processes(server: subprocess.Popen) -> dict[int, str]:
     return found
 
 
+def post(url: str, body: dict) -> tuple[int, str]:
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 def invoke(url: str, reply: dict) -> None:
     """A request for 20 x 2000 characters: far longer than the test waits (until the cap)."""
     body = json.dumps({"inputs": ["ROMEO:"] * 20, "params": {"max_tokens": 2000}}).encode()
@@ -81,6 +91,14 @@ def test_the_banner_command_serves_and_sigterm_stops_generation_and_the_server(
     url, reply = f"http://127.0.0.1:{port}", {}
     try:
         launch.wait_until_up(f"{url}/ping", server, tmp_path / "serve.log")
+        short = {"inputs": ["ROMEO:"], "params": {"max_tokens": 40}}
+        unseeded = [post(url, short) for _ in range(2)]
+        assert unseeded[0][0] == 200 and unseeded[0] != unseeded[1]  # a fresh seed each
+        tiny = post(url, {**short, "params": {"max_tokens": 5, "temperature": 1e-45}})
+        assert tiny[0] == 200, tiny
+        status, text = post(url, {**short, "params": {"temperature": -1}})
+        assert status == 400 and "temperature must be >= 0.0, got -1.0" in text
+        assert "stack_trace" not in text and "Traceback" not in text
         busy = threading.Thread(target=invoke, args=(url, reply))
         busy.start()
         time.sleep(1)  # generation is under way

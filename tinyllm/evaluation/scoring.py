@@ -29,21 +29,38 @@ def scoring_windows(n_tokens: int, context: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def _scored_batches(model: GPT, tokens: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
-    """Per batch of windows, the NLL (nats, float64) of the targets it scores, in text order."""
+def _scored_windows(model: GPT, tokens: np.ndarray,
+                    batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per batch of windows: the model's logits, the windows' tokens (inputs and targets) and
+    the mask of the targets each scores."""
     model.eval()
     context = model.config.context_length
     device = model.tok_emb.weight.device
     windows = scoring_windows(len(tokens), context)
-    positions = torch.arange(context, device=device)
     for i in range(0, len(windows), batch_size):
         chunk = windows[i:i + batch_size]
         data = torch.from_numpy(np.stack(
             [tokens[s:s + context + 1] for s, _ in chunk]).astype(np.int64)).to(device)
         first = torch.tensor([f for _, f in chunk], device=device)
         logits, _ = model(data[:, :-1])
+        positions = torch.arange(data.size(1) - 1, device=device)  # a text shorter than the
+        yield logits, data, positions[None, :] >= first[:, None]  # context is one window
+
+
+def _scored_batches(model: GPT, tokens: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+    """Per batch of windows, the NLL (nats, float64) of the targets it scores, in text order."""
+    for logits, data, scored in _scored_windows(model, tokens, batch_size):
         nll = F.cross_entropy(logits.float().transpose(1, 2), data[:, 1:], reduction="none")
-        yield nll[positions[None, :] >= first[:, None]].double()
+        yield nll[scored].double()
+
+
+def char_logprobs(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> torch.Tensor:
+    """The model's log-probabilities of every character [len(tokens) - 1, vocab] at each of
+    positions 1 .. len(tokens) - 1, scored as char_nll scores them (its NLL is minus the
+    target's entry): what the server's text scoring (echo with logprobs) lists."""
+    rows = [torch.log_softmax(logits.float(), dim=-1)[scored].cpu()
+            for logits, _, scored in _scored_windows(model, tokens, batch_size)]
+    return torch.cat(rows) if rows else torch.zeros(0, model.config.vocab_size)
 
 
 def split_nll(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> tuple[float, int]:

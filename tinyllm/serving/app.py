@@ -2,8 +2,10 @@
 /v1/chat/completions, whole or streamed as server-sent events. What a request may ask and what it
 gets back is docs/serving.md; here are the routes, the error handlers and the replies' shapes.
 
-Every request shares the worker's one batching.Decoder, and every error leaves in OpenAI's error
-shape, never as a traceback.
+Every request shares the worker's one batching.Decoder (a failed generation is a 500, or an
+error event when streamed, while the worker serves on); bodies are read within limits by
+intake.py; the OpenAPI document is contract.py's; every error leaves in OpenAI's error shape,
+never as a traceback.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from tinyllm.serving import contract, echo, responses
 from tinyllm.serving.balancing import SharedLoads
+from tinyllm.serving.intake import Intake, timed_protocol
 from tinyllm.serving.jobs import Job, Piece, ServedModel, chat_logprobs, completion_logprobs
 from tinyllm.serving.limits import Limits
 from tinyllm.serving.requests import (
@@ -39,8 +43,10 @@ from tinyllm.serving.requests import (
     settings_of,
     stops_of,
 )
+from tinyllm.serving.responses import ResponsesRequest
 
 log = logging.getLogger(__name__)
+DEGRADED_SECONDS = 60.0  # /health says degraded this long after a generation failed
 
 UNION_MEMBERS = re.compile(r"^(str|int|float|bool|.*\[.*\])$")  # pydantic's tags in a loc
 
@@ -68,26 +74,6 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
         shown = f", got {json.dumps(given)[:40]}" if isinstance(given, (str, int, float)) else ""
         message = f"{param}: {first.get('msg')}{shown}"
     return JSONResponse(error_body(message, param), status_code=400)
-
-
-class BoundedBody:
-    """A 413 for a request whose Content-Length is over max_bytes, before its body is read.
-
-    Plain ASGI: Starlette's @app.middleware("http") would also relay every streamed chunk of
-    every response through a task and a memory stream, a large share of a busy server's time.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        size = dict(scope.get("headers", ())).get(b"content-length", b"")
-        if scope["type"] == "http" and size.isdigit() and int(size) > self.max_bytes:
-            message = (f"the request body is {int(size)} bytes; this server takes at most "
-                       f"{self.max_bytes}")
-            await JSONResponse(error_body(message), 413)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 class Wakeups:
@@ -122,9 +108,13 @@ def create_app(model: ServedModel, limits: Limits) -> FastAPI:
     model.after_step = wakeups.after_step
     app = FastAPI(title="tinyllm", docs_url=None, redoc_url=None, lifespan=wakeups.lifespan)
     add_error_handlers(app)
-    app.add_middleware(BoundedBody, max_bytes=limits.max_body_bytes)
     add_info_routes(app, model)
-    add_generation_routes(app, Generation(model, limits, wakeups))
+    generation = Generation(model, limits, wakeups)
+    add_generation_routes(app, generation)
+    add_responses_route(app, generation)
+    posts = frozenset(r.path for r in app.routes if "POST" in getattr(r, "methods", ()))
+    app.add_middleware(Intake, limits=limits, paths=posts)
+    contract.install(app, limits, model.names)
     return app
 
 
@@ -141,7 +131,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_, exc: HTTPException):
-        return JSONResponse(error_body(str(exc.detail)), exc.status_code)
+        return JSONResponse(error_body(str(exc.detail)), exc.status_code,
+                            exc.headers)  # a 405's Allow
 
     @app.exception_handler(Exception)
     async def bug(_, exc: Exception):
@@ -153,16 +144,35 @@ def add_error_handlers(app: FastAPI) -> None:
 def add_info_routes(app: FastAPI, model: ServedModel) -> None:
     @app.get("/health")
     async def health():
-        """For load balancers and tests: up, what it serves, sequences in flight."""
+        """For load balancers and tests: up, what it serves, sequences in flight, and whether
+        generation failed lately (degraded; it still serves) or cannot run (a 503)."""
         served = model.current
-        return {"status": "ok", "model": served.uri, "active": served.decoder.in_flight}
+        decoder = served.decoder
+        failures = decoder.failures
+        status = "ok"
+        if time.monotonic() - failures.last_at < DEGRADED_SECONDS:
+            status = "degraded"
+        if not decoder.running:
+            status = "unavailable"
+        body = {"status": status, "model": served.uri, "active": decoder.in_flight,
+                "failures": failures.count, "last_failure": failures.last_error}
+        return JSONResponse(body, 503 if status == "unavailable" else 200)
+
+    def model_object() -> dict:
+        served = model.current
+        return {"id": served.id, "object": "model", "created": 0, "owned_by": "tinyllm",
+                "version": served.uri}
 
     @app.get("/v1/models")
     async def list_models():
-        served = model.current
-        return {"object": "list", "data": [
-            {"id": served.id, "object": "model", "created": 0, "owned_by": "tinyllm",
-             "version": served.uri}]}
+        """The model served; its id is what requests name as `model`."""
+        return {"object": "list", "data": [model_object()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str):
+        """The model served, by its id or the URI it was served as; else a 404."""
+        model.check_name(model_id)
+        return model_object()
 
 
 @dataclass
@@ -177,25 +187,47 @@ class Generation:
               top_logprobs: int | None) -> Job:
         served = self.model.check_name(body.model)
         settings = settings_of(body, self.limits)
+        self.check_lengths(prompts, param)
+        return Job(served, prompts, settings, body.n, stops_of(body),
+                   time.monotonic() + self.limits.request_seconds, self.wakeups.wake,
+                   top_logprobs)
+
+    def check_lengths(self, prompts: list[str], param: str) -> None:
         for prompt in prompts:
             if len(prompt) > self.limits.max_prompt_chars:
                 raise RequestError(f"{param} is {len(prompt)} characters; this server takes "
                                    f"at most {self.limits.max_prompt_chars}", param)
-        return Job(served, prompts, settings, body.n, stops_of(body),
-                   time.monotonic() + self.limits.request_seconds, self.wakeups.wake,
-                   top_logprobs)
+
+    async def score(self, body: CompletionRequest, prompts: list[str], top: int | None) -> dict:
+        """echo with max_tokens 0: each prompt back, scored when logprobs asks; no
+        generation. Scoring runs outside the event loop (a long text takes a while)."""
+        served = self.model.check_name(body.model)
+        settings = settings_of(body.model_copy(update={"max_tokens": 1}), self.limits)
+        self.check_lengths(prompts, "prompt")
+        logprobs = [None] * len(prompts)
+        if top is not None:
+            logprobs = await asyncio.to_thread(
+                lambda: [echo.scored(served.loaded, p, top) for p in prompts])
+        choices = [{"index": i * body.n + j, "text": prompt, "finish_reason": "length",
+                    "logprobs": logprobs[i]}
+                   for i, prompt in enumerate(prompts) for j in range(body.n)]
+        size = sum(len(p) for p in prompts) * body.n
+        usage = {"prompt_tokens": size, "completion_tokens": 0, "total_tokens": size}
+        return {**reply_head(served, settings.seed), "object": "text_completion",
+                "choices": choices, "usage": usage}
 
     async def reply(self, job: Job, body: BaseRequest, request: Request, kind: str, chunk, whole):
         """The whole response, or with stream its server-sent events; kind: OpenAI's object
         name (chunks add `.chunk` for chat). Each names the model version and the seed, which
         replays the reply (choice i used seed + i)."""
-        head = {"id": uuid.uuid4().hex[:24], "created": int(time.time()),
-                "model": job.served.uri, "seed": job.settings.seed}
+        head = reply_head(job.served, job.settings.seed)
         if not body.stream:
             texts, draws = [""] * len(job.filters), [[] for _ in job.filters]
             async for piece in job.pieces(request):
                 texts[piece.index] += piece.text
                 draws[piece.index] += piece.draws
+            if job.error:
+                return JSONResponse(_failed(job), 500)
             choices = [whole(Piece(i, text, 0, draws[i]), job.finish[i])
                        for i, text in enumerate(texts)]
             return {**head, "object": kind, "choices": choices, "usage": job.usage()}
@@ -213,6 +245,9 @@ async def _events(job: Job, body: BaseRequest, head: dict, chunk) -> AsyncIterat
                 yield f"data: {json.dumps({**head, 'choices': [first]})}\n\n"
         async for piece in job.pieces():
             done = job.finish[piece.index] if not piece.text else None
+            if job.error:  # OpenAI's clients raise on an error event
+                yield f"data: {json.dumps(_failed(job))}\n\n"
+                return
             yield f"data: {json.dumps({**head, 'choices': [chunk(piece, done)]})}\n\n"
         if body.stream_options and body.stream_options.include_usage:
             yield f"data: {json.dumps({**head, 'choices': [], 'usage': job.usage()})}\n\n"
@@ -221,24 +256,46 @@ async def _events(job: Job, body: BaseRequest, head: dict, chunk) -> AsyncIterat
         job.cancel()
 
 
+def _failed(job: Job) -> dict:
+    return error_body(f"generation failed in the server ({job.error}); the server goes on "
+                      "serving, so the request may be sent again", kind="server_error")
+
+
+def reply_head(served, seed: int) -> dict:
+    """What every reply and chunk starts with: its id, time, the exact model version served and
+    the seed that replays it."""
+    return {"id": uuid.uuid4().hex[:24], "created": int(time.time()), "model": served.uri,
+            "seed": seed}
+
+
 def add_generation_routes(app: FastAPI, generation: Generation) -> None:
     """/v1/completions and /v1/chat/completions: each shapes the pieces of a Job its way."""
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise RequestError("prompt must not be an empty list", "prompt")
         top = body.top_logprobs_wanted()
+        if body.echo and body.stream:
+            raise RequestError("echo cannot be streamed here; send stream: false", "echo")
+        if body.echo_only():
+            return await generation.score(body, prompts, top)
         job = generation.start(body, prompts, "prompt", top)
-        decode = job.served.loaded.tokenizer.decode
+        loaded = job.served.loaded
+        echoed = {}  # prompt -> its scores, with echo and logprobs
+        if body.echo and top is not None:
+            echoed = await asyncio.to_thread(
+                lambda: {p: echo.scored(loaded, p, top) for p in set(prompts)})
 
         def whole(piece: Piece, finish, opening: bool = False):
             if opening:
                 return None
+            prompt = job.prompts[piece.index]
             logprobs = None if top is None else completion_logprobs(
-                decode, piece.draws, len(job.prompts[piece.index]) + piece.start)
-            return {"index": piece.index, "text": piece.text, "finish_reason": finish,
+                loaded.tokenizer.decode, piece.draws, len(prompt) + piece.start)
+            text = prompt + piece.text if body.echo else piece.text
+            if echoed:
+                logprobs = echo.joined(echoed[prompt], logprobs)
+            return {"index": piece.index, "text": text, "finish_reason": finish,
                     "logprobs": logprobs}
 
         return await generation.reply(job, body, request, "text_completion", whole, whole)
@@ -265,6 +322,26 @@ def add_generation_routes(app: FastAPI, generation: Generation) -> None:
                     "finish_reason": finish, "logprobs": logprobs(piece)}
 
         return await generation.reply(job, body, request, "chat.completion", chunk, whole)
+
+
+def add_responses_route(app: FastAPI, generation: Generation) -> None:
+    """/v1/responses: the Responses API over the same Job (responses.py shapes it)."""
+
+    @app.post("/v1/responses")
+    async def create_response(body: ResponsesRequest, request: Request):
+        if body.n != 1:
+            raise RequestError("n must be 1 here: a response has one output", "n")
+        job = generation.start(body, [chat_prompt(body.messages())], "input", None)
+        if body.stream:
+            return StreamingResponse(responses.events(job, body, _failed),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        text = ""
+        async for piece in job.pieces(request):
+            text += piece.text
+        if job.error:
+            return JSONResponse(_failed(job), 500)
+        return responses.response(job, body, responses.new_ids(), text)
 
 
 class _Server(uvicorn.Server):
@@ -296,7 +373,8 @@ def run(model: ServedModel, limits: Limits, listener: socket.socket, loads: Shar
     """Serve the model over HTTP on listener (a bound socket, shared by the workers whose open
     connections loads counts) until SIGTERM/SIGINT."""
     config = uvicorn.Config(create_app(model, limits), log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=2, lifespan="on")
+                            timeout_graceful_shutdown=2, lifespan="on",
+                            http=timed_protocol(limits.header_seconds))
     try:
         _Server(config, model.stop).run(sockets=[loads.listener(listener)])
     finally:

@@ -16,7 +16,10 @@ its own KV cache, sampling settings and random generator, so a request gives exa
   different lengths get what each gets alone.
 
 The Decoder runs in its own thread; callers submit a sequence and receive its tokens through a
-callback, and may cancel it at any moment (a client that went away).
+callback, and may cancel it at any moment (a client that went away). A failure never stops it:
+a sequence whose draw fails (e.g. a model giving NaN) ends with FAILED, a whole step that fails
+ends every sequence of that step with FAILED, and the next step serves what comes next; `failures`
+counts them for /health.
 """
 
 from __future__ import annotations
@@ -39,6 +42,19 @@ log = logging.getLogger(__name__)
 
 # What a sequence's callback receives once it has ended, instead of a token id.
 LENGTH, TIMEOUT, CANCELLED, SHUTDOWN = "length", "timeout", "cancelled", "shutdown"
+FAILED = "failed"  # its error says why
+
+
+@dataclass
+class Failures:
+    """The decoder's failures so far: how many, and the last one's time.monotonic() and error."""
+
+    count: int = 0
+    last_at: float = float("-inf")
+    last_error: str | None = None
+
+    def note(self, error: str) -> None:
+        self.count, self.last_at, self.last_error = self.count + 1, time.monotonic(), error
 
 
 @dataclass(eq=False)
@@ -56,6 +72,7 @@ class Sequence:
     cache: SlotCache | None = None
     sampler: Sampler | None = None
     remaining: int = 0
+    error: str | None = None  # why it ended with FAILED
 
     def cancel(self) -> None:
         """Stop generating for it (e.g. its client disconnected); safe from any thread."""
@@ -126,6 +143,7 @@ class Decoder:
         self.stopping = False
         self.retired = False  # ends its thread once its sequences are done
         self.after_step: Callable[[], None] = lambda: None
+        self.failures = Failures()
         self.thread = threading.Thread(target=self._run, name="tinyllm-decoder", daemon=True)
         self.thread.start()
 
@@ -133,9 +151,14 @@ class Decoder:
     def in_flight(self) -> int:
         return len(self.active) + self.incoming.qsize()
 
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive() and not self.stopping
+
     def submit(self, sequence: Sequence) -> Sequence:
-        if self.stopping:
+        if self.stopping:  # its thread has ended: nobody else would wake the request
             sequence.emit(SHUTDOWN)
+            self.after_step()
             return sequence
         self.incoming.put(sequence)
         return sequence
@@ -173,9 +196,13 @@ class Decoder:
                                               and self.incoming.empty()):
                 self._admit()
                 if self.active:
-                    self._step()
+                    try:
+                        self._step()
+                    except Exception as exc:  # the step's sequences fail; the next step runs
+                        self._fail(self.active, exc)
+                        self.active = []
                     self.after_step()
-        except Exception:  # a bug: end every sequence rather than leave clients waiting
+        except Exception:  # a bug outside a step: end every sequence, never leave one waiting
             log.exception("decoder failed")
         finally:
             self.stopping = True
@@ -220,8 +247,14 @@ class Decoder:
             for i, sequence in enumerate(going):
                 logits[id(sequence)] = rows[i]
         keep = max(1, self.context // 2)
+        failed = []
         for sequence in live:
-            drawn = sequence.sampler.draw(logits[id(sequence)])
+            try:
+                drawn = sequence.sampler.draw(logits[id(sequence)])
+            except Exception as exc:  # this sequence's failure only (e.g. NaN logits)
+                self._fail([sequence], exc)
+                failed.append(sequence)
+                continue
             sequence.emit(drawn)
             token = drawn.token if isinstance(drawn, Draw) else drawn
             sequence.remaining -= 1
@@ -230,8 +263,23 @@ class Decoder:
                 sequence.window, sequence.cache = sequence.window[-keep:], None
             if sequence.remaining == 0:
                 self._end(sequence, LENGTH)
-        self.active = [s for s in live if s.remaining > 0]
+        self.active = [s for s in live if s.remaining > 0 and s not in failed]
+
+    def _fail(self, sequences: list[Sequence], exc: Exception) -> None:
+        """End sequences with FAILED, their cache slots wiped: masked attention still multiplies
+        by a slot's stale values, and 0 x NaN would poison the next sequence there."""
+        log.error("generation failed for %d sequence(s)", len(sequences), exc_info=exc)
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        self.failures.note(error)
+        for sequence in sequences:
+            slot = self.slots.get(id(sequence))
+            if slot is not None:
+                self.keys[:, slot].zero_()
+                self.values[:, slot].zero_()
+            sequence.error = error
+            self._end(sequence, FAILED)
 
     def _end(self, sequence: Sequence, reason: str) -> None:
-        self.free.append(self.slots.pop(id(sequence)))
+        if id(sequence) in self.slots:
+            self.free.append(self.slots.pop(id(sequence)))
         sequence.emit(reason)

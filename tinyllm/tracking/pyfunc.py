@@ -5,11 +5,13 @@ so it loads wherever torch and numpy are installed. Serving loads the model pack
 tinyllm's safe loader. Input: prompts (a list of strings or a one-column frame); output: their
 continuations, or with predict_stream the pieces of text as they are sampled. Params: the fields
 of tinyllm.config.SamplingConfig (max_tokens, temperature, top_k, top_p, min_p, seed,
-frequency_penalty, presence_penalty), with its defaults and checks. A served request is
+frequency_penalty, presence_penalty), with its defaults and checks, but a request without a
+seed draws a fresh one (the signature gives none). A served request is
 bounded: at most MAX_TOKENS characters per prompt and REQUEST_SECONDS of generation, so no
 request holds a worker for minutes. Served by uvicorn (`mlflow models serve`), generation in
 flight stops once uvicorn is told to stop (SIGTERM or Ctrl-C): the request gets a 503, and the
-server's graceful shutdown does not wait for it.
+server's graceful shutdown does not wait for it. Every error is an MlflowException, so
+MLflow's reply carries no traceback: a bad param is a 400, a failed generation a 500.
 """
 
 import signal
@@ -18,13 +20,14 @@ import time
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE
 from mlflow.pyfunc import PythonModel
 
 from tinyllm.config import SamplingConfig
 from tinyllm.errors import TinyLLMError
 from tinyllm.serving.limits import SERVED_MAX_TOKENS as MAX_TOKENS
 from tinyllm.serving.limits import SERVED_REQUEST_SECONDS as REQUEST_SECONDS
+from tinyllm.serving.limits import fresh_seed
 
 
 def _server_stopping() -> bool:
@@ -50,8 +53,11 @@ def _prompts(model_input) -> list[str]:
 
 def settings_for(params: dict | None) -> SamplingConfig:
     """The request's sampling settings; a bad value is MLflow's 400 naming the param."""
+    values = dict(params or {})
+    if values.get("seed") is None:
+        values["seed"] = fresh_seed()
     try:
-        settings = SamplingConfig.from_values(dict(params or {}))
+        settings = SamplingConfig.from_values(values)
     except TinyLLMError as exc:
         raise MlflowException.invalid_parameter_value(str(exc)) from None
     if settings.max_tokens > MAX_TOKENS:
@@ -79,7 +85,15 @@ class TinyLLMModel(PythonModel):
             yield piece
 
     def _pieces(self, model_input, params):
-        settings = settings_for(params)
+        try:
+            yield from self._generate(model_input, settings_for(params))
+        except MlflowException:
+            raise
+        except Exception as exc:  # MLflow would answer a 400 with our traceback in it
+            raise MlflowException(f"generation failed: {type(exc).__name__}: {exc}",
+                                  error_code=INTERNAL_ERROR) from None
+
+    def _generate(self, model_input, settings: SamplingConfig):
         deadline = time.monotonic() + REQUEST_SECONDS
         for index, prompt in enumerate(_prompts(model_input)):
             for piece in self.loaded.stream(prompt, settings=settings):

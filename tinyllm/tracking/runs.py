@@ -373,14 +373,16 @@ class StepLogger:
 # --- the registered model -----------------------------------------------------------------------
 
 def signature():
-    """Prompts in, continuations out; params: every sampling setting with its default."""
+    """Prompts in, continuations out; params: every sampling setting with its default, but
+    the seed's is none (MLflow fills in defaults): an unseeded request draws a fresh one."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec("string")]),  # prompts: a list of strings or one column
         outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([ParamSpec(f.name, "long" if f.type == "int" else "double", f.default)
+        params=ParamSchema([ParamSpec(f.name, "long" if f.type == "int" else "double",
+                                      None if f.name == "seed" else f.default)
                             for f in fields(SamplingConfig)]))
 
 
