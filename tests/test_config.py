@@ -39,6 +39,11 @@ def test_empty_params_give_defaults():
     ({"train": {"device": "tpu"}}, ["train.device", "auto, cpu, cuda, mps", "'tpu'"]),
     ({"data": {"unicode_normalization": "nfc"}}, ["data.unicode_normalization"]),
     ({"model": {"d_model": 130, "n_head": 4}}, ["model.d_model", "model.n_head"]),
+    ({"model": {"positions": "alibi"}}, ["model.positions", "learned, rotary", "'alibi'"]),
+    ({"model": {"qk_norm": "yes"}}, ["model.qk_norm", "true or false"]),
+    ({"model": {"activation": "swiglu"}}, ["model.activation", "gelu, relu2"]),
+    ({"model": {"d_model": 12, "n_head": 4}}, ["model.positions rotary", "(model.d_model / "
+                                               "model.n_head = 3) must be even"]),
     ({"train": "fast"}, ["'train'", "mapping"]),
 ])
 def test_invalid_params_name_the_key(raw, expected):
