@@ -465,6 +465,39 @@ def test_a_replanned_run_replays_exactly_from_its_summary_as_fixed_steps(
         assert torch.equal(tensor, replayed.model.state_dict()[name]), name
 
 
+def test_a_budget_of_many_passes_trains_under_the_weight_decay_they_choose(
+        gpt_config, train_config, splits):
+    """A plan of many passes over a small text decays the weights harder
+    (recipes.WEIGHT_DECAY_BY_PASSES); the run trains under the plan's decay, not
+    train.weight_decay's, and its summary replays it."""
+    from tinyllm.recipes import WEIGHT_DECAY_BY_PASSES
+    from tinyllm.training.outputs import summary_of
+
+    cfg = dataclasses.replace(train_config, max_steps=10**6, eval_interval=10, warmup_steps=5,
+                              time_budget_minutes=0.5)
+    most = max(WEIGHT_DECAY_BY_PASSES)
+    plan = StepPlan.for_budget(cfg, 0.0, 1.0, 0.0, epoch_steps=30 / (most + 1))
+    plan = dataclasses.replace(plan, eval_interval=10)  # not an evaluation a step: quicker
+    assert plan.weight_decay == WEIGHT_DECAY_BY_PASSES[most] != cfg.weight_decay
+    assert StepPlan.for_budget(cfg, 0.0, 1.0, 0.0).weight_decay == cfg.weight_decay  # a pass
+    own = dataclasses.replace(cfg, weight_decay=0.3)  # the user's own value is kept
+    assert StepPlan.for_budget(own, 0.0, 1.0, 0.0, epoch_steps=1.0).weight_decay == 0.3
+    as_given = dataclasses.replace(cfg, recipe="none")
+    assert StepPlan.for_budget(as_given, 0.0, 1.0, 0.0, epoch_steps=1.0).weight_decay == 0.1
+    clock = StepClock()
+    result = fit(gpt_config, cfg, *splits, plan=plan, clock=clock, callbacks=[clock])
+    summary = json.loads(json.dumps(summary_of(result, "")))
+    assert summary["weight_decay"] == plan.weight_decay
+    fixed = dataclasses.replace(cfg, time_budget_minutes=0.0, max_steps=summary["steps"])
+    replayed = fit(gpt_config, fixed, *splits, plan=StepPlan.replay(summary))
+    as_configured = fit(gpt_config, fixed, *splits, plan=dataclasses.replace(
+        StepPlan.replay(summary), weight_decay=None))  # a plan from before: train.weight_decay
+    weights = result.model.state_dict()
+    assert all(torch.equal(t, replayed.model.state_dict()[n]) for n, t in weights.items())
+    assert not torch.equal(weights["tok_emb.weight"],
+                           as_configured.model.state_dict()["tok_emb.weight"])
+
+
 def test_the_pace_shrugs_off_a_hiccup_but_follows_a_machine_that_stays_slower():
     from tinyllm.training.plan import Pace
 

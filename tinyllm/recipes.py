@@ -44,6 +44,10 @@ BY_DEVICE: dict[str, dict[float, dict[str, int | float | str]]] = {
     "cuda": {1: _GPU},
 }
 BY_BUDGET = BY_DEVICE["cpu"]
+# Passes over the training text a budget's plan makes -> train.weight_decay (the row of the most
+# passes it reaches). A plan of many passes is a small text's: it overfits within a dozen passes,
+# and stronger decay holds its test loss lower (docs/results.md, "Small texts").
+WEIGHT_DECAY_BY_PASSES = {0: 0.1, 20: 1.0}
 
 
 def recipe_for(minutes: float, device: str = "cpu") -> tuple[float, dict[str, int | float]]:
@@ -84,6 +88,14 @@ def apply_recipe(params):
     return dataclasses.replace(params, **{
         section: dataclasses.replace(getattr(params, section), **changes)
         for section, changes in sections.items()})
+
+
+def planned_weight_decay(train, passes: float) -> float:
+    """train.weight_decay for a budget's plan of `passes` over the training text: under
+    train.recipe auto, WEIGHT_DECAY_BY_PASSES's row, unless the user set a value of their own."""
+    if train.recipe != "auto" or train.weight_decay != _default(train, "weight_decay"):
+        return train.weight_decay
+    return WEIGHT_DECAY_BY_PASSES[max(p for p in WEIGHT_DECAY_BY_PASSES if p <= passes)]
 
 
 def _default(section, name: str):

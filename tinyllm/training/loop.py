@@ -46,7 +46,7 @@ from tinyllm.training.batches import (
     fixed_windows,
     tokens_per_step,
 )
-from tinyllm.training.optimizer import make_optimizer, optimizer_step
+from tinyllm.training.optimizer import make_optimizer, optimizer_step, set_weight_decay
 from tinyllm.training.plan import Pace, StepPlan, lr_at, warmup_for
 from tinyllm.training.state import CHECKPOINT_FILE, RunState, load_checkpoint, run_fingerprint
 
@@ -237,6 +237,8 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
     elif state.plan is None:
         state.plan = _first_plan(model, cfg, train_tokens, rows, device, validate, callbacks,
                                elapsed)
+    if state.plan.weight_decay is not None:
+        set_weight_decay(optimizer, state.plan.weight_decay)
     loop = _Loop(cfg, model, optimizer, sampler, device, autocast, state, validate, elapsed,
                  clock, callbacks, tokens_per_step(cfg, model_cfg.context_length))
 

@@ -25,6 +25,13 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
                              fused=device.type in ("cuda", "cpu") or None)
 
 
+def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    """The decayed groups' weight decay (the norms' gains stay undecayed)."""
+    for group in optimizer.param_groups:
+        if group["weight_decay"]:
+            group["weight_decay"] = weight_decay
+
+
 def optimizer_step(net: torch.nn.Module, model: GPT, optimizer: torch.optim.Optimizer,
                    sampler: WindowSampler, cfg: TrainConfig, lr: float, device: torch.device,
                    autocast) -> tuple[float, torch.Tensor]:

@@ -43,6 +43,7 @@ def summary_of(result: TrainResult, data_fingerprint: str) -> dict:
         "plan_segments": [list(s) for s in result.plan.segments],  # replays every step's rate
         "data_limited_at_step": result.plan.data_limited_at,
         "eval_interval": result.plan.eval_interval,  # at most an epoch's steps under a budget
+        "weight_decay": result.plan.weight_decay,  # a budget's passes may choose it
         "stopped_by": result.stopped_by,
         "time_budget_seconds": result.plan.budget_sec,
         "unused_budget_seconds": round(max(0.0, result.plan.budget_sec - result.elapsed_sec), 1)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from tinyllm.config import TrainConfig
 from tinyllm.errors import TinyLLMError
+from tinyllm.recipes import planned_weight_decay
 
 
 def warmup_for(warmup_steps: int, steps: int) -> int:
@@ -39,6 +40,8 @@ class StepPlan:
     segments: tuple[tuple[int, float, int], ...] = ()
     data_limited_at: int = 0  # the evaluation's step whose stall started the final decay
     eval_interval: int = 0  # steps between evaluations (train.eval_interval, or an epoch's)
+    # train.weight_decay, or under a budget what its passes chose; None in plans from before it
+    weight_decay: float | None = None
 
     def __post_init__(self) -> None:
         if not self.segments:  # the first plan: one stretch from the warm-up's end
@@ -48,7 +51,7 @@ class StepPlan:
     @classmethod
     def fixed(cls, cfg: TrainConfig) -> StepPlan:
         return cls(steps=cfg.max_steps, warmup_steps=warmup_for(cfg.warmup_steps, cfg.max_steps),
-                   eval_interval=cfg.eval_interval)
+                   eval_interval=cfg.eval_interval, weight_decay=cfg.weight_decay)
 
     @classmethod
     def for_budget(cls, cfg: TrainConfig, spent_sec: float, step_sec: float,
@@ -57,7 +60,8 @@ class StepPlan:
 
         A budget evaluates at least once an epoch (epoch_steps: steps a pass over the training
         split takes): on a small text, overfitting starts within a few epochs, and the
-        data-limited stop can only see it at an evaluation.
+        data-limited stop can only see it at an evaluation. The passes the steps make choose
+        the weight decay (recipes.planned_weight_decay).
         """
         budget = cfg.time_budget_minutes * 60
         every = max(1, int(min(cfg.eval_interval, epoch_steps)))
@@ -69,7 +73,8 @@ class StepPlan:
                 f"{spent_sec:.1f} s went on start-up; give at least "
                 f"{(spent_sec + 2 * (step_sec + eval_sec)) / 60:.2f} minutes")
         return cls(steps=steps, warmup_steps=warmup_for(cfg.warmup_steps, steps),
-                   budget_sec=budget, step_sec=step_sec, eval_sec=eval_sec, eval_interval=every)
+                   budget_sec=budget, step_sec=step_sec, eval_sec=eval_sec, eval_interval=every,
+                   weight_decay=planned_weight_decay(cfg, steps / epoch_steps))
 
     @classmethod
     def replay(cls, summary: dict) -> StepPlan:
@@ -78,7 +83,8 @@ class StepPlan:
         return cls(steps=summary["steps"], warmup_steps=summary["planned_warmup_steps"],
                    segments=summary["plan_segments"],
                    data_limited_at=summary["data_limited_at_step"],
-                   eval_interval=summary["eval_interval"])
+                   eval_interval=summary["eval_interval"],
+                   weight_decay=summary.get("weight_decay"))  # absent before 2026-12-07
 
     def eval_every(self, step: int) -> int:
         """Steps between evaluations at step: eval_interval, and DECAY_EVALS_PER_INTERVAL times
