@@ -5,6 +5,7 @@ docs/results.md.
     python scripts/budget_sweep.py --budgets 2 --variant lr5e-3:train.learning_rate=5e-3
     python scripts/budget_sweep.py --tokens-per-sec 34000   # plan steps from a quiet rate
     python scripts/budget_sweep.py --budgets 2 --slowdown 2 # 2x slower after the calibration
+    python scripts/budget_sweep.py --budgets 2 10 --seeds 1337 1338 1339  # three train.seeds
 
 Each run trains on the project's default split (params.yaml's data section, prepared once) with
 `train.time_budget_minutes` set to the budget, exactly as `dvc exp run -S
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -50,10 +52,11 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, {key: yaml.safe_load(value) for key, value in pairs}
 
 
-def budget_params(base: dict, minutes: float, overrides: dict):
-    """Validated params for one run: the auto recipe for the budget, with the variant on top."""
+def budget_params(base: dict, minutes: float, overrides: dict, seed: int):
+    """Validated params for one run: the auto recipe for the budget and train.seed, with the
+    variant on top."""
     raw = json.loads(json.dumps(base))
-    raw["train"].update(time_budget_minutes=minutes, recipe="auto")
+    raw["train"].update(time_budget_minutes=minutes, recipe="auto", seed=seed)
     params = params_from_dict(raw)
     if overrides:  # a variant: the recipe's values with some changed, taken as given
         params = params_from_dict(set_keys({}, {**params.flat(), **overrides,
@@ -160,6 +163,9 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V,...",
                         help="also run the recipe with these keys changed (repeatable)")
     parser.add_argument("--no-auto", action="store_true", help="run only the variants")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                        help="run each budget and variant under each train.seed (default: "
+                        "params.yaml's)")
     parser.add_argument("--tokens-per-sec", type=positive,
                         help="plan steps for a machine training at this rate, not the clock")
     parser.add_argument("--slowdown", type=slowdown_factor, default=1.0, metavar="FACTOR",
@@ -183,23 +189,25 @@ def main() -> None:
         workflow.build(project, data, through=workflow.tokenize)
     variants = ([] if args.no_auto else [("auto", {})]) + [parse_variant(v) for v in args.variant]
     rows = []
-    for minutes in args.budgets:
-        for name, overrides in variants:
-            params = budget_params(base, minutes, overrides)
-            row = {"budget_minutes": minutes, "recipe": name, "corpus": project.data.corpus,
-                   "tokens_per_sec_assumed": args.tokens_per_sec,
-                   **one_run(params, data, args.work / f"{name}-{minutes:g}min",
-                             args.tokens_per_sec, args.slowdown), "slowdown": args.slowdown}
-            rows.append(row)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            with args.out.open("a", encoding="utf-8") as out:
-                out.write(json.dumps(row) + "\n")
-            print(json.dumps(row), file=sys.stderr, flush=True)
-    print("| budget (min) | recipe | planned steps | steps | stopped by | unused (min) "
+    for minutes, (name, overrides), seed in itertools.product(
+            args.budgets, variants, args.seeds or [project.train.seed]):
+        params = budget_params(base, minutes, overrides, seed)
+        run = f"{name}-{minutes:g}min" + (f"-seed{seed}" if args.seeds else "")
+        row = {"budget_minutes": minutes, "recipe": name, "seed": seed,
+               "corpus": project.data.corpus, "tokens_per_sec_assumed": args.tokens_per_sec,
+               **one_run(params, data, args.work / run, args.tokens_per_sec, args.slowdown),
+               "slowdown": args.slowdown}
+        rows.append(row)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    print("| budget (min) | recipe | seed | planned steps | steps | stopped by | unused (min) "
           "| best val | last val | test loss | test bits/char |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['budget_minutes']:g} | {r['recipe']} | {r['planned_steps']} | {r['steps']} "
+        print(f"| {r['budget_minutes']:g} | {r['recipe']} | {r['seed']} | {r['planned_steps']} "
+              f"| {r['steps']} "
               f"| {r['stopped_by']} | {r['unused_seconds'] / 60:.1f} | {r['best_val_loss']:.4f} "
               f"| {r['last_val_loss']:.4f} | {r['test_loss']:.4f} "
               f"| {r['test_bits_per_char']:.4f} |")
