@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+VENV_PTH := scripts/venv_bin_on_path.pth
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: run test lint install install-dev lock clean
@@ -29,8 +30,12 @@ install-dev: $(VENV)/.installed-dev
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml constraints.txt
+# The .pth appends the venv's bin to PATH (at the end) for every Python started from it, so
+# what DVC itself starts by name finds it without activation: `.venv/bin/dvc queue start`
+# spawns its worker and each experiment as a bare `dvc` (tests/integration/test_sweep.py).
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml constraints.txt $(VENV_PTH)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .
+	cp $(VENV_PTH) "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
