@@ -6,6 +6,16 @@ BIN := $(VENV)/bin
 VENV_PTH := scripts/venv_bin_on_path.pth
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
+# A .venv copied or moved here from another folder still starts the original's Python (its
+# scripts' first line and the editable install name the old path): rebuild it here.
+VENV_BIN_WAS := $(dir $(shell sed -n '1s/^.!//p' $(BIN)/pip 2>/dev/null))
+ifneq ($(VENV_BIN_WAS),)
+ifneq ($(VENV_BIN_WAS),$(CURDIR)/$(BIN)/)
+$(warning $(VENV) was made in $(VENV_BIN_WAS:/bin/=); rebuilding it here)
+$(shell rm -rf $(VENV))
+endif
+endif
+
 .PHONY: run test lint install install-dev lock clean
 
 run: $(VENV)/.installed
