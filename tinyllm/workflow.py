@@ -214,7 +214,7 @@ def _log_outcome(result, summary: dict, layout: Layout) -> None:
 def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) -> dict:
     """Whole-split metrics, samples and the loss curve; with tracking, log and register."""
     from tinyllm.devices import select_device
-    from tinyllm.evaluation.report import loss_curve_png, samples_markdown
+    from tinyllm.evaluation.report import dvc_metrics, loss_curve_png, samples_markdown
     from tinyllm.evaluation.scoring import split_metrics
     from tinyllm.package import load_package
     from tinyllm.tokenizer import load_tokens
@@ -236,7 +236,7 @@ def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) ->
                  layout.eval_metrics]
         atomic_write_text(files[0], samples_markdown(samples, settings))
         loss_curve_png(layout.train_dir, files[1])
-        atomic_write_json(files[2], metrics)
+        atomic_write_json(files[2], dvc_metrics(metrics))
         test = metrics[TEST]
         log.info("evaluate: test loss %.4f nats/char, %.4f bits/char, perplexity %.3f",
                  test["loss"], test["bits_per_char"], test["perplexity"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import statistics
@@ -71,11 +72,25 @@ def test_a_sweep_on_two_workers_lands_in_one_store_and_each_result_is_tracked(bu
 
     baseline = json.loads(run([DVC, "exp", "show", "--json"], repo, env))[1]
     shown = {}
+    names = {}
     for exp in baseline["experiments"]:
         data = exp["revs"][0]["data"]
         lr = data["params"]["params.yaml"]["data"]["train"]["learning_rate"]
         shown[lr] = data["metrics"]["models/eval/metrics.json"]["data"]["test"]["loss"]
+        names[lr] = exp["name"]
     assert set(shown) == {0.001, 0.004}
+    # The table a person reads, at 120 columns: each experiment's learning rate and test loss
+    # (the changed code files' hashes come after them, folded into a `…` column).
+    table = run([DVC, "exp", "show", "--no-pager", "--only-changed"], repo,
+                {**env, "COLUMNS": "120"})
+    assert "test.loss" in table and "train.learning_rate" in table
+    for lr, loss in shown.items():
+        assert re.search(rf"\[.*\] .* {loss:.5g} .* {lr}\s", table), table
+    # An applied experiment is built: `dvc repro` has nothing to redo.
+    run([DVC, "exp", "apply", names[0.004]], repo, env)
+    assert "Running stage" not in run([DVC, "repro"], repo, env)
+    assert json.loads((repo / "models/eval/metrics.json").read_text())["test"]["loss"] == shown[
+        0.004]
 
     # Over seeds (the default), each learning rate is its own recipe of one run.
     by_recipe = json.loads(tinyllm(repo, env, "runs", "--json"))
