@@ -190,9 +190,9 @@ def _record_result(run, result, layout: Layout, tokenizer, fingerprint: str) -> 
     summary = summary_of(result, fingerprint)
     write_history(layout.train_dir, result.history, summary)
     save_package(layout.model, result.model, tokenizer, meta=summary)
-    run.log_metrics({f"train.{k}": v for k, v in summary.items()
-                     if isinstance(v, (int, float))})
-    run.set_tag("tinyllm.stopped_by", summary["stopped_by"])
+    # Single values are tags (tinyllm.steps, tinyllm.stopped_by, ...), not one-point charts: the
+    # run page's charts are the curves and the evaluation's scores.
+    run.set_tags({f"tinyllm.{k}": v for k, v in summary.items() if not isinstance(v, list)})
     # summary.json holds the realised plan (plan_segments): the run replays from it.
     run.log_artifacts([layout.train_dir / SAMPLES_FILE, layout.train_dir / SUMMARY_FILE],
                       "train")
