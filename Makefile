@@ -3,7 +3,18 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+VENV_PTH := scripts/venv_bin_on_path.pth
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+# A .venv copied or moved here from another folder still starts the original's Python (its
+# scripts' first line and the editable install name the old path): rebuild it here.
+VENV_BIN_WAS := $(dir $(shell sed -n '1s/^.!//p' $(BIN)/pip 2>/dev/null))
+ifneq ($(VENV_BIN_WAS),)
+ifneq ($(VENV_BIN_WAS),$(CURDIR)/$(BIN)/)
+$(warning $(VENV) was made in $(VENV_BIN_WAS:/bin/=); rebuilding it here)
+$(shell rm -rf $(VENV))
+endif
+endif
 
 .PHONY: run test lint install install-dev lock clean
 
@@ -29,8 +40,12 @@ install-dev: $(VENV)/.installed-dev
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml constraints.txt
+# The .pth appends the venv's bin to PATH (at the end) for every Python started from it, so
+# what DVC itself starts by name finds it without activation: `.venv/bin/dvc queue start`
+# spawns its worker and each experiment as a bare `dvc` (tests/integration/test_sweep.py).
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml constraints.txt $(VENV_PTH)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .
+	cp $(VENV_PTH) "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

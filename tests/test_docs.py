@@ -106,3 +106,17 @@ def test_the_budget_page_lists_every_stopped_by_value_and_only_those():
     section = text.split("## When the run stops", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^- \*\*.+?\*\* \(`(\w+)`\)", section, re.MULTILINE)
     assert sorted(listed) == sorted(reason.value for reason in StoppedBy)
+
+
+def test_the_readme_names_the_one_sampling_default_evaluate_changes():
+    from dataclasses import fields
+
+    from tinyllm.config import EvaluateConfig, SamplingConfig
+
+    evaluate, default = EvaluateConfig(), SamplingConfig()
+    differ = [f.name for f in fields(SamplingConfig)
+              if getattr(evaluate, f.name) != getattr(default, f.name)]
+    assert differ == ["top_p"]
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert f"`evaluate.top_p` is {evaluate.top_p}," in readme
+    assert f"else `top_p` defaults to {default.top_p} (off)" in readme

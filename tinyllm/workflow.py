@@ -190,9 +190,9 @@ def _record_result(run, result, layout: Layout, tokenizer, fingerprint: str) -> 
     summary = summary_of(result, fingerprint)
     write_history(layout.train_dir, result.history, summary)
     save_package(layout.model, result.model, tokenizer, meta=summary)
-    run.log_metrics({f"train.{k}": v for k, v in summary.items()
-                     if isinstance(v, (int, float))})
-    run.set_tag("tinyllm.stopped_by", summary["stopped_by"])
+    # Single values are tags (tinyllm.steps, tinyllm.stopped_by, ...), not one-point charts: the
+    # run page's charts are the curves and the evaluation's scores.
+    run.set_tags({f"tinyllm.{k}": v for k, v in summary.items() if not isinstance(v, list)})
     # summary.json holds the realised plan (plan_segments): the run replays from it.
     run.log_artifacts([layout.train_dir / SAMPLES_FILE, layout.train_dir / SUMMARY_FILE],
                       "train")
@@ -214,7 +214,7 @@ def _log_outcome(result, summary: dict, layout: Layout) -> None:
 def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) -> dict:
     """Whole-split metrics, samples and the loss curve; with tracking, log and register."""
     from tinyllm.devices import select_device
-    from tinyllm.evaluation.report import loss_curve_png, samples_markdown
+    from tinyllm.evaluation.report import dvc_metrics, loss_curve_png, samples_markdown
     from tinyllm.evaluation.scoring import split_metrics
     from tinyllm.package import load_package
     from tinyllm.tokenizer import load_tokens
@@ -236,7 +236,7 @@ def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) ->
                  layout.eval_metrics]
         atomic_write_text(files[0], samples_markdown(samples, settings))
         loss_curve_png(layout.train_dir, files[1])
-        atomic_write_json(files[2], metrics)
+        atomic_write_json(files[2], dvc_metrics(metrics))
         test = metrics[TEST]
         log.info("evaluate: test loss %.4f nats/char, %.4f bits/char, perplexity %.3f",
                  test["loss"], test["bits_per_char"], test["perplexity"])

@@ -145,7 +145,7 @@ def check_evaluate_only_run_is_its_own(repo: Path) -> None:
     assert child.data.params["evaluate.seed"] == "2"
     assert parent.data.params["evaluate.seed"] == "1337"
     assert "eval_test_loss" in child.data.metrics and "eval_test_loss" in parent.data.metrics
-    assert "train.steps" in parent.data.metrics and "train.steps" not in child.data.metrics
+    assert "tinyllm.steps" in parent.data.tags and "tinyllm.steps" not in child.data.tags
     # What `mlflow ui` shows as Source and Version; train ran before the "built" commit.
     for record, stage, rev in ((child, "evaluate", "HEAD"), (parent, "train", "HEAD~1")):
         assert record.data.tags["mlflow.source.name"] == f"dvc.yaml:{stage}"

@@ -14,6 +14,7 @@ import tinyllm
 from tinyllm import workflow
 from tinyllm.errors import TinyLLMError
 from tinyllm.tracking.registry import resolve_model_uri
+from tinyllm.tracking.runs import STEP_METRICS
 from tinyllm.tracking.store import Store, rehome_artifacts, runs_page, ui_page
 
 
@@ -48,6 +49,11 @@ def test_run_logs_params_step_metrics_artifacts_and_registers(tmp_path, make_par
     assert run.data.metrics["eval_test_loss"] == pytest.approx(metrics["test"]["loss"])
     assert {"eval_test_bits_per_char", "eval_test_perplexity", "eval_val_loss"} <= set(
         run.data.metrics)
+    # Charts are the curves and the evaluation's scores; training's single values are tags.
+    assert {k for k in run.data.metrics if not k.startswith(("eval_", "system/"))} == set(
+        STEP_METRICS)
+    assert run.data.tags["tinyllm.steps"] == "30"
+    assert run.data.tags["tinyllm.stopped_by"] == "max_steps"
     artifacts = {a.path for folder in ("data", "eval")
                  for a in store.client.list_artifacts(run.info.run_id, folder)}
     assert {"data/tokenizer.json", "eval/samples.md", "eval/loss_curve.png"} <= artifacts
@@ -210,3 +216,20 @@ def test_two_stores_in_one_process_each_keep_their_own_runs_and_models(tmp_path,
     assert resolve_model_uri("models:/only-in-one/1", first).path.is_dir()
     assert mlflow.get_tracking_uri() == global_uri and "MLFLOW_TRACKING_URI" not in os.environ
     assert not (tmp_path / "model/mlflow.db").exists() and not (tmp_path / "model/mlruns").exists()
+
+
+def test_a_run_whose_process_was_killed_ends_killed_when_the_next_run_opens(
+        tmp_path, make_params, store_uri):
+    from tinyllm.tracking.runs import TrackedRun, end_abandoned_runs, evaluation_run
+
+    store = Store()
+    left = TrackedRun.start(store, "tests", "killed", {}, {})
+    gone = subprocess.Popen(["true"])  # the process that held it, SIGKILLed: gone
+    gone.wait()
+    left.set_tags({"tinyllm.pid": str(gone.pid)})
+    assert store.client.get_run(left.id).info.status == "RUNNING"
+    with evaluation_run(make_params(), tmp_path / "no-handoff.json", "next") as live:
+        assert store.client.get_run(left.id).info.status == "KILLED"
+        end_abandoned_runs(store, "tests")  # a live process's run is left alone
+        assert store.client.get_run(live.id).info.status == "RUNNING"
+    assert store.client.get_run(live.id).info.status == "FINISHED"

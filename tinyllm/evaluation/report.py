@@ -10,8 +10,21 @@ from pathlib import Path
 import numpy as np
 
 from tinyllm.config import SamplingConfig
+from tinyllm.corpus import TEST
 from tinyllm.io import atomic_write
 from tinyllm.training.outputs import EVAL_FILE, STEPS_FILE, SUMMARY_FILE
+
+# What models/eval/metrics.json (the DVC metric) holds of each split's scores: what a person
+# compares in `dvc exp show`, test first. Few and narrow, so an experiment's changed params still
+# fit beside them at 120 columns; bits/char (loss / ln 2), perplexity and the characters scored
+# are in the MLflow run.
+DVC_METRICS = ("loss",)
+
+
+def dvc_metrics(scores: dict[str, dict]) -> dict:
+    """{split: {measure: value}} of DVC_METRICS, test first (DVC's first metric column)."""
+    order = sorted(scores, key=lambda split: split != TEST)
+    return {split: {key: scores[split][key] for key in DVC_METRICS} for split in order}
 
 
 def samples_markdown(samples: dict[str, str], settings: SamplingConfig) -> str:

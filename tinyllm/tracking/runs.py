@@ -2,10 +2,11 @@
 
 `training_run` and `evaluation_run` open it once per step; the step logs through it, registers
 the model through it, and leaves the `with` block, which ends the run FINISHED, or KILLED when it
-was interrupted (Ctrl-C, SIGTERM) or FAILED on an error. Every call goes through the run's own
-MlflowClient, bound to its store: nothing sets MLflow's process-global tracking URI or active
-run, so two stores in one process never mix. With tracking off (or on ranks other than 0 under
-torchrun) a NullRun takes the same calls and records nothing.
+was interrupted (Ctrl-C, SIGTERM) or FAILED on an error; a run whose process was killed outright
+ends KILLED when the next step opens a run (end_abandoned_runs). Every call goes through the
+run's own MlflowClient, bound to its store: nothing sets MLflow's process-global tracking URI or
+active run, so two stores in one process never mix. With tracking off (or on ranks other than 0
+under torchrun) a NullRun takes the same calls and records nothing.
 """
 
 from __future__ import annotations
@@ -85,14 +86,46 @@ def run_name(prefix: str, params: Params) -> str:
 
 # --- opening a run ------------------------------------------------------------------------------
 
+def _owner() -> dict[str, str]:
+    """Tags naming the process that holds a run RUNNING."""
+    import socket
+
+    return {"tinyllm.host": socket.gethostname(), "tinyllm.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def end_abandoned_runs(store: Store, experiment: str) -> None:
+    """Runs left RUNNING by a process of this machine that is gone (SIGKILL, a lost machine)
+    end KILLED, so a killed pipeline never leaves a run RUNNING once the next one starts."""
+    host = _owner()["tinyllm.host"]
+    for run in store.client.search_runs([store.experiment_id(experiment)],
+                                        "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        pid = tags.get("tinyllm.pid", "")
+        if tags.get("tinyllm.host") == host and pid.isdigit() and not _alive(int(pid)):
+            store.client.set_terminated(run.info.run_id, "KILLED")
+            log.info("MLflow run %s was left RUNNING by process %s, which is gone: ended it "
+                     "KILLED", run.info.run_id, pid)
+
+
 def training_run(params: Params, name: str, facts: dict, tracking_uri: str | None = None,
                  enabled: bool = True) -> TrackedRun | NullRun:
     """A new run holding every params.yaml key and the derived facts; a NullRun when tracking is
     off. The store is checked here, before any training."""
     if not (enabled and params.tracking.enabled):
         return NullRun()
-    return TrackedRun.start(Store(tracking_uri), params.tracking.experiment, name,
-                            params.flat(), facts)
+    store = Store(tracking_uri)
+    end_abandoned_runs(store, params.tracking.experiment)
+    return TrackedRun.start(store, params.tracking.experiment, name, params.flat(), facts)
 
 
 def evaluation_run(params: Params, handoff: Path, name: str,
@@ -109,6 +142,7 @@ def evaluation_run(params: Params, handoff: Path, name: str,
     from mlflow.exceptions import MlflowException
 
     store, experiment = Store(tracking_uri), params.tracking.experiment
+    end_abandoned_runs(store, experiment)
     run_id = None
     with contextlib.suppress(OSError, ValueError, AttributeError):
         run_id = json.loads(handoff.read_text()).get("run_id")
@@ -125,7 +159,9 @@ def evaluation_run(params: Params, handoff: Path, name: str,
     store.check_artifacts_beside(train_run.info.artifact_uri, f"MLflow run {run_id}")
     if not any(key.startswith(EVAL_METRIC_PREFIX) for key in train_run.data.metrics):
         store.client.update_run(run_id, status="RUNNING")
-        return TrackedRun(store, run_id, experiment)
+        reopened = TrackedRun(store, run_id, experiment)
+        reopened.set_tags(_owner())
+        return reopened
     log.info("MLflow run %s holds an earlier evaluation; this one is a new run nested under it",
              run_id)
     return TrackedRun.start(store, experiment, name, params.flat(), {}, parent=run_id)
@@ -154,7 +190,7 @@ class TrackedRun:
               parent: str | None = None) -> TrackedRun:
         """Open a run and record the params and the derived facts as MLflow params."""
         tags = {"mlflow.runName": name, "tinyllm.source": "pipeline",
-                **source_tags(project_root())}
+                **source_tags(project_root()), **_owner()}
         if os.environ.get("DVC_EXP_NAME"):
             tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
         if parent:
@@ -193,8 +229,10 @@ class TrackedRun:
         self.store.client.log_batch(self.id, metrics=[
             Metric(key, float(value), stamp, 0) for key, value in values.items()])
 
-    def set_tag(self, key: str, value: str) -> None:
-        self.store.client.set_tag(self.id, key, value)
+    def set_tags(self, values: dict) -> None:
+        from mlflow.entities import RunTag
+
+        self.store.client.log_batch(self.id, tags=[RunTag(k, str(v)) for k, v in values.items()])
 
     def log_artifacts(self, files: Iterable[Path], folder: str | None = None) -> None:
         for file in files:
@@ -322,7 +360,7 @@ class NullRun:
 
     def log_params(self, values: dict) -> None: ...
     def log_metrics(self, values: dict) -> None: ...
-    def set_tag(self, key: str, value: str) -> None: ...
+    def set_tags(self, values: dict) -> None: ...
     def log_artifacts(self, files: Iterable[Path], folder: str | None = None) -> None: ...
     def log_datasets(self, splits: dict[str, Path], name: str) -> None: ...
     def log_samples(self, rows: list[dict]) -> None: ...
