@@ -8,12 +8,11 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 # A .venv copied or moved here from another folder still starts the original's Python (its
 # scripts' first line and the editable install name the old path): rebuild it here.
-VENV_BIN_WAS := $(dir $(shell sed -n '1s/^.!//p' $(BIN)/pip 2>/dev/null))
-ifneq ($(VENV_BIN_WAS),)
-ifneq ($(VENV_BIN_WAS),$(CURDIR)/$(BIN)/)
-$(warning $(VENV) was made in $(VENV_BIN_WAS:/bin/=); rebuilding it here)
+# (pip's script names its Python in its first lines: on line 1, or on line 2 under a long path.)
+VENV_MOVED := $(shell test -f $(BIN)/pip && ! head -n 2 $(BIN)/pip | grep -qF '$(CURDIR)/$(BIN)/python' && echo yes)
+ifeq ($(VENV_MOVED),yes)
+$(warning $(VENV) was made in another folder; rebuilding it here)
 $(shell rm -rf $(VENV))
-endif
 endif
 
 .PHONY: run test lint install install-dev lock clean
