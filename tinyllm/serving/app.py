@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from tinyllm.serving import contract, echo, responses
+from tinyllm.serving import contract, echo, playground, responses
 from tinyllm.serving.attention import attention_weights
 from tinyllm.serving.balancing import SharedLoads
 from tinyllm.serving.intake import Intake, timed_protocol
@@ -120,6 +120,7 @@ def create_app(model: ServedModel, limits: Limits) -> FastAPI:
     app.add_middleware(Intake, limits=limits, paths=posts)
     contract.install(app, limits, model.names,
                      model.current.loaded.model.config.context_length)
+    playground.install(app)
     return app
 
 
