@@ -182,19 +182,25 @@ function charView(container, describe) {
     const next = spans[Number(event.target.dataset.index) + step];
     if (next) { event.preventDefault(); event.target.tabIndex = -1; next.tabIndex = 0; next.focus(); }
   };
+  container.describe = describe;
+  if (!container.dataset.tips) {  // one set of listeners for all the characters, ever
+    container.dataset.tips = "on";
+    const show = (event) => {
+      const span = event.target.closest?.("span[data-index]");
+      if (span) tipFor(span, () => container.describe(Number(span.dataset.index), span));
+    };
+    for (const kind of ["mouseover", "focusin"]) container.addEventListener(kind, show);
+    for (const kind of ["mouseout", "focusout"]) container.addEventListener(kind, hideTip);
+  }
+  let count = 0;
   return {
     add(char, colour) {
       const span = document.createElement("span");
-      const index = container.querySelectorAll("span[data-index]").length;
+      const index = count++;
       span.dataset.index = index;
       span.textContent = char;
       span.tabIndex = index === 0 ? 0 : -1;
       if (colour) span.style.backgroundColor = colour;
-      const show = () => tipFor(span, () => describe(index, span));
-      span.addEventListener("mouseenter", show);
-      span.addEventListener("focus", show);
-      span.addEventListener("mouseleave", hideTip);
-      span.addEventListener("blur", hideTip);
       container.append(span);
       return span;
     },
@@ -334,8 +340,11 @@ async function score() {
 
 // --- attention --------------------------------------------------------------------------------
 
-// Weight w in [0, 1] as blue of that strength on white.
-function weightColour(w) { return `rgb(${Math.round(255 - 230 * w)} ${Math.round(255 - 160 * w)} 255)`; }
+// Weight w in [0, 1] as blue on white, by its square root so that small weights still show.
+function weightColour(w) {
+  const strength = Math.sqrt(w);
+  return `rgb(${Math.round(255 - 230 * strength)} ${Math.round(255 - 160 * strength)} 255)`;
+}
 
 function drawHead(canvas, rows) {
   const size = rows.length;
