@@ -123,6 +123,7 @@ def test_chat_streams_the_reply_generate_gives_the_script(page, package):
     expected = load_package(package).generate(prompt, ["\n\n"], seed=seed, max_tokens=20)
     assert page.inner_text("#chat-log .assistant .text") == expected
     assert page.inner_text("#chat-log .user .text") == "But soft"
+    assert page.inner_text("#model-info") == f"Model tiny · version {package}"
 
 
 def test_scoring_shows_the_bits_per_char_of_tinyllm_compare(page, package, tmp_path):

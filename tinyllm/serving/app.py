@@ -166,8 +166,9 @@ def add_info_routes(app: FastAPI, model: ServedModel) -> None:
 
     def model_object() -> dict:
         served = model.current
+        source = served.loaded.source
         return {"id": served.id, "object": "model", "created": 0, "owned_by": "tinyllm",
-                "version": served.uri}
+                "version": served.uri, "served_as": source.uri, "run_id": source.run_id}
 
     @app.get("/v1/models")
     async def list_models():

@@ -88,7 +88,10 @@ RESPONSE_EVENT = {"type": "object", "required": ["data"], "properties": {
 MODEL = {"type": "object", "required": ["id", "object"], "properties": {
     "id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
     "created": {"type": "integer"}, "owned_by": {"type": "string"},
-    "version": {"type": "string", "description": "The exact version served."}}}
+    "version": {"type": "string", "description": "The exact version served."},
+    "served_as": {"type": "string", "description": "The URI it was served as: an alias or "
+                                                   "/latest is followed to each new version."},
+    "run_id": {"type": ["string", "null"], "description": "The MLflow run that trained it."}}}
 HEALTH = {"type": "object", "required": ["status", "model", "active"], "properties": {
     "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"],
                "description": "degraded: a generation failed in the last minute (it serves "

@@ -16,8 +16,13 @@ function percent(logprob) { return `${(100 * Math.exp(logprob)).toFixed(1)}%`; }
 
 // --- the model and the settings, from the server ---------------------------------------------
 
+let served = {};  // what /v1/models says: served_as and run_id
+
 function showModel(version) {
-  $("model-info").textContent = `Model ${modelId} · version ${version}`;
+  const run = served.run_id ? ` · trained by run ${served.run_id} (see it in mlflow ui)` : "";
+  const alias = served.served_as && served.served_as !== version
+    ? ` · served as ${served.served_as}, followed to each new version` : "";
+  $("model-info").textContent = `Model ${modelId} · version ${version}${alias}${run}`;
 }
 
 function numberType(prop) {
@@ -71,7 +76,8 @@ async function loadContract() {
   $("attention-text").maxLength = attention.maxLength;
   $("attention-info").textContent = `Up to ${attention.maxLength} characters.`;
   const models = await (await fetch("/v1/models")).json();
-  modelId = models.data[0].id;
+  [served] = models.data;
+  modelId = served.id;
   showModel(models.data[0].version);
 }
 
