@@ -159,6 +159,23 @@ def test_bad_requests_get_a_4xx_in_openais_shape_naming_the_field(server, change
     assert reply["error"]["param"] == param and message in reply["error"]["message"]
 
 
+def test_attention_is_each_heads_weights_and_bad_texts_are_a_4xx_naming_the_field(server):
+    status, reply, _ = post(server, "/v1/attention", {"model": "tiny", "text": "ROMEO: Bu"})
+    assert status == 200 and reply["tokens"] == list("ROMEO: Bu")
+    assert [len(row) for row in reply["weights"][0][1]] == list(range(1, 10))  # 1 layer, 2 heads
+    for change, status, param, message in [
+            ({"text": "x" * 17}, 400, "text", "attention takes at most 16 (the model's context"),
+            ({"text": ""}, 400, "text", "at least 1 character"),
+            ({"text": None}, 400, "text", "missing field 'text'"),
+            ({"text": 5}, 400, "text", "valid string"),
+            ({"model": "gpt-4"}, 404, "model", "not served here")]:
+        body = {k: v for k, v in {"model": "tiny", "text": "R", **change}.items()
+                if v is not None}
+        got, reply, _ = post(server, "/v1/attention", body)
+        assert (got, reply["error"]["param"]) == (status, param)
+        assert message in reply["error"]["message"]
+
+
 def test_malformed_json_and_bad_chat_messages(server, client):
     status, reply, _ = post(server, "/v1/chat/completions", b'{"model": "tiny", "messages": [')
     assert status == 400 and reply["error"]["message"].startswith("malformed JSON")

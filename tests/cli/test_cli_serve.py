@@ -43,6 +43,10 @@ def test_serve_takes_the_champion_and_follows_the_alias_without_a_restart(tiny_m
     try:
         launch.wait_until_up(f"{url}/health", server, log)
         assert complete(url, seed=4)["model"] == "models:/served/1"
+        with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as reply:
+            served = json.loads(reply.read())["data"][0]  # what the playground shows
+        assert served["served_as"] == "models:/served@champion"
+        assert served["run_id"] == store.client.get_model_version("served", "1").run_id
 
         loaded = load_package(tiny_model.package)
         with torch.no_grad():

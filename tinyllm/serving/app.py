@@ -27,18 +27,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from tinyllm.serving import contract, echo, responses
+from tinyllm.serving import contract, echo, playground, responses
+from tinyllm.serving.attention import attention_weights
 from tinyllm.serving.balancing import SharedLoads
 from tinyllm.serving.intake import Intake, timed_protocol
 from tinyllm.serving.jobs import Job, Piece, ServedModel, chat_logprobs, completion_logprobs
 from tinyllm.serving.limits import Limits
 from tinyllm.serving.requests import (
+    AttentionRequest,
     BaseRequest,
     ChatRequest,
     CompletionRequest,
     RequestError,
     SampledRequest,
     chat_prompt,
+    check_attention_text,
     error_body,
     settings_of,
     stops_of,
@@ -112,9 +115,12 @@ def create_app(model: ServedModel, limits: Limits) -> FastAPI:
     generation = Generation(model, limits, wakeups)
     add_generation_routes(app, generation)
     add_responses_route(app, generation)
+    add_attention_route(app, model, limits)
     posts = frozenset(r.path for r in app.routes if "POST" in getattr(r, "methods", ()))
     app.add_middleware(Intake, limits=limits, paths=posts)
-    contract.install(app, limits, model.names)
+    contract.install(app, limits, model.names,
+                     model.current.loaded.model.config.context_length)
+    playground.install(app)
     return app
 
 
@@ -160,8 +166,9 @@ def add_info_routes(app: FastAPI, model: ServedModel) -> None:
 
     def model_object() -> dict:
         served = model.current
+        source = served.loaded.source
         return {"id": served.id, "object": "model", "created": 0, "owned_by": "tinyllm",
-                "version": served.uri}
+                "version": served.uri, "served_as": source.uri, "run_id": source.run_id}
 
     @app.get("/v1/models")
     async def list_models():
@@ -342,6 +349,25 @@ def add_responses_route(app: FastAPI, generation: Generation) -> None:
         if job.error:
             return JSONResponse(_failed(job), 500)
         return responses.response(job, body, responses.new_ids(), text)
+
+
+def add_attention_route(app: FastAPI, model: ServedModel, limits: Limits) -> None:
+    """/v1/attention: each layer's and head's attention over a short text, for the
+    playground's heat maps."""
+
+    @app.post("/v1/attention")
+    async def attention(body: AttentionRequest):
+        served = model.check_name(body.model)
+        loaded = served.loaded
+        check_attention_text(body.text, loaded.model.config.context_length, limits)
+        ids = [int(i) for i in loaded.tokenizer.encode(body.text)]
+        if not ids:
+            raise RequestError("text has no character this model knows", "text")
+        weights = await asyncio.to_thread(attention_weights, loaded.model, ids)
+        rows = [[[[round(w, 4) for w in row[:i + 1]] for i, row in enumerate(head)]
+                 for head in layer] for layer in weights.tolist()]
+        return {"object": "attention", "model": served.uri,
+                "tokens": [loaded.tokenizer.decode([i]) for i in ids], "weights": rows}
 
 
 class _Server(uvicorn.Server):

@@ -88,7 +88,10 @@ RESPONSE_EVENT = {"type": "object", "required": ["data"], "properties": {
 MODEL = {"type": "object", "required": ["id", "object"], "properties": {
     "id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
     "created": {"type": "integer"}, "owned_by": {"type": "string"},
-    "version": {"type": "string", "description": "The exact version served."}}}
+    "version": {"type": "string", "description": "The exact version served."},
+    "served_as": {"type": "string", "description": "The URI it was served as: an alias or "
+                                                   "/latest is followed to each new version."},
+    "run_id": {"type": ["string", "null"], "description": "The MLflow run that trained it."}}}
 HEALTH = {"type": "object", "required": ["status", "model", "active"], "properties": {
     "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"],
                "description": "degraded: a generation failed in the last minute (it serves "
@@ -96,6 +99,17 @@ HEALTH = {"type": "object", "required": ["status", "model", "active"], "properti
     "model": {"type": "string"}, "active": {"type": "integer", "minimum": 0},
     "failures": {"type": "integer", "minimum": 0},
     "last_failure": {"type": ["string", "null"]}}}
+ATTENTION = {"type": "object", "required": ["object", "model", "tokens", "weights"],
+             "properties": {
+                 "object": {"type": "string", "enum": ["attention"]},
+                 "model": {"type": "string", "description": "The exact version served."},
+                 "tokens": {"type": "array", "items": {"type": "string"},
+                            "description": "The characters the model read."},
+                 "weights": {"type": "array", "description": (
+                     "[layer][head][i][j]: how much character i looked at character j <= i "
+                     "(each row sums to 1, to 4 decimals)."), "items": {"type": "array",
+                     "items": {"type": "array", "items": {"type": "array", "items": {
+                         "type": "number", "minimum": 0, "maximum": 1}}}}}}}
 # path -> its replies: status -> (description, JSON schema, and for a stream its schema)
 REPLIES = {
     "/health": {200: ("Up.", HEALTH, None), 503: ("It cannot generate.", HEALTH, None)},
@@ -106,28 +120,32 @@ REPLIES = {
     "/v1/completions": {200: ("The continuation(s).", COMPLETION, events(COMPLETION))},
     "/v1/chat/completions": {200: ("The reply(ies).", CHAT, events(CHAT_CHUNK))},
     "/v1/responses": {200: ("The response.", RESPONSE, RESPONSE_EVENT)},
+    "/v1/attention": {200: ("Each layer's and head's attention.", ATTENTION, None)},
 }
 ERRORS = {"/v1/completions": GENERATION_ERRORS, "/v1/chat/completions": GENERATION_ERRORS,
           "/v1/responses": GENERATION_ERRORS,
+          "/v1/attention": {**BODY_ERRORS, 404: GENERATION_ERRORS[404]},
           "/v1/models/{model_id}": {404: GENERATION_ERRORS[404]}}
 
 
 REQUESTS = ("CompletionRequest", "ChatRequest", "ResponsesRequest")  # the generation routes
+NAMED = (*REQUESTS, "AttentionRequest")  # the requests that name the model
 
 
-def install(app: FastAPI, limits: Limits, names: set[str]) -> None:
+def install(app: FastAPI, limits: Limits, names: set[str], context_length: int) -> None:
     """Serve the document below as the app's /openapi.json; names: those of the model served
-    (its id and the URI it was asked for, which a request's `model` must be)."""
+    (its id and the URI it was asked for, which a request's `model` must be); context_length:
+    its window, which bounds /v1/attention's text."""
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = document(app, limits, names)
+            app.openapi_schema = document(app, limits, names, context_length)
         return app.openapi_schema
 
     app.openapi = openapi
 
 
-def document(app: FastAPI, limits: Limits, names: set[str]) -> dict:
+def document(app: FastAPI, limits: Limits, names: set[str], context_length: int) -> dict:
     found = get_openapi(title=app.title, version=app.version, routes=app.routes,
                         description=(app.description or None))
     schemas = found["components"]["schemas"]
@@ -137,7 +155,9 @@ def document(app: FastAPI, limits: Limits, names: set[str]) -> dict:
         for operation in operations.values():
             operation["responses"] = responses(path)
     _server_limits(schemas, limits)
-    for name in REQUESTS:
+    schemas["AttentionRequest"]["properties"]["text"]["maxLength"] = min(
+        context_length, limits.max_attention_chars)
+    for name in NAMED:
         schemas[name]["properties"]["model"]["enum"] = sorted(names)
     return found
 

@@ -23,6 +23,7 @@ class Limits:
     max_prompt_chars: int = 100_000
     max_body_bytes: int = 16 << 20
     max_n: int = 16
+    max_attention_chars: int = 256  # /v1/attention's text (and the model's context length)
     header_seconds: float = 10.0  # for a request's headers to arrive (serving/intake.py)
     body_seconds: float = 30.0  # for its body to arrive
 

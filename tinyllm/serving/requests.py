@@ -317,3 +317,21 @@ def stops_of(body: BaseRequest) -> list[str]:
     if len(stops) > MAX_STOPS:
         raise RequestError(f"stop takes at most {MAX_STOPS} strings", "stop")
     return stops
+
+
+class AttentionRequest(_Strict):
+    """POST /v1/attention: where each head looked over a short text (serving/attention.py)."""
+
+    model: str = Field(description="The model's id (GET /v1/models) or the URI it was served "
+                                   "as.")
+    text: str = Field(min_length=1, description="The text, at most the model's context length "
+                                                "(and this server's cap) in characters.")
+
+
+def check_attention_text(text: str, context_length: int, limits: Limits) -> None:
+    """The attention text fits the model's window and this server's cap, else a 400 naming it."""
+    most = min(context_length, limits.max_attention_chars)
+    if len(text) > most:
+        raise RequestError(f"text is {len(text)} characters; attention takes at most {most} "
+                           f"(the model's context length {context_length}, this server's cap "
+                           f"{limits.max_attention_chars})", "text")
