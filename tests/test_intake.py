@@ -67,8 +67,11 @@ def exchange(address, parts: list[bytes], pause: float = 0.0) -> tuple[bytes, fl
                 break
             time.sleep(pause)
         reply = b""
-        while chunk := connection.recv(65536):
-            reply += chunk
+        try:
+            while chunk := connection.recv(65536):
+                reply += chunk
+        except ConnectionResetError:  # closed with bytes of ours unread: a reset after its reply
+            pass
         return reply, time.monotonic() - started
 
 
