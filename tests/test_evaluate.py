@@ -75,3 +75,19 @@ def test_evaluate_scores_on_the_gpu_like_on_the_cpu(model, tokens):
     on_gpu = split_metrics(model.to("cuda"), tokens)
     assert on_gpu["characters"] == on_cpu["characters"]
     assert on_gpu["loss"] == pytest.approx(on_cpu["loss"], rel=1e-4)
+
+
+def test_an_untracked_package_reports_the_test_bits_of_the_evaluation_beside_it(tmp_path):
+    """metrics.json holds the test loss (nats/char): chat's banner shows it in bits/char."""
+    import json
+
+    from tiny_project import untrained_package
+
+    from tinyllm.layout import evaluation_of
+    from tinyllm.tracking.discovery import load_model, recorded_test_bits
+
+    package = untrained_package(tmp_path / "models")
+    evaluation_of(package).parent.mkdir()
+    evaluation_of(package).write_text(json.dumps({"test": {"loss": 1.5}, "val": {"loss": 1.4}}))
+    loaded = load_model(str(package), tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
+    assert recorded_test_bits(loaded) == pytest.approx(1.5 / math.log(2))

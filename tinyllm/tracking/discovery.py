@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def recorded_test_bits(loaded, tracking_uri: str | None = None) -> float | None:
             return float(loaded.meta["test_bits_per_char"])
         metrics = evaluation_of(resolved.path)
         if metrics.is_file():
-            return float(json.loads(metrics.read_text())[TEST]["bits_per_char"])
+            return json.loads(metrics.read_text())[TEST]["loss"] / math.log(2)
     except Exception as exc:  # a missing figure must not stop a chat
         log.debug("no test bits/char: %s", exc)
     return None
