@@ -184,13 +184,15 @@ def main() -> None:
     base = {section: dataclasses.asdict(getattr(project, section))
             for section in ("data", "tokenizer", "model", "train", "evaluate")}
     base["tracking"] = {"enabled": False}
+    variants = ([] if args.no_auto else [("auto", {})]) + [parse_variant(v) for v in args.variant]
+    runs = list(itertools.product(args.budgets, variants, args.seeds or [project.train.seed]))
+    for minutes, (_, overrides), seed in runs:  # a refused value stops before any work
+        budget_params(base, minutes, overrides, seed)
     data = workflow.Layout(args.work / "data")
     if not (data.tokens / "test.bin").exists():
         workflow.build(project, data, through=workflow.tokenize)
-    variants = ([] if args.no_auto else [("auto", {})]) + [parse_variant(v) for v in args.variant]
     rows = []
-    for minutes, (name, overrides), seed in itertools.product(
-            args.budgets, variants, args.seeds or [project.train.seed]):
+    for minutes, (name, overrides), seed in runs:
         params = budget_params(base, minutes, overrides, seed)
         run = f"{name}-{minutes:g}min" + (f"-seed{seed}" if args.seeds else "")
         row = {"budget_minutes": minutes, "recipe": name, "seed": seed,

@@ -36,6 +36,19 @@ def test_budgets_and_rates_must_be_positive_and_finite(args, error, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(("seed", "error"), [
+    ("-5", "train.seed must be >= 0, got -5"),
+    (str(2**64), f"train.seed must be <= {2**63 - 1}, got {2**64}"),
+])
+def test_a_refused_seed_is_one_error_line_before_any_work(seed, error, tmp_path):
+    work = tmp_path / "work"
+    done = subprocess.run([sys.executable, str(SCRIPT), f"--seeds={seed}", "--work", str(work)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == f"error: {error}"
+    assert not work.exists()  # no corpus prepared
+
+
 def test_a_missing_params_file_is_one_error_line(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--params", str(tmp_path / "nope.yaml"),
                            "--work", str(tmp_path / "work")], capture_output=True, text=True,

@@ -33,6 +33,7 @@ def test_empty_params_give_defaults():
     ({"model": {"n_layer": True}}, ["model.n_layer", "integer"]),
     ({"train": {"compile": 1}}, ["train.compile", "true or false"]),
     ({"train": {"seed": -1}}, ["train.seed", ">= 0"]),
+    ({"train": {"seed": 2**64}}, ["train.seed", f"<= {2**63 - 1}"]),  # torch's seed is 64-bit
     ({"train": {"learning_rate": 0}}, ["train.learning_rate", "> 0"]),
     ({"data": {"val_fraction": 0.0}}, ["data.val_fraction", "> 0"]),
     ({"model": {"dropout": 0.95}}, ["model.dropout", "<= 0.9"]),

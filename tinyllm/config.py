@@ -71,11 +71,14 @@ class ModelConfig:
     activation: str = knob("relu2", choices=ACTIVATIONS)
 
 
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+
+
 @dataclass
 class TrainConfig:
     """train: optimisation, schedule, evaluation cadence, checkpoints and the machine."""
 
-    seed: int = knob(1337, min=0)
+    seed: int = knob(1337, min=0, max=SEED_MAX)
     max_steps: int = knob(820, min=1)
     batch_size: int = knob(32, min=1)
     grad_accum_steps: int = knob(1, min=1)
@@ -97,7 +100,6 @@ class TrainConfig:
     compile: bool = knob(False)
 
 
-SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 MAX_TOKENS_CEILING = 100_000  # the most one generation may ask for; a server's cap is lower
 
 
