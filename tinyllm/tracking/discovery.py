@@ -17,6 +17,7 @@ from tinyllm.config import TrackingConfig
 from tinyllm.corpus import TEST
 from tinyllm.errors import TinyLLMError
 from tinyllm.layout import Layout, evaluation_of
+from tinyllm.tracking.store import TEST_BITS_TAG
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +140,15 @@ def recorded_test_bits(loaded, tracking_uri: str | None = None) -> float | None:
         store = open_store(tracking_uri)[0] if resolved.name or resolved.run_id else None
         if store is not None and resolved.name and resolved.version:
             tags = store.client.get_model_version(resolved.name, resolved.version).tags
-            if tags.get("test_bits_per_char"):
-                return float(tags["test_bits_per_char"])
+            if tags.get(TEST_BITS_TAG):
+                return float(tags[TEST_BITS_TAG])
         if store is not None and resolved.run_id:
             metric = store.client.get_run(resolved.run_id).data.metrics.get(
                 eval_metric(TEST, "bits_per_char"))
             if metric is not None:
                 return float(metric)
-        if "test_bits_per_char" in loaded.meta:
-            return float(loaded.meta["test_bits_per_char"])
+        if TEST_BITS_TAG in loaded.meta:
+            return float(loaded.meta[TEST_BITS_TAG])
         metrics = evaluation_of(resolved.path)
         if metrics.is_file():
             return json.loads(metrics.read_text())[TEST]["loss"] / math.log(2)

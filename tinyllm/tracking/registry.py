@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinyllm.errors import TinyLLMError, first_line
-from tinyllm.tracking.store import REHOME_COMMAND, Store, foreign_mlruns, local_path
+from tinyllm.tracking.store import REHOME_COMMAND, TEST_BITS_TAG, Store, foreign_mlruns, local_path
 
 
 @dataclass
@@ -76,7 +76,7 @@ def version_rows(store: Store, name: str | None = None) -> list[VersionRow]:
             aliases.setdefault((model.name, str(version)), []).append(alias)
     rows = []
     for v in sorted(versions, key=lambda v: (v.name, int(v.version))):
-        bits = v.tags.get("test_bits_per_char")
+        bits = v.tags.get(TEST_BITS_TAG)
         rows.append(VersionRow(v.name, str(v.version),
                                tuple(sorted(aliases.get((v.name, str(v.version)), []))),
                                float(bits) if bits else None, _parameters(store, v.run_id),

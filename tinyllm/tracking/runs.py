@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tinyllm.config import Params, SamplingConfig, TrackingConfig
 from tinyllm.io import atomic_write_json, file_sha256
-from tinyllm.tracking.store import Store, project_root
+from tinyllm.tracking.store import TEST_BITS_TAG, Store, project_root
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ class TrackedRun:
                 name, source=source, run_id=self.id, model_id=model_id, tags={
                     "run_id": self.id, "weights_sha256": weights_hash,
                     "data_fingerprint": data_fingerprint, "test_loss": f"{test_loss:.6f}",
-                    "test_bits_per_char": f"{test_bits_per_char:.6f}"})
+                    TEST_BITS_TAG: f"{test_bits_per_char:.6f}"})
             created = True
         champion = move_alias_if_better(self.store, name, alias, version.version, test_loss)
         return Registration(name, str(version.version), created, champion)

@@ -33,6 +33,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 # The experiment tag MLflow 3's UI reads to open an experiment on its runs (model training).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# The registered version's tag (and older packages' meta key) holding its test bits/char, which
+# `tinyllm models` and chat's banner show without opening the run.
+TEST_BITS_TAG = "test_bits_per_char"
 
 
 # --- the store ----------------------------------------------------------------------------------
