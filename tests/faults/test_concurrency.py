@@ -3,32 +3,32 @@ training into one store at once: tests/integration/test_sweep.py.)"""
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
-import subprocess
-import sys
+
+import mlflow.store.db.utils
+import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+from tinyllm.tracking.store import Store
 
 PROCESSES = 4
-OPEN_STORE = """
-import sys, time
-from pathlib import Path
-import mlflow, mlflow.store.db.utils, mlflow.store.tracking.sqlalchemy_store  # imports done
-from tinyllm.tracking.store import Store
-uri, ready, count = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-(ready / sys.argv[4]).touch()
-while len(list(ready.iterdir())) < count:  # all processes touch the new store together
-    time.sleep(0.001)
-Store(uri)
-"""
+FORK = multiprocessing.get_context("fork")
+
+
+def open_store(uri: str, start) -> None:
+    start.wait()  # all processes touch the new store together
+    Store(uri)
 
 
 def test_processes_opening_a_new_sqlite_store_at_the_same_moment_all_succeed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    ready = tmp_path / "ready"
-    ready.mkdir()
-    processes = [subprocess.Popen([sys.executable, "-c", OPEN_STORE, uri, str(ready),
-                                   str(PROCESSES), str(i)], stderr=subprocess.PIPE, text=True)
-                 for i in range(PROCESSES)]
-    failures = [err for p in processes for err in [p.communicate(timeout=120)[1]] if p.returncode]
-    assert failures == []
+    start = FORK.Barrier(PROCESSES)
+    # Forked copies of this process, its imports done: the race is the store's creation alone.
+    processes = [FORK.Process(target=open_store, args=(uri, start)) for _ in range(PROCESSES)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0] * PROCESSES
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         assert db.execute("SELECT count(*) FROM experiments").fetchone() == (1,)  # Default
