@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 
+# Imported before the fork, as each racing worker has them by the time it opens the store.
 import mlflow.store.db.utils
 import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
