@@ -1,17 +1,31 @@
-"""Whole-split metrics: every target scored once, and the derived numbers are consistent."""
+"""Split metrics: every target scored once (or, past evaluate.max_chars, a sample of evenly
+spaced windows with a confidence interval), and the derived numbers are consistent."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from tiny_project import make_project, write_corpus
+import yaml
+from tiny_project import make_project, tiny_work, write_corpus
 
 from tinyllm import workflow
-from tinyllm.config import load_params
+from tinyllm.config import EvaluateConfig, load_params
 from tinyllm.errors import TinyLLMError
-from tinyllm.evaluation.scoring import scoring_windows, split_metrics
+from tinyllm.evaluation.scoring import (
+    char_nll,
+    sample_windows,
+    scoring_windows,
+    split_metrics,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(("n", "context"), [
@@ -56,6 +70,71 @@ def test_batch_size_does_not_change_metrics(model, tokens):
 def test_untrained_model_loss_is_near_log_vocab(model, tokens, tokenizer):
     loss = split_metrics(model, tokens)["loss"]
     assert abs(loss - math.log(tokenizer.vocab_size)) < 0.1
+
+
+def test_a_split_under_the_cap_is_scored_whole_as_without_one(model, tokens):
+    """Up to evaluate.max_chars characters, a split is scored whole, bit for bit as with no cap
+    (0), so the default corpus's metrics do not move."""
+    whole = split_metrics(model, tokens, 7, max_chars=0)
+    assert whole["characters"] == len(tokens) - 1 and "loss_ci95" not in whole
+    assert split_metrics(model, tokens, 7, max_chars=len(tokens) - 1) == whole
+    assert sample_windows(len(tokens), 16, len(tokens) - 1) is None
+
+
+def test_the_default_corpus_is_under_the_default_cap():
+    """dvc.lock's evaluate stage reads the default corpus's val and test tokens (2 bytes each):
+    each must have no more characters to score than evaluate.max_chars's default."""
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text(encoding="utf-8"))
+    sizes = {Path(d["path"]).stem: d["size"] for d in lock["stages"]["evaluate"]["deps"]
+             if d["path"].startswith("data/tokens/")}
+    assert set(sizes) == {"val", "test"}
+    assert all(size // 2 - 1 <= EvaluateConfig().max_chars for size in sizes.values())
+
+
+def test_sample_windows_are_evenly_spaced_regular_and_fixed():
+    every = scoring_windows(10_000, 16)
+    windows, population = sample_windows(10_000, 16, max_chars=800)
+    assert len(windows) == 100 and population == len(every) - 2  # 800 characters, 8 a window
+    assert all(first == 8 for _, first in windows)  # each scores half a context
+    gaps = np.diff([start for start, _ in windows])
+    assert gaps.min() >= 96 and gaps.max() <= 104  # spread over the whole split
+    assert sample_windows(10_000, 16, max_chars=800) == (windows, population)
+    assert len(sample_windows(10_000, 16, max_chars=3)[0]) == 2  # at least two, for the CI
+    assert sample_windows(10_000, 16, max_chars=9_990) is None  # nearly all: scored whole
+
+
+def test_a_split_over_the_cap_is_a_sample_with_a_confidence_interval(model, tokenizer):
+    tokens = tokenizer.encode(tiny_work(1))[:3000]
+    seen = []
+    sample = split_metrics(model, tokens, 5, max_chars=400,
+                           progress=lambda done, total: seen.append((done, total)))
+    assert sample["characters"] == 400 and seen[-1] == (400, 400)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    windows, _ = sample_windows(len(tokens), 16, 400)
+    nll = char_nll(model, tokens)  # the sample's characters, as whole-split scoring scores them
+    chosen = np.concatenate([nll[start + first:start + 16] for start, first in windows])
+    assert sample["loss"] == pytest.approx(chosen.mean(), abs=1e-6)
+    assert 0 < sample["loss_ci95"] < 0.5
+    assert abs(sample["loss"] - nll.mean()) < sample["loss_ci95"]  # it covers the whole's loss
+    assert split_metrics(model, tokens, 32, max_chars=400) == pytest.approx(sample)
+
+
+def test_evaluate_reports_a_sample_in_metrics_and_log_with_progress(tmp_path, caplog):
+    layout = make_project(tmp_path / "project", write_corpus(tmp_path / "corpus"),
+                          **{"evaluate.max_chars": 200, "train.max_steps": 2})
+    params = load_params(layout.root / "params.yaml")
+    workflow.train(params, layout)
+    with caplog.at_level(logging.INFO):
+        metrics = workflow.evaluate(params, layout)
+    written = json.loads(layout.eval_metrics.read_text())
+    assert list(written) == ["test", "val"] and set(written["test"]) == {"loss", "loss_ci95"}
+    assert written["test"]["loss_ci95"] == metrics["test"]["loss_ci95"] > 0
+    log = caplog.text
+    assert re.search(r"evaluate: scoring test: 200 characters of [\d,]+, evenly spaced "
+                     r"\(evaluate.max_chars 200\) in [\d.]+ s", log)
+    assert "evaluate: sampling: 20 characters (1 prompt(s)) in" in log
+    assert re.search(r"evaluate: test loss [\d.]+ ± [\d.]+ nats/char \(95% CI of a sample\)",
+                     log)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
