@@ -174,7 +174,7 @@ class EvaluateConfig(SamplingConfig):
 
     top_p: float = sampling_knob("top_p", 0.95)
     batch_size: int = knob(32, min=1)
-    max_chars: int = knob(500_000, min=0, max=COUNT_MAX)
+    max_chars: int = knob(400_000, min=0, max=COUNT_MAX)
     prompts: list = knob(["ROMEO:", "First Citizen:\n", "To be, or not to be"])
     device: str = knob("auto", choices=DEVICES)
 
