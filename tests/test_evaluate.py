@@ -4,9 +4,7 @@ spaced windows with a confidence interval), and the derived numbers are consiste
 from __future__ import annotations
 
 import json
-import logging
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +40,7 @@ def test_scoring_windows_cover_every_target_exactly_once(n, context):
 
 
 def test_scored_characters_see_at_least_half_a_context():
-    for _start, first in scoring_windows(500, 16)[1:]:
+    for _start, first in list(scoring_windows(500, 16))[1:]:
         assert first >= 8
 
 
@@ -92,15 +90,29 @@ def test_the_default_corpus_is_under_the_default_cap():
 
 
 def test_sample_windows_are_evenly_spaced_regular_and_fixed():
-    every = scoring_windows(10_000, 16)
     windows, population = sample_windows(10_000, 16, max_chars=800)
-    assert len(windows) == 100 and population == len(every) - 2  # 800 characters, 8 a window
+    assert len(windows) == 100  # 800 characters, 8 a window
     assert all(first == 8 for _, first in windows)  # each scores half a context
     gaps = np.diff([start for start, _ in windows])
     assert gaps.min() >= 96 and gaps.max() <= 104  # spread over the whole split
     assert sample_windows(10_000, 16, max_chars=800) == (windows, population)
     assert len(sample_windows(10_000, 16, max_chars=3)[0]) == 2  # at least two, for the CI
     assert sample_windows(10_000, 16, max_chars=9_990) is None  # nearly all: scored whole
+
+
+@pytest.mark.parametrize(("n", "context", "max_chars"), [
+    (10_000, 16, 800), (1000, 7, 50), (1001, 32, 100), (5000, 1, 300), (999, 2, 10),
+    (300, 16, 20), (100, 64, 2)])
+def test_sample_windows_are_scoring_windows_but_the_first_and_last(n, context, max_chars):
+    """A sample draws from the windows whole-split scoring uses, between its first and last."""
+    regular = list(scoring_windows(n, context))[1:-1]
+    sample = sample_windows(n, context, max_chars)
+    if sample is None:
+        assert max(2, max_chars // max(1, context // 2)) >= len(regular)
+        return
+    windows, population = sample
+    assert population == len(regular) and set(windows) <= set(regular)
+    assert len(set(windows)) == len(windows) == max(2, max_chars // max(1, context // 2))
 
 
 def test_a_split_over_the_cap_is_a_sample_with_a_confidence_interval(model, tokenizer):
@@ -117,24 +129,6 @@ def test_a_split_over_the_cap_is_a_sample_with_a_confidence_interval(model, toke
     assert 0 < sample["loss_ci95"] < 0.5
     assert abs(sample["loss"] - nll.mean()) < sample["loss_ci95"]  # it covers the whole's loss
     assert split_metrics(model, tokens, 32, max_chars=400) == pytest.approx(sample)
-
-
-def test_evaluate_reports_a_sample_in_metrics_and_log_with_progress(tmp_path, caplog):
-    layout = make_project(tmp_path / "project", write_corpus(tmp_path / "corpus"),
-                          **{"evaluate.max_chars": 200, "train.max_steps": 2})
-    params = load_params(layout.root / "params.yaml")
-    workflow.train(params, layout)
-    with caplog.at_level(logging.INFO):
-        metrics = workflow.evaluate(params, layout)
-    written = json.loads(layout.eval_metrics.read_text())
-    assert list(written) == ["test", "val"] and set(written["test"]) == {"loss", "loss_ci95"}
-    assert written["test"]["loss_ci95"] == metrics["test"]["loss_ci95"] > 0
-    log = caplog.text
-    assert re.search(r"evaluate: scoring test: 200 characters of [\d,]+, evenly spaced "
-                     r"\(evaluate.max_chars 200\) in [\d.]+ s", log)
-    assert "evaluate: sampling: 20 characters (1 prompt(s)) in" in log
-    assert re.search(r"evaluate: test loss [\d.]+ ± [\d.]+ nats/char \(95% CI of a sample\)",
-                     log)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -158,7 +152,6 @@ def test_evaluate_scores_on_the_gpu_like_on_the_cpu(model, tokens):
 
 def test_an_untracked_package_reports_the_test_bits_of_the_evaluation_beside_it(tmp_path):
     """metrics.json holds the test loss (nats/char): chat's banner shows it in bits/char."""
-    import json
 
     from tiny_project import untrained_package
 

@@ -6,14 +6,16 @@ Windows overlap by half a context, and each window scores only the characters in
 of history, the way the model sees text when it generates. A sample draws from the same windows,
 so it estimates the same loss as scoring the whole split.
 
-Memory follows the batch, not the split: token files are memory-mapped and sliced a batch of
-windows at a time, and only sums (or, for a sample, one mean per window) are kept.
+Memory follows the batch, not the split: windows are generated as they are scored, token files
+are memory-mapped and sliced a batch of windows at a time, and only sums (or, for a sample, one
+mean per window) are kept.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from statistics import NormalDist
 
 import numpy as np
@@ -26,15 +28,15 @@ CONFIDENCE = 0.95  # of the interval reported for a sample's loss (loss_ci95: it
 Z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
 
 
-def scoring_windows(n_tokens: int, context: int) -> list[tuple[int, int]]:
-    """(start, first scored position) pairs covering targets 1 .. n_tokens - 1 exactly once."""
+def scoring_windows(n_tokens: int, context: int) -> Iterator[tuple[int, int]]:
+    """(start, first scored position) pairs covering targets 1 .. n_tokens - 1 exactly once, in
+    text order: window k > 0 starts at k x stride (but the last) and scores its last stride."""
     stride = max(1, context // 2)
-    windows, first = [], 1
+    first = 1
     while first < n_tokens:
         start = max(0, min(first + stride - 1 - context, n_tokens - 1 - context))
-        windows.append((start, first - start - 1))
+        yield start, first - start - 1
         first = start + context + 1
-    return windows
 
 
 def sample_windows(n_tokens: int, context: int,
@@ -48,23 +50,25 @@ def sample_windows(n_tokens: int, context: int,
     """
     if not max_chars or n_tokens - 1 <= max_chars:
         return None
-    regular = scoring_windows(n_tokens, context)[1:-1]
-    count = max(2, max_chars // max(1, context // 2))
-    if count >= len(regular):  # the sample would be nearly the split: score it whole
+    stride = max(1, context // 2)
+    regular = math.ceil((n_tokens - 1 - context) / stride) - 1  # windows 1 .. all but the last
+    count = max(2, max_chars // stride)
+    if count >= regular:  # the sample would be nearly the split: score it whole
         return None
-    return [regular[(2 * i + 1) * len(regular) // (2 * count)] for i in range(count)], len(regular)
+    return [(stride * (1 + (2 * i + 1) * regular // (2 * count)), context - stride)
+            for i in range(count)], regular
 
 
 @torch.no_grad()
-def _scored_windows(model: GPT, tokens: np.ndarray, windows: list[tuple[int, int]],
+def _scored_windows(model: GPT, tokens: np.ndarray, windows: Iterable[tuple[int, int]],
                     batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per batch of windows: the model's logits, the windows' tokens (inputs and targets) and
     the mask of the targets each scores."""
     model.eval()
     context = model.config.context_length
     device = model.tok_emb.weight.device
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i:i + batch_size]
+    windows = iter(windows)
+    while chunk := list(itertools.islice(windows, batch_size)):
         data = torch.from_numpy(np.stack(
             [tokens[s:s + context + 1] for s, _ in chunk]).astype(np.int64)).to(device)
         first = torch.tensor([f for _, f in chunk], device=device)
@@ -73,7 +77,7 @@ def _scored_windows(model: GPT, tokens: np.ndarray, windows: list[tuple[int, int
         yield logits, data, positions[None, :] >= first[:, None]  # context is one window
 
 
-def _window_nll(model: GPT, tokens: np.ndarray, windows: list[tuple[int, int]],
+def _window_nll(model: GPT, tokens: np.ndarray, windows: Iterable[tuple[int, int]],
                 batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Per batch of windows, the NLL (nats, float64) of every target and the mask of those
     the windows score."""
