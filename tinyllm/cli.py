@@ -313,7 +313,8 @@ TRAIN_OPTIONS = {
                     "Train for this many minutes: the plan follows the measured pace so the "
                     "decay and a last evaluation end by then (sooner when validation stops "
                     "improving), and under --recipe auto the model, batch and learning rate fit "
-                    "the budget and the device (0 = train --max-steps).", "MINUTES"),
+                    "the budget and the device (0 = train --max-steps). Training alone: "
+                    "preparing the data and the final evaluation come on top.", "MINUTES"),
     "recipe": ("train.recipe", "auto: with --time-budget, take the recipe fitted to that budget "
                                "on this device; none: use the values given."),
     "device": ("train.device", "Where training runs."),
