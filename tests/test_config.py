@@ -46,10 +46,16 @@ def test_empty_params_give_defaults():
     ({"model": {"d_model": 12, "n_head": 4}}, ["model.positions rotary", "(model.d_model / "
                                                "model.n_head = 3) must be even"]),
     ({"train": "fast"}, ["'train'", "mapping"]),
+    ({"evaluate": {"max_chars": -1}}, ["evaluate.max_chars", ">= 0"]),
+    ({"evaluate": {"max_chars": 2**64}}, ["evaluate.max_chars", f"<= {2**63 - 1}"]),
+    ({"evaluate": {"max_chars": "1e5"}}, ["evaluate.max_chars", "integer", "'1e5'"]),
+    ({"evaluate": {"max_chars": 1.5}}, ["evaluate.max_chars", "integer"]),
+    ({"evaluate": {"max_chars": None}}, ["evaluate.max_chars", "integer"]),
 ])
 def test_invalid_params_name_the_key(raw, expected):
     with pytest.raises(TinyLLMError) as excinfo:
         params_from_dict(raw)
+    assert "\n" not in str(excinfo.value)  # one line
     for fragment in expected:
         assert fragment in str(excinfo.value)
 
@@ -155,6 +161,7 @@ def test_recipe_contradictions_name_the_key(raw, message):
     ({"data": {"val_fraction": 0.45, "test_fraction": 0.45}}, "data.val_fraction"),
     ({"evaluate": {"prompts": [""]}}, "evaluate.prompts"),
     ({"model": {"dropout": 2}}, "model.dropout"),
+    ({"evaluate": {"max_chars": -5}}, "evaluate.max_chars"),
 ])
 def test_every_refused_value_carries_the_key_it_is_about(raw, key):
     with pytest.raises(TinyLLMError, match="^" + re.escape(key)) as caught:

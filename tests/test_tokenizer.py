@@ -105,6 +105,21 @@ def test_encoding_five_megabytes_is_fast(tokenizer, tiny_text):
     assert elapsed < 3.0
 
 
+@pytest.mark.parametrize(("policy", "ids"), [("replace", [1, 2, 0, 3, 1, 0, 0, 0, 0, 2]),
+                                             ("drop", [1, 2, 3, 1, 2])])
+def test_chunk_boundaries_change_nothing(monkeypatch, policy, ids):
+    """encode_report encodes a chunk at a time (memory follows the chunk, not the text)."""
+    import tinyllm.tokenizer
+
+    tokenizer = CharTokenizer.fit("abc", unknown=policy)
+    text = "abxcay\ud800zzb"  # unknown characters in several chunks, a lone surrogate in one
+    for chunk in (2, 3, 1 << 20):
+        monkeypatch.setattr(tinyllm.tokenizer, "ENCODE_CHUNK", chunk)
+        encoded = tokenizer.encode_report(text)
+        assert encoded.ids.tolist() == ids and encoded.ids.dtype == np.uint16
+        assert encoded.unknown == {"x": 1, "y": 1, UNKNOWN_TEXT: 1, "z": 2}
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ("{not json", "not readable JSON"),
     ('["a", "b"]', "not a tinyllm character tokenizer"),

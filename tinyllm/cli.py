@@ -313,7 +313,8 @@ TRAIN_OPTIONS = {
                     "Train for this many minutes: the plan follows the measured pace so the "
                     "decay and a last evaluation end by then (sooner when validation stops "
                     "improving), and under --recipe auto the model, batch and learning rate fit "
-                    "the budget and the device (0 = train --max-steps).", "MINUTES"),
+                    "the budget and the device (0 = train --max-steps). Training alone: "
+                    "preparing the data and the final evaluation come on top.", "MINUTES"),
     "recipe": ("train.recipe", "auto: with --time-budget, take the recipe fitted to that budget "
                                "on this device; none: use the values given."),
     "device": ("train.device", "Where training runs."),
@@ -388,6 +389,7 @@ def train(obj: Options, data_path: str, output_dir: Path | None, name: str | Non
     file's name unless --name) so `tinyllm chat --model-uri models:/NAME/latest` finds it.
     """
     from tinyllm import adhoc_training, workflow
+    from tinyllm.evaluation.scoring import describe_loss
 
     adhoc_training.check_data_path(data_path)
     if name is not None and not NAME_PATTERN.match(name):
@@ -413,8 +415,7 @@ def train(obj: Options, data_path: str, output_dir: Path | None, name: str | Non
     test = metrics[TEST]
     uri = (f"models:/{metrics['registered']['name']}/{metrics['registered']['version']}"
            if "registered" in metrics else str(layout.model))
-    click.echo(f"done: test loss {test['loss']:.4f} nats/char, "
-               f"{test['bits_per_char']:.4f} bits/char")
+    click.echo(f"done: test loss {describe_loss(test)}, {test['bits_per_char']:.4f} bits/char")
     click.echo(f"model package: {layout.model}/")
     if "registered" in metrics:
         click.echo(f"registered:    {uri}")

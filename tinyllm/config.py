@@ -72,6 +72,7 @@ class ModelConfig:
 
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+COUNT_MAX = 2**63 - 1  # numpy's int64: the most characters a count can hold
 
 
 @dataclass
@@ -163,14 +164,17 @@ def sampling_knob(name: str, default: Any) -> Any:
 
 @dataclass(frozen=True)
 class EvaluateConfig(SamplingConfig):
-    """evaluate: full-split metrics and the fixed-seed samples written next to them.
+    """evaluate: split metrics and the fixed-seed samples written next to them.
 
     It holds SamplingConfig's settings (same names, ranges and checks) with evaluate's own
-    default top_p, plus what scoring needs.
+    default top_p, plus what scoring needs. max_chars caps the characters scored per split (0:
+    no cap): a longer split is scored on evenly spaced windows (evaluation.scoring); the default
+    corpus's splits (361k and 334k characters) are under it and scored whole.
     """
 
     top_p: float = sampling_knob("top_p", 0.95)
     batch_size: int = knob(32, min=1)
+    max_chars: int = knob(400_000, min=0, max=COUNT_MAX)
     prompts: list = knob(["ROMEO:", "First Citizen:\n", "To be, or not to be"])
     device: str = knob("auto", choices=DEVICES)
 

@@ -212,12 +212,12 @@ def _log_outcome(result, summary: dict, layout: Layout) -> None:
 
 
 def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) -> dict:
-    """Whole-split metrics, samples and the loss curve; with tracking, log and register."""
+    """Split metrics (of every character, or of a sample past evaluate.max_chars), samples and
+    the loss curve; with tracking, log and register."""
     from tinyllm.devices import select_device
     from tinyllm.evaluation.report import dvc_metrics, loss_curve_png, samples_markdown
-    from tinyllm.evaluation.scoring import split_metrics
+    from tinyllm.evaluation.scoring import describe_loss
     from tinyllm.package import load_package
-    from tinyllm.tokenizer import load_tokens
     from tinyllm.tracking.runs import eval_metric, evaluation_run, run_name
 
     cfg, tracked = params.evaluate, params.tracking
@@ -226,20 +226,17 @@ def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) ->
     with evaluation_run(params, layout.run_handoff, name, tracking_uri) as run:
         # A package swap killed halfway leaves the whole old package aside: evaluate reads it.
         loaded = load_package(_require(current_directory(layout.model), "train"), str(device))
-        metrics = {split: split_metrics(loaded.model, load_tokens(
-            _require(layout.tokens / f"{split}.bin", "tokenize"), loaded.tokenizer),
-            cfg.batch_size) for split in (VAL, TEST)}
+        metrics = {split: _score(loaded, layout, split, cfg) for split in (VAL, TEST)}
         settings = cfg.sampling()
-        samples = {prompt: loaded.generate(prompt, **asdict(settings))
-                   for prompt in cfg.prompts}
+        samples = _samples(loaded, cfg.prompts, settings)
         files = [layout.eval_dir / "samples.md", layout.eval_dir / "loss_curve.png",
                  layout.eval_metrics]
         atomic_write_text(files[0], samples_markdown(samples, settings))
         loss_curve_png(layout.train_dir, files[1])
         atomic_write_json(files[2], dvc_metrics(metrics))
         test = metrics[TEST]
-        log.info("evaluate: test loss %.4f nats/char, %.4f bits/char, perplexity %.3f",
-                 test["loss"], test["bits_per_char"], test["perplexity"])
+        log.info("evaluate: test loss %s, %.4f bits/char, perplexity %.3f", describe_loss(test),
+                 test["bits_per_char"], test["perplexity"])
         run.log_metrics({eval_metric(split, key): value
                          for split, values in metrics.items()
                          for key, value in values.items() if key != "characters"})
@@ -256,6 +253,33 @@ def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) ->
             f"models/{registration.name}/versions/{registration.version}"))
         metrics["registered"] = {"name": registration.name, "version": registration.version}
     return metrics
+
+
+def _score(loaded, layout: Layout, split: str, cfg) -> dict:
+    """One split's metrics, with progress: every character, or evenly spaced windows of a split
+    longer than evaluate.max_chars."""
+    from tinyllm.evaluation.scoring import split_metrics
+    from tinyllm.progress import Progress
+    from tinyllm.tokenizer import load_tokens
+
+    tokens = load_tokens(_require(layout.tokens / f"{split}.bin", "tokenize"), loaded.tokenizer)
+    progress = Progress(f"evaluate: scoring {split}", "characters")
+    scores = split_metrics(loaded.model, tokens, cfg.batch_size, cfg.max_chars, progress)
+    progress.finish(f" of {len(tokens) - 1:,}, evenly spaced (evaluate.max_chars "
+                    f"{cfg.max_chars:,})" if "loss_ci95" in scores else " (every character)")
+    return scores
+
+
+def _samples(loaded, prompts: list[str], settings) -> dict[str, str]:
+    """The evaluate prompts' continuations, with progress."""
+    from tinyllm.progress import Progress
+
+    progress, samples = Progress("evaluate: sampling", "characters"), {}
+    for prompt in prompts:
+        samples[prompt] = loaded.generate(prompt, **asdict(settings))
+        progress(progress.done + len(samples[prompt]), len(prompts) * settings.max_tokens)
+    progress.finish(f" ({len(prompts)} prompt(s))")
+    return samples
 
 
 def build(params: Params, layout: Layout, tracking_uri: str | None = None, *,

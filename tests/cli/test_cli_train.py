@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+
+import yaml
+from tiny_project import write_params
 
 from tinyllm.tracking.store import Store
 
@@ -52,6 +56,29 @@ def test_no_register_fresh_start_sets_the_checkpoint_aside_and_resume_continues(
     assert "(resuming)" in resumed.stdout
     summary = json.loads(Path("runs/data/models/train/summary.json").read_text())
     assert summary["resumed_from_step"] == 4
+
+
+def test_evaluate_max_chars_of_params_yaml_caps_what_it_scores(invoke, tiny_project):
+    """`tinyllm train` evaluates as the evaluate stage does: ./params.yaml's evaluate.max_chars
+    samples a longer split, metrics.json and the done line give the interval, and the scoring
+    and sampling show their progress."""
+    raw = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    raw["evaluate"]["max_chars"] = 96
+    write_params(Path("params.yaml"), raw)
+    result = invoke("train", tiny_project, "--no-register", "--max-steps", "2", *SMALL)
+    assert result.exit_code == 0, result.stderr
+    assert re.search(r"^done: test loss [\d.]+ ± [\d.]+ nats/char \(95% CI of a sample\), "
+                     r"[\d.]+ bits/char$", result.stdout, re.MULTILINE)
+    metrics = json.loads(Path("runs/my_text/models/eval/metrics.json").read_text())
+    assert list(metrics) == ["test", "val"] and set(metrics["test"]) == {"loss", "loss_ci95"}
+    assert metrics["test"]["loss_ci95"] > 0 and metrics["val"]["loss_ci95"] > 0
+    log = result.stderr
+    for split in ("val", "test"):
+        assert re.search(rf"evaluate: scoring {split}: 96 characters of [\d,]+, evenly spaced "
+                         r"\(evaluate.max_chars 96\) in [\d.]+ s", log), log
+    assert "evaluate: sampling: 20 characters (1 prompt(s)) in" in log
+    assert re.search(r"evaluate: test loss [\d.]+ ± [\d.]+ nats/char \(95% CI of a sample\)",
+                     log)
 
 
 def test_resume_without_a_checkpoint(invoke, error_line, tiny_project):

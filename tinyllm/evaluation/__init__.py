@@ -1,1 +1,1 @@
-"""Evaluation: whole-split scores, paired model comparison, and the evaluate stage's reports."""
+"""Evaluation: split scores, paired model comparison, and the evaluate stage's reports."""

@@ -17,14 +17,16 @@ from tinyllm.training.outputs import EVAL_FILE, STEPS_FILE, SUMMARY_FILE
 # What models/eval/metrics.json (the DVC metric) holds of each split's scores: what a person
 # compares in `dvc exp show`, test first. Few and narrow, so an experiment's changed params still
 # fit beside them at 120 columns; bits/char (loss / ln 2), perplexity and the characters scored
-# are in the MLflow run.
-DVC_METRICS = ("loss",)
+# are in the MLflow run. loss_ci95 only where a split was scored on a sample (evaluate.max_chars).
+DVC_METRICS = ("loss", "loss_ci95")
 
 
 def dvc_metrics(scores: dict[str, dict]) -> dict:
-    """{split: {measure: value}} of DVC_METRICS, test first (DVC's first metric column)."""
+    """{split: {measure: value}} of DVC_METRICS that the scores have, test first (DVC's first
+    metric column)."""
     order = sorted(scores, key=lambda split: split != TEST)
-    return {split: {key: scores[split][key] for key in DVC_METRICS} for split in order}
+    return {split: {key: scores[split][key] for key in DVC_METRICS if key in scores[split]}
+            for split in order}
 
 
 def samples_markdown(samples: dict[str, str], settings: SamplingConfig) -> str:
