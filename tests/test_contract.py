@@ -40,7 +40,7 @@ def test_schemathesis_finds_nothing_on_any_route(package, tmp_path):
              "--seed", "36", "--generation-database", "none", "--no-color"],
             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-5000:]
-    assert "Tested: 7" in run.stdout and "No issues found" in run.stdout, run.stdout[-3000:]
+    assert "Tested: 10" in run.stdout and "No issues found" in run.stdout, run.stdout[-3000:]
 
 
 def test_the_document_states_the_limits_and_every_status(package):
@@ -68,3 +68,10 @@ def test_the_document_states_the_limits_and_every_status(package):
     attention = document["components"]["schemas"]["AttentionRequest"]["properties"]
     assert attention["text"]["maxLength"] == 16  # the tiny model's context, under the cap
     assert "/" not in document["paths"]  # the playground page is no API route
+    assert completion["echo"]["description"].endswith("Not with stream.")
+    assert document["components"]["schemas"]["CompletionRequest"]["then"] == {
+        "not": {"required": ["stream"], "properties": {"stream": {"const": True}}}}
+    tokens = document["components"]["schemas"]["DetokenizeRequest"]["properties"]["tokens"]
+    assert tokens["maxItems"] == LIMITS.max_prompt_chars
+    assert set(document["paths"]["/tokenize"]["post"]["responses"]) == {
+        "200", "400", "404", "408", "413", "415"}

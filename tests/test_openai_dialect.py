@@ -302,6 +302,47 @@ def test_echo_with_logprobs_and_no_tokens_scores_a_text_as_the_evaluation_does(c
     assert reply.choices[1].text == "JULIET:"
 
 
+def test_lm_evaluation_harness_local_completions_scores_a_text_as_compare_does(http, package):
+    """The requests lm-evaluation-harness 0.4's local-completions model sends for a
+    loglikelihood_rolling task (tokenized_requests=False): its remote tokenizer finds
+    /tokenizer_info and /tokenize, the text is prefixed with bos_token and sent back through
+    /detokenize, then scored with echo and max_tokens 1. Its bits per character is what
+    `tinyllm compare` gives bos_token + text."""
+    from tinyllm.evaluation.scoring import split_metrics
+
+    text = "ROMEO:\nlove night light sweet death.\n\nJULIET:\nfair heaven hath thou doth.\n"
+    info = http.get("/tokenizer_info").json()
+    assert "eos_token" in info and info["model_max_length"] == 16
+    assert isinstance(http.post("/tokenize", json={"prompt": "test",
+                                                   "add_special_tokens": False}).json()["tokens"],
+                      list)
+    [bos] = http.post("/tokenize", json={"prompt": info["bos_token"],
+                                         "add_special_tokens": False}).json()["tokens"]
+    ids = http.post("/tokenize", json={"prompt": text, "add_special_tokens": False}).json()
+    assert ids["count"] == len(text)
+    window = http.post("/detokenize", json={"tokens": [bos, *ids["tokens"]]}).json()["prompt"]
+    assert window == info["bos_token"] + text
+    reply = http.post("/v1/completions", json={
+        "model": "tiny", "prompt": window, "temperature": 0, "max_tokens": 1, "logprobs": 1,
+        "seed": 1234, "echo": True})
+    logprobs = reply.json()["choices"][0]["logprobs"]
+    total = sum(logprobs["token_logprobs"][1:-1])  # the harness's ctxlen 1; the last generated
+    assert all(isinstance(top, dict) for top in logprobs["top_logprobs"][1:-1])
+    loaded = load_package(package)
+    expected = split_metrics(loaded.model, loaded.tokenizer.encode(window))["bits_per_char"]
+    assert abs(-total / len(text) / math.log(2) - expected) < 1e-4
+
+
+@pytest.mark.parametrize(("path", "body", "status", "param"), [
+    ("/detokenize", {"tokens": [1, 10**6]}, 400, "tokens[1]"),
+    ("/detokenize", {"tokens": [-1]}, 400, "tokens[0]"),
+    ("/tokenize", {"prompt": "x", "model": "other"}, 404, "model"),
+    ("/tokenize", {"prompt": "x", "return_token_strs": True}, 400, "return_token_strs")])
+def test_the_tokenizer_routes_refuse_naming_the_field(http, path, body, status, param):
+    reply = http.post(path, json=body)
+    assert reply.status_code == status and reply.json()["error"]["param"] == param, reply.text
+
+
 def test_echo_repeats_the_prompt_before_the_reply_and_scores_both(client):
     plain = client.completions.create(model="tiny", prompt="ROMEO:", seed=3, max_tokens=10,
                                       logprobs=1)

@@ -290,6 +290,31 @@ def test_batched_decoding_gives_each_sequence_exactly_its_text_alone():
 
 
 
+def test_a_sequence_whose_reader_is_behind_waits_then_gets_exactly_its_text():
+    """A slow reader's sequence draws nothing while its reader is behind (the others go on),
+    then resumes where it was: the text it would have had."""
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=40, context_length=16, n_layer=1, n_head=2, d_model=32))
+    settings = [SamplingConfig(max_tokens=30, seed=i, temperature=0.9) for i in range(2)]
+    expected = [list(stream_tokens(model, [1, 2], s)) for s in settings]
+    behind = [True]
+    got: list[list] = [[], []]
+    decoder = Decoder(model, max_batch=4)
+    decoder.submit(Sequence([1, 2], settings[0], got[0].append, behind=lambda: behind[0]))
+    decoder.submit(Sequence([1, 2], settings[1], got[1].append))
+    deadline = time.monotonic() + 30
+    while not (got[1] and isinstance(got[1][-1], str)):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert got[0] == [] and decoder.in_flight == 1
+    behind[0] = False
+    while not (got[0] and isinstance(got[0][-1], str)):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    decoder.stop()
+    assert [out[:-1] for out in got] == expected and got[0][-1] == "length"
+
+
 @pytest.mark.parametrize("block", [FORMAT_1_BLOCK, {}], ids=["gpt2", "default"])
 def test_a_shared_decoding_step_computes_each_row_bit_for_bit_as_alone(block):
     """decode_step over sequences at eight different positions: each row's logits equal the

@@ -17,6 +17,10 @@ from tinyllm.config import SamplingConfig
 from tinyllm.model import GPT, compiled
 from tinyllm.tokenizer import UNKNOWN_ID, CharTokenizer
 
+# What a text starts after: the corpus's documents follow a newline, an empty prompt starts from
+# one, and the server names it as its tokenizer's bos_token (serving/tokenizing.py).
+TEXT_START = "\n"
+
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
                   min_p: float = 0.0) -> torch.Tensor:
@@ -157,8 +161,8 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 
 def prompt_ids(tokenizer: CharTokenizer, prompt: str) -> list[int]:
-    """The ids generation starts from; an empty prompt starts from a newline."""
-    return [int(i) for i in tokenizer.encode(prompt or "\n")]
+    """The ids generation starts from; an empty prompt starts from TEXT_START."""
+    return [int(i) for i in tokenizer.encode(prompt or TEXT_START)]
 
 
 class StopFilter:

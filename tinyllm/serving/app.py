@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from tinyllm.serving import contract, echo, playground, responses
+from tinyllm.serving import contract, echo, playground, responses, tokenizing
 from tinyllm.serving.attention import attention_weights
 from tinyllm.serving.balancing import SharedLoads
 from tinyllm.serving.intake import Intake, timed_protocol
@@ -116,6 +116,7 @@ def create_app(model: ServedModel, limits: Limits) -> FastAPI:
     add_generation_routes(app, generation)
     add_responses_route(app, generation)
     add_attention_route(app, model, limits)
+    tokenizing.install(app, generation)  # lm-evaluation-harness's remote tokenizer
     posts = frozenset(r.path for r in app.routes if "POST" in getattr(r, "methods", ()))
     app.add_middleware(Intake, limits=limits, paths=posts)
     contract.install(app, limits, model.names,

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 # What a sequence's callback receives once it has ended, instead of a token id.
 LENGTH, TIMEOUT, CANCELLED, SHUTDOWN = "length", "timeout", "cancelled", "shutdown"
 FAILED = "failed"  # its error says why
+IDLE_WAIT = 0.5  # seconds the idle decoder waits for a sequence before it looks again
+HELD_WAIT = 0.01  # and when every sequence waits for its reader
 
 
 @dataclass
@@ -73,6 +75,8 @@ class Sequence:
     sampler: Sampler | None = None
     remaining: int = 0
     error: str | None = None  # why it ended with FAILED
+    behind: Callable[[], bool] = lambda: False  # while its reader is behind it waits (its
+    # deadline runs on): a slow reader never has a whole reply queued for it
 
     def cancel(self) -> None:
         """Stop generating for it (e.g. its client disconnected); safe from any thread."""
@@ -173,14 +177,15 @@ class Decoder:
         self.retired = True
         self.incoming.put(None)
 
-    def _admit(self) -> None:
-        block = not self.active
+    def _admit(self, wait: float | None) -> None:
+        """Take the sequences submitted, up to max_batch, waiting up to `wait` seconds for the
+        first (None: only those already there)."""
         while len(self.active) < self.max_batch:
             try:
-                sequence = self.incoming.get(block=block, timeout=0.5 if block else None)
+                sequence = self.incoming.get(block=wait is not None, timeout=wait)
             except queue.Empty:
                 return
-            block = False
+            wait = None
             if sequence is None:
                 continue
             sequence.window = sequence.prompt_ids[-self.context:] or [UNKNOWN_ID]
@@ -191,16 +196,17 @@ class Decoder:
             self.active.append(sequence)
 
     def _run(self) -> None:
+        stepped = True  # whether the last step drew for any sequence (else all wait)
         try:
             while not self.stopping and not (self.retired and not self.active
                                               and self.incoming.empty()):
-                self._admit()
+                self._admit(IDLE_WAIT if not self.active else None if stepped else HELD_WAIT)
                 if self.active:
                     try:
-                        self._step()
+                        stepped = self._step()
                     except Exception as exc:  # the step's sequences fail; the next step runs
                         self._fail(self.active, exc)
-                        self.active = []
+                        self.active, stepped = [], True
                     self.after_step()
         except Exception:  # a bug outside a step: end every sequence, never leave one waiting
             log.exception("decoder failed")
@@ -216,8 +222,9 @@ class Decoder:
             self.after_step()
 
     @torch.inference_mode()
-    def _step(self) -> None:
-        """One token for every active sequence, exactly as stream_tokens would sample it."""
+    def _step(self) -> int:
+        """One token for every active sequence whose reader is not behind, exactly as
+        stream_tokens would sample it; how many got one."""
         now = time.monotonic()
         live = []
         for sequence in self.active:
@@ -228,8 +235,9 @@ class Decoder:
             else:
                 live.append(sequence)
         self.active = live
-        fresh = [s for s in live if s.cache is None]
-        going = [s for s in live if s.cache is not None]
+        stepping = [s for s in live if not s.behind()]
+        fresh = [s for s in stepping if s.cache is None]
+        going = [s for s in stepping if s.cache is not None]
         logits = {}
         for sequence in fresh:  # the prompt (or a slid window), alone, as stream_tokens does
             sequence.cache = SlotCache(self.keys, self.values, self.slots[id(sequence)])
@@ -248,7 +256,7 @@ class Decoder:
                 logits[id(sequence)] = rows[i]
         keep = max(1, self.context // 2)
         failed = []
-        for sequence in live:
+        for sequence in stepping:
             try:
                 drawn = sequence.sampler.draw(logits[id(sequence)])
             except Exception as exc:  # this sequence's failure only (e.g. NaN logits)
@@ -264,6 +272,7 @@ class Decoder:
             if sequence.remaining == 0:
                 self._end(sequence, LENGTH)
         self.active = [s for s in live if s.remaining > 0 and s not in failed]
+        return len(stepping)
 
     def _fail(self, sequences: list[Sequence], exc: Exception) -> None:
         """End sequences with FAILED, their cache slots wiped: masked attention still multiplies

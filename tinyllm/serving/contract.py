@@ -110,6 +110,21 @@ ATTENTION = {"type": "object", "required": ["object", "model", "tokens", "weight
                      "(each row sums to 1, to 4 decimals)."), "items": {"type": "array",
                      "items": {"type": "array", "items": {"type": "array", "items": {
                          "type": "number", "minimum": 0, "maximum": 1}}}}}}}
+TOKENIZER_INFO = {"type": "object", "required": ["bos_token", "eos_token"], "properties": {
+    "tokenizer_class": {"type": "string"},
+    "bos_token": {"type": "string", "description": "What a text starts after: the harness "
+                                                   "scores its first character after it."},
+    "eos_token": {"type": "null"}, "pad_token": {"type": "null"},
+    "unk_token": {"type": "string", "description": "A character the model never saw."},
+    "vocab_size": {"type": "integer", "minimum": 1},
+    "model_max_length": {"type": "integer", "minimum": 1,
+                         "description": "The model's context length."}}}
+IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+TOKENIZED = {"type": "object", "required": ["count", "tokens"], "properties": {
+    "count": {"type": "integer", "minimum": 0}, "max_model_len": {"type": "integer"},
+    "tokens": IDS}}
+DETOKENIZED = {"type": "object", "required": ["prompt"], "properties": {
+    "prompt": {"type": "string"}}}
 # path -> its replies: status -> (description, JSON schema, and for a stream its schema)
 REPLIES = {
     "/health": {200: ("Up.", HEALTH, None), 503: ("It cannot generate.", HEALTH, None)},
@@ -121,15 +136,21 @@ REPLIES = {
     "/v1/chat/completions": {200: ("The reply(ies).", CHAT, events(CHAT_CHUNK))},
     "/v1/responses": {200: ("The response.", RESPONSE, RESPONSE_EVENT)},
     "/v1/attention": {200: ("Each layer's and head's attention.", ATTENTION, None)},
+    "/tokenizer_info": {200: ("The served model's tokenizer.", TOKENIZER_INFO, None)},
+    "/tokenize": {200: ("The text's ids, one a character.", TOKENIZED, None)},
+    "/detokenize": {200: ("The ids' text.", DETOKENIZED, None)},
 }
 ERRORS = {"/v1/completions": GENERATION_ERRORS, "/v1/chat/completions": GENERATION_ERRORS,
           "/v1/responses": GENERATION_ERRORS,
           "/v1/attention": {**BODY_ERRORS, 404: GENERATION_ERRORS[404]},
-          "/v1/models/{model_id}": {404: GENERATION_ERRORS[404]}}
+          "/v1/models/{model_id}": {404: GENERATION_ERRORS[404]},
+          "/tokenize": {**BODY_ERRORS, 404: GENERATION_ERRORS[404]},
+          "/detokenize": {**BODY_ERRORS, 404: GENERATION_ERRORS[404]}}
 
 
 REQUESTS = ("CompletionRequest", "ChatRequest", "ResponsesRequest")  # the generation routes
 NAMED = (*REQUESTS, "AttentionRequest")  # the requests that name the model
+MAY_NAME = ("TokenizeRequest", "DetokenizeRequest")  # the requests that may name it
 
 
 def install(app: FastAPI, limits: Limits, names: set[str], context_length: int) -> None:
@@ -159,6 +180,8 @@ def document(app: FastAPI, limits: Limits, names: set[str], context_length: int)
         context_length, limits.max_attention_chars)
     for name in NAMED:
         schemas[name]["properties"]["model"]["enum"] = sorted(names)
+    for name in MAY_NAME:
+        schemas[name]["properties"]["model"]["enum"] = [*sorted(names), None]
     return found
 
 
@@ -188,3 +211,5 @@ def _server_limits(schemas: dict, limits: Limits) -> None:
     prompt = schemas["CompletionRequest"]["properties"]["prompt"]
     text, texts = prompt["anyOf"]
     text["maxLength"] = texts["items"]["maxLength"] = limits.max_prompt_chars
+    schemas["TokenizeRequest"]["properties"]["prompt"]["maxLength"] = limits.max_prompt_chars
+    schemas["DetokenizeRequest"]["properties"]["tokens"]["maxItems"] = limits.max_prompt_chars
