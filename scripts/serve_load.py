@@ -43,6 +43,9 @@ from tinyllm.serving.launch import ServerNotUp, wait_until_up
 
 BIN = Path(sys.executable).parent
 MAX_SETTLE_SEC = 600
+# An idle page: Chromium's start-up work is over (2 s here) and the server has closed the page's
+# keep-alive connections (uvicorn's timeout_keep_alive, 5 s), which the workers' balancing counts.
+PAGE_SETTLE_S = 6
 SEEDS = 16  # request i asks for seed i % SEEDS, so its text can be checked against generate
 
 
@@ -169,7 +172,8 @@ def fire(send, url: str, clients: int, requests: int, max_tokens: int, prompt: s
 
 @contextlib.contextmanager
 def idle_page(url: str):
-    """The playground at url open in Debian's headless Chromium, loaded, then left alone."""
+    """The playground at url open in Debian's headless Chromium, loaded, then left alone
+    (from PAGE_SETTLE_S after it is ready on)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -177,6 +181,7 @@ def idle_page(url: str):
         page = browser.new_page()
         page.goto(f"{url}/")
         page.wait_for_selector("body[data-ready=true]")
+        time.sleep(PAGE_SETTLE_S)
         try:
             yield
         finally:
