@@ -4,6 +4,7 @@
     python scripts/serve_load.py --model-uri models:/shakespeare@champion --clients 1 8 32
     python scripts/serve_load.py --server mlflow --workers 2    # mlflow models serve instead
     python scripts/serve_load.py --url http://127.0.0.1:8000    # a server that is already up
+    python scripts/serve_load.py --random-model --idle-page      # each round again, page open
 
 Starts the server itself unless --url is given (in the project's MLflow store, or the one
 MLFLOW_TRACKING_URI names; --random-model: a package of random weights of params.yaml's default
@@ -13,13 +14,16 @@ is asked to stream (`/v1/completions`, "stream": true), so time to first charact
 unless --no-stream asks for whole replies as `mlflow models serve` gives them; a reply counts as
 an error unless it is HTTP 200, well-framed server-sent events ending in `data: [DONE]` (or one
 JSON body), and (when the script knows the model) exactly the text `tinyllm generate` gives for
-that seed. `mlflow models serve` replies must be one non-empty string. Prints a table and
-one JSON line; exits 1 on any error.
+that seed. `mlflow models serve` replies must be one non-empty string. With --idle-page each
+round runs twice in a row, the second time with the playground (docs/playground.md) open in
+headless Chromium and idle, so the two figures stand side by side. Prints a table and one JSON
+line; exits 1 on any error.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import http.client
 import json
@@ -39,6 +43,9 @@ from tinyllm.serving.launch import ServerNotUp, wait_until_up
 
 BIN = Path(sys.executable).parent
 MAX_SETTLE_SEC = 600
+# An idle page: Chromium's start-up work is over (2 s here) and the server has closed the page's
+# keep-alive connections (uvicorn's timeout_keep_alive, 5 s), which the workers' balancing counts.
+PAGE_SETTLE_S = 6
 SEEDS = 16  # request i asks for seed i % SEEDS, so its text can be checked against generate
 
 
@@ -163,6 +170,38 @@ def fire(send, url: str, clients: int, requests: int, max_tokens: int, prompt: s
                               "p95": percentile(firsts, 0.95)} if firsts else None}
 
 
+@contextlib.contextmanager
+def idle_page(url: str):
+    """The playground at url open in Debian's headless Chromium, loaded, then left alone
+    (from PAGE_SETTLE_S after it is ready on)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"))
+        page = browser.new_page()
+        page.goto(f"{url}/")
+        page.wait_for_selector("body[data-ready=true]")
+        time.sleep(PAGE_SETTLE_S)
+        try:
+            yield
+        finally:
+            browser.close()
+
+
+def rounds(send, url: str, args: argparse.Namespace, expected) -> list[dict]:
+    """One result per --clients count; with --idle-page, each followed by its run again with
+    the page open and idle (page: "idle")."""
+    found = []
+    for clients in args.clients:
+        found.append(fire(send, url, clients, args.requests, args.max_tokens, args.prompt,
+                          expected))
+        if args.idle_page:
+            with idle_page(url):
+                found.append({**fire(send, url, clients, args.requests, args.max_tokens,
+                                     args.prompt, expected), "page": "idle"})
+    return found
+
+
 def random_package(directory: Path) -> str:
     """A model package of params.yaml's default shape with random weights."""
     import torch
@@ -227,9 +266,14 @@ def parse_args() -> argparse.Namespace:
                         help="ask tinyllm serve for whole replies, as mlflow gives them")
     parser.add_argument("--workers", type=int,
                         help="server processes (default: the server's own; mlflow's is 1)")
+    parser.add_argument("--idle-page", action="store_true",
+                        help="run each round again with the playground open and idle "
+                             "(tinyllm only; needs Chromium)")
     args = parser.parse_args()
     if min(*args.clients, args.requests, args.max_tokens, args.workers or 1) < 1:
         sys.exit("error: --clients, --requests, --max-tokens and --workers must be >= 1")
+    if args.idle_page and args.server != "tinyllm":
+        sys.exit("error: --idle-page: only tinyllm serve has the playground")
     if not 0 <= args.settle <= MAX_SETTLE_SEC:  # also refuses nan
         sys.exit(f"error: --settle must be between 0 and {MAX_SETTLE_SEC} seconds, got "
                  f"{args.settle}")
@@ -259,8 +303,7 @@ def load_rounds(args: argparse.Namespace, model_uri: str, scratch: Path):
                                                            send), 2)
         if not args.url:
             time.sleep(args.settle)
-        return url, startup, [fire(send, url, clients, args.requests, args.max_tokens,
-                                   args.prompt, expected) for clients in args.clients]
+        return url, startup, rounds(send, url, args, expected)
     except ServerNotUp as exc:
         sys.exit(f"error: {exc}")
     finally:
@@ -280,7 +323,8 @@ def print_report(args: argparse.Namespace, model_uri: str, url: str, startup, ru
           f"\n|---|---|---|---|---|---|---|", file=sys.stderr)
     for run in runs:
         first = run["first_char_ms"]["p50"] if run["first_char_ms"] else "-"
-        print(f"| {run['clients']} | {run['requests']} | {run['errors']} | "
+        page = " (page idle)" if run.get("page") else ""
+        print(f"| {run['clients']}{page} | {run['requests']} | {run['errors']} | "
               f"{run['requests_per_s']} | {run['latency_ms']['p50']} | "
               f"{run['latency_ms']['p95']} | {first} |", file=sys.stderr)
     print(json.dumps(report))

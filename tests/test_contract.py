@@ -17,8 +17,8 @@ from test_intake import serving
 from tiny_project import untrained_package
 
 from tinyllm.serving.app import create_app
-from tinyllm.serving.jobs import ServedModel
 from tinyllm.serving.limits import Limits
+from tinyllm.serving.served import ServedModel
 from tinyllm.tracking import discovery
 
 LIMITS = Limits(max_tokens=8, max_n=2, max_prompt_chars=200)
@@ -59,10 +59,10 @@ def test_the_document_states_the_limits_and_every_status(package):
     assert completion["logprobs"]["maximum"] == 20
     assert completion["prompt"]["anyOf"][0]["maxLength"] == LIMITS.max_prompt_chars
     assert completion["best_of"]["enum"] == [1, None]
-    assert completion["model"]["enum"] == sorted(models.names)
+    assert completion["model"]["enum"] == sorted(models.names())
     assert all(field.get("description") for field in completion.values())
     post = document["paths"]["/v1/completions"]["post"]["responses"]
-    assert set(post) == {"200", "400", "404", "408", "413", "415", "500"}
+    assert set(post) == {"200", "400", "404", "408", "413", "415", "500", "503"}
     assert "text/event-stream" in post["200"]["content"]
     assert "HTTPValidationError" not in document["components"]["schemas"]  # no 422
     attention = document["components"]["schemas"]["AttentionRequest"]["properties"]
@@ -74,4 +74,4 @@ def test_the_document_states_the_limits_and_every_status(package):
     tokens = document["components"]["schemas"]["DetokenizeRequest"]["properties"]["tokens"]
     assert tokens["maxItems"] == LIMITS.max_prompt_chars
     assert set(document["paths"]["/tokenize"]["post"]["responses"]) == {
-        "200", "400", "404", "408", "413", "415"}
+        "200", "400", "404", "408", "413", "415", "503"}  # 503: a named version cannot load

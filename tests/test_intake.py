@@ -18,9 +18,9 @@ from tiny_project import untrained_package
 
 from tinyllm.serving.app import create_app
 from tinyllm.serving.intake import timed_protocol
-from tinyllm.serving.jobs import ServedModel
 from tinyllm.serving.launch import free_port
 from tinyllm.serving.limits import Limits
+from tinyllm.serving.served import ServedModel
 from tinyllm.tracking import discovery
 
 LIMITS = Limits(max_body_bytes=4096, header_seconds=0.5, body_seconds=0.5)

@@ -19,9 +19,9 @@ from tiny_project import untrained_package
 
 from tinyllm.package import load_package
 from tinyllm.serving.app import create_app
-from tinyllm.serving.jobs import ServedModel
 from tinyllm.serving.limits import Limits
 from tinyllm.serving.requests import Message, chat_prompt
+from tinyllm.serving.served import ServedModel
 from tinyllm.tokenizer import UNKNOWN_ID
 from tinyllm.tracking import discovery
 
@@ -256,6 +256,8 @@ def test_what_cannot_be_honoured_is_a_400_naming_the_field(http, endpoint, chang
 
 
 def test_models_are_retrieved_by_id_or_uri(client, package):
+    [listed] = client.models.list().data  # a package has no other versions to serve
+    assert listed.id == "tiny" and listed.run_page is None
     assert client.models.retrieve("tiny").id == "tiny"
     assert client.models.retrieve(str(package)).version == str(package)
     with pytest.raises(openai.NotFoundError, match="model 'gpt-4' is not served here"):

@@ -1,43 +1,75 @@
 """The playground at `/` of `tinyllm serve`, in a real browser: Playwright drives Debian's Chromium
-against a real server of a tiny model, and the tests read what a person sees (the text, the
-tooltips, the colours, the numbers). No request may leave the local server. Without Chromium
-they skip, saying how to install it (docs/development.md)."""
+against a real server of a tiny registered model (two versions, the champion alias on the first),
+and the tests read what a person sees (the text, the tooltips, the colours, the numbers). No
+request may leave the local server. Without Chromium they skip, saying how to install it
+(docs/development.md)."""
 
 from __future__ import annotations
 
 import colorsys
 import json
+import os
 import re
 import shutil
+import sys
+import tempfile
+import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_serve import start
-from tiny_project import untrained_package
+from tiny_project import copy_store, register_packages, untrained_package
 
 from tinyllm.cli import cli
 from tinyllm.package import load_package
-from tinyllm.serving.launch import stop
+from tinyllm.serving import launch
 from tinyllm.serving.requests import Message, chat_prompt
+from tinyllm.tracking.store import Store
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium: `apt-get install chromium` (docs/development.md)")
 PROMPT = "ROMEO:\n"
+TEXT = "ROMEO:\nlove night light sweet death.\n\nJULIET:\nfair heaven hath thou doth.\n"
+TINYLLM = str(Path(sys.executable).with_name("tinyllm"))
+
+
+@dataclass
+class Registered:
+    store: Store
+    packages: list[Path]  # version i + 1's
+    runs: list[str]  # the run of version i + 1
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory) -> Path:
-    return untrained_package(tmp_path_factory.mktemp("playground"))
+def registered(tmp_path_factory, store_template) -> Registered:
+    directory = tmp_path_factory.mktemp("playground")
+    uri = copy_store(store_template, directory)
+    packages = [untrained_package(directory / f"v{seed + 1}", seed=seed) for seed in (0, 1)]
+    runs = register_packages(uri, "tiny", packages)
+    store = Store(uri)
+    store.client.set_registered_model_alias("tiny", "champion", "1")
+    return Registered(store, packages, runs)
 
 
 @pytest.fixture(scope="module")
-def server(package):
-    process, url, _ = start(package, "--workers", "1")
+def package(registered) -> Path:
+    """The champion's package: what the page's requests get."""
+    return registered.packages[0]
+
+
+@pytest.fixture(scope="module")
+def server(registered):
+    log = Path(tempfile.mkstemp(prefix="tinyllm-serve-", suffix=".log")[1])
+    process, url = launch.start(
+        [TINYLLM, "serve", "--model-uri", "models:/tiny@champion", "--workers", "1",
+         "--refresh-seconds", "0.2"], log,
+        {**os.environ, "MLFLOW_TRACKING_URI": registered.store.uri})
+    launch.wait_until_up(f"{url}/health", process, log)
     yield url
-    stop(process)
+    launch.stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +107,16 @@ def hue(css_colour: str) -> float:
 
 def percents(text: str) -> list[float]:
     return [float(p) for p in re.findall(r"([\d.]+)%", text)]
+
+
+def compare_bits(tmp_path: Path, a: Path, b: Path, text: str) -> tuple[float, float]:
+    """The bits per character `tinyllm compare` gives text under a and under b."""
+    (tmp_path / "text.txt").write_text(text)
+    result = CliRunner().invoke(cli, ["compare", str(a), str(b), "--text",
+                                      str(tmp_path / "text.txt"), "--block", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    return found["a_bits_per_char"], found["b_bits_per_char"]
 
 
 def test_a_completion_streams_coloured_by_probability_and_its_seed_replays_it(page, package):
@@ -123,21 +165,15 @@ def test_chat_streams_the_reply_generate_gives_the_script(page, package):
     expected = load_package(package).generate(prompt, ["\n\n"], seed=seed, max_tokens=20)
     assert page.inner_text("#chat-log .assistant .text") == expected
     assert page.inner_text("#chat-log .user .text") == "But soft"
-    assert page.inner_text("#model-info") == f"Model tiny · version {package}"
 
 
 def test_scoring_shows_the_bits_per_char_of_tinyllm_compare(page, package, tmp_path):
-    text = "ROMEO:\nlove night light sweet death.\n\nJULIET:\nfair heaven hath thou doth.\n"
-    page.fill("#score-text", text)
+    page.fill("#score-text", TEXT)
     press(page, "Score")
     page.wait_for_selector("#score-map span[data-index]")
     shown = float(page.inner_text("#score-result").split(" bits")[0])
-    (tmp_path / "text.txt").write_text(text)
-    result = CliRunner().invoke(cli, ["compare", str(package), str(package), "--text",
-                                      str(tmp_path / "text.txt"), "--block", "4", "--json"])
-    assert result.exit_code == 0, result.output
-    assert abs(shown - json.loads(result.stdout)["a_bits_per_char"]) < 1e-4
-    assert page.locator("#score-map span[data-index]").count() == len(text)
+    assert abs(shown - compare_bits(tmp_path, package, package, TEXT)[0]) < 1e-4
+    assert page.locator("#score-map span[data-index]").count() == len(TEXT)
     page.hover("#score-map span[data-index='0']")
     assert "unscored" in page.inner_text("#tip")
     page.hover("#score-map span[data-index='5']")
@@ -161,6 +197,59 @@ def test_the_attention_view_shows_each_head_and_where_a_character_looked(page, s
     assert lines[0] == "'␣' looked at:" and f"(character {most + 1})" in lines[1]
     later = page.locator("#attention-map span[data-index='8']")
     assert later.evaluate("s => s.style.backgroundColor") == ""  # nothing after it
+
+
+def served_version(server: str) -> str:
+    with urllib.request.urlopen(f"{server}/v1/models") as reply:
+        return json.load(reply)["data"][0]["version"]
+
+
+def test_two_versions_side_by_side_and_the_page_follows_the_alias_and_links_the_run(
+        page, server, registered, tmp_path):
+    info = page.inner_text("#model-info")
+    run = registered.runs[0]
+    assert info == ("Model tiny · version models:/tiny/1 · served as models:/tiny@champion, "
+                    f"followed to each new version · aliases: champion · trained by run {run} "
+                    "in mlflow ui (after `mlflow ui` in the project root)")
+    experiment = registered.store.client.get_run(run).info.experiment_id
+    assert page.get_attribute("#model-info a", "href") == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run}"
+        "?workflowType=machine_learning")
+
+    assert page.input_value("#model-a") == "tiny" and page.input_value("#model-b") == "tiny/latest"
+    page.fill("#compare-prompt", PROMPT)
+    page.fill("#compare-text", TEXT)
+    page.fill("input[name=max_tokens]", "20")
+    page.fill("input[name=seed]", "7")
+    page.fill("#stops input >> nth=0", "")
+    press(page, "Compare")
+    for side in "ab":
+        page.wait_for_function(f"document.getElementById('info-{side}').textContent"
+                               ".includes('the text')")
+    bits = compare_bits(tmp_path, *registered.packages, TEXT)
+    for side, package, version, text_bits in zip("ab", registered.packages, (1, 2), bits,
+                                                 strict=True):
+        shown = page.inner_text(f"#info-{side}")
+        assert shown.startswith(f"seed 7 · models:/tiny/{version} · its reply: "), shown
+        assert abs(float(re.search(r"the text: ([\d.]+)", shown)[1]) - text_bits) < 1e-4
+        expected = load_package(package).generate(PROMPT, seed=7, max_tokens=20)
+        assert page.inner_text(f"#reply-{side}") == expected
+    assert bits[0] != bits[1]
+
+    def champion(version: str) -> None:  # and wait until the server follows
+        registered.store.client.set_registered_model_alias("tiny", "champion", version)
+        deadline = time.monotonic() + 20
+        while served_version(server) != f"models:/tiny/{version}":
+            assert time.monotonic() < deadline, "the server kept the old version"
+            time.sleep(0.1)
+
+    champion("2")
+    try:
+        press(page, "Generate")  # its reply comes from version 2: the page reads the models again
+        page.wait_for_function("document.getElementById('model-info').textContent"
+                               ".includes('version models:/tiny/2')")
+    finally:
+        champion("1")
 
 
 def test_axe_core_finds_no_accessibility_violations(page):

@@ -1,4 +1,5 @@
-"""`tinyllm serve` with the registry: it finds the champion as chat does, and follows the alias."""
+"""`tinyllm serve` with the registry: it finds the champion as chat does, follows the alias, and
+serves another version a request names (its worker asks the server's process for it)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ def register(store: Store, package: Path, test_loss: float) -> str:
         return run.register(package, "served", test_loss, test_loss, "data").version
 
 
-def complete(url: str, seed: int) -> dict:
-    body = json.dumps({"model": "served", "prompt": "ROMEO:", "max_tokens": 20, "seed": seed})
+def complete(url: str, seed: int, model: str = "served") -> dict:
+    body = json.dumps({"model": model, "prompt": "ROMEO:", "max_tokens": 20, "seed": seed})
     request = urllib.request.Request(f"{url}/v1/completions", data=body.encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as reply:
@@ -60,6 +61,10 @@ def test_serve_takes_the_champion_and_follows_the_alias_without_a_restart(tiny_m
             time.sleep(0.1)
         expected = load_package(better).generate("ROMEO:", max_tokens=20, seed=4)
         assert reply["choices"][0]["text"] == expected
+        older = complete(url, seed=4, model="served/1")  # side by side with the champion
+        assert older["model"] == "models:/served/1"
+        assert older["choices"][0]["text"] == load_package(tiny_model.package).generate(
+            "ROMEO:", max_tokens=20, seed=4)
         workers = worker_processes(server.pid)
     finally:
         server.kill()  # outright: its workers must notice by themselves

@@ -31,7 +31,7 @@ from tinyllm.serving import contract, echo, playground, responses, tokenizing
 from tinyllm.serving.attention import attention_weights
 from tinyllm.serving.balancing import SharedLoads
 from tinyllm.serving.intake import Intake, timed_protocol
-from tinyllm.serving.jobs import Job, Piece, ServedModel, chat_logprobs, completion_logprobs
+from tinyllm.serving.jobs import Job, Piece, chat_logprobs, completion_logprobs
 from tinyllm.serving.limits import Limits
 from tinyllm.serving.requests import (
     AttentionRequest,
@@ -47,6 +47,7 @@ from tinyllm.serving.requests import (
     stops_of,
 )
 from tinyllm.serving.responses import ResponsesRequest
+from tinyllm.serving.served import ServedModel
 
 log = logging.getLogger(__name__)
 DEGRADED_SECONDS = 60.0  # /health says degraded this long after a generation failed
@@ -130,7 +131,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestError)
     async def request_error(_, exc: RequestError):
-        return JSONResponse(error_body(exc.message, exc.param, exc.code), exc.status)
+        kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+        return JSONResponse(error_body(exc.message, exc.param, exc.code, kind), exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, exc: RequestValidationError):
@@ -165,22 +167,16 @@ def add_info_routes(app: FastAPI, model: ServedModel) -> None:
                 "failures": failures.count, "last_failure": failures.last_error}
         return JSONResponse(body, 503 if status == "unavailable" else 200)
 
-    def model_object() -> dict:
-        served = model.current
-        source = served.loaded.source
-        return {"id": served.id, "object": "model", "created": 0, "owned_by": "tinyllm",
-                "version": served.uri, "served_as": source.uri, "run_id": source.run_id}
-
     @app.get("/v1/models")
     async def list_models():
-        """The model served; its id is what requests name as `model`."""
-        return {"object": "list", "data": [model_object()]}
+        """The model served, then the other versions and aliases of a registered one; each
+        id is what a request names as `model`."""
+        return {"object": "list", "data": model.objects()}
 
     @app.get("/v1/models/{model_id:path}")
     async def retrieve_model(model_id: str):
-        """The model served, by its id or the URI it was served as; else a 404."""
-        model.check_name(model_id)
-        return model_object()
+        """A model GET /v1/models lists, by its id or its URI; else a 404."""
+        return model.object(model_id)
 
 
 @dataclass
@@ -191,9 +187,9 @@ class Generation:
     limits: Limits
     wakeups: Wakeups
 
-    def start(self, body: SampledRequest, prompts: list[str], param: str,
-              top_logprobs: int | None) -> Job:
-        served = self.model.check_name(body.model)
+    async def start(self, body: SampledRequest, prompts: list[str], param: str,
+                    top_logprobs: int | None) -> Job:
+        served = await self.model.served(body.model)
         settings = settings_of(body, self.limits)
         self.check_lengths(prompts, param)
         return Job(served, prompts, settings, body.n, stops_of(body),
@@ -209,7 +205,7 @@ class Generation:
     async def score(self, body: CompletionRequest, prompts: list[str], top: int | None) -> dict:
         """echo with max_tokens 0: each prompt back, scored when logprobs asks; no
         generation. Scoring runs outside the event loop (a long text takes a while)."""
-        served = self.model.check_name(body.model)
+        served = await self.model.served(body.model)
         settings = settings_of(body.model_copy(update={"max_tokens": 1}), self.limits)
         self.check_lengths(prompts, "prompt")
         logprobs = [None] * len(prompts)
@@ -287,7 +283,7 @@ def add_generation_routes(app: FastAPI, generation: Generation) -> None:
             raise RequestError("echo cannot be streamed here; send stream: false", "echo")
         if body.echo_only():
             return await generation.score(body, prompts, top)
-        job = generation.start(body, prompts, "prompt", top)
+        job = await generation.start(body, prompts, "prompt", top)
         loaded = job.served.loaded
         echoed = {}  # prompt -> its scores, with echo and logprobs
         if body.echo and top is not None:
@@ -311,7 +307,7 @@ def add_generation_routes(app: FastAPI, generation: Generation) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         top = body.top_logprobs_wanted()
-        job = generation.start(body, [chat_prompt(body.messages)], "messages", top)
+        job = await generation.start(body, [chat_prompt(body.messages)], "messages", top)
         decode = job.served.loaded.tokenizer.decode
 
         def logprobs(piece: Piece):
@@ -339,7 +335,7 @@ def add_responses_route(app: FastAPI, generation: Generation) -> None:
     async def create_response(body: ResponsesRequest, request: Request):
         if body.n != 1:
             raise RequestError("n must be 1 here: a response has one output", "n")
-        job = generation.start(body, [chat_prompt(body.messages())], "input", None)
+        job = await generation.start(body, [chat_prompt(body.messages())], "input", None)
         if body.stream:
             return StreamingResponse(responses.events(job, body, _failed),
                                      media_type="text/event-stream",
@@ -358,7 +354,7 @@ def add_attention_route(app: FastAPI, model: ServedModel, limits: Limits) -> Non
 
     @app.post("/v1/attention")
     async def attention(body: AttentionRequest):
-        served = model.check_name(body.model)
+        served = await model.served(body.model)
         loaded = served.loaded
         check_attention_text(body.text, loaded.model.config.context_length, limits)
         ids = [int(i) for i in loaded.tokenizer.encode(body.text)]
@@ -388,12 +384,13 @@ def describe(model: ServedModel) -> str:
     return f"{model.current.uri} (model '{model.current.id}')"
 
 
-def load(resolved, device: str) -> ServedModel:
-    """The model to serve, its decoder started."""
+def load(resolved, device: str, catalog, resolve) -> ServedModel:
+    """The model to serve, its decoder started; the catalog's other versions loaded when a
+    request names one (resolve: ServedModel's)."""
     import torch
 
     torch.set_num_threads(1)  # one small matmul at a time: more threads only contend
-    return ServedModel(resolved, device)
+    return ServedModel(resolved, device, catalog=catalog, resolve=resolve)
 
 
 def run(model: ServedModel, limits: Limits, listener: socket.socket, loads: SharedLoads) -> None:

@@ -23,9 +23,11 @@ BODY_ERRORS = {
     408: "The body did not arrive in time.",
     413: "The body is over the server's cap.",
     415: "The body was not sent as application/json."}
-GENERATION_ERRORS = {
-    **BODY_ERRORS, 404: "The model named is not served here.",
-    500: "Generation failed in the server (which goes on serving)."}
+MODEL_ERRORS = {404: "The model named is not served here.",
+                503: "The version the model names cannot be loaded here now (the message says "
+                     "why; the server goes on serving the others)."}
+GENERATION_ERRORS = {**BODY_ERRORS, **MODEL_ERRORS,
+                     500: "Generation failed in the server (which goes on serving)."}
 FINISH_REASON = {"type": ["string", "null"], "enum": ["stop", "length", "abort", None],
                  "description": "stop: a stop string came; length: max_tokens or the server's "
                                 "time cap; abort: cut short by the server stopping."}
@@ -88,10 +90,15 @@ RESPONSE_EVENT = {"type": "object", "required": ["data"], "properties": {
 MODEL = {"type": "object", "required": ["id", "object"], "properties": {
     "id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
     "created": {"type": "integer"}, "owned_by": {"type": "string"},
-    "version": {"type": "string", "description": "The exact version served."},
-    "served_as": {"type": "string", "description": "The URI it was served as: an alias or "
-                                                   "/latest is followed to each new version."},
-    "run_id": {"type": ["string", "null"], "description": "The MLflow run that trained it."}}}
+    "version": {"type": "string", "description": "The exact version it names now."},
+    "served_as": {"type": "string", "description": "The URI it names: an alias or /latest is "
+                                                   "followed to each new version."},
+    "aliases": {"type": "array", "items": {"type": "string"},
+                "description": "The registry's aliases of that version."},
+    "run_id": {"type": ["string", "null"], "description": "The MLflow run that trained it."},
+    "run_page": {"type": ["string", "null"], "description": "That run's page in mlflow ui."},
+    "run_page_note": {"type": ["string", "null"],
+                      "description": "What to do before run_page opens."}}}
 HEALTH = {"type": "object", "required": ["status", "model", "active"], "properties": {
     "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"],
                "description": "degraded: a generation failed in the last minute (it serves "
@@ -128,10 +135,11 @@ DETOKENIZED = {"type": "object", "required": ["prompt"], "properties": {
 # path -> its replies: status -> (description, JSON schema, and for a stream its schema)
 REPLIES = {
     "/health": {200: ("Up.", HEALTH, None), 503: ("It cannot generate.", HEALTH, None)},
-    "/v1/models": {200: ("The model served.", {"type": "object", "properties": {
+    "/v1/models": {200: ("The model served (first), then the other versions and aliases of a "
+                         "registered model.", {"type": "object", "properties": {
         "object": {"type": "string", "enum": ["list"]},
         "data": {"type": "array", "items": MODEL}}}, None)},
-    "/v1/models/{model_id}": {200: ("The model served.", MODEL, None)},
+    "/v1/models/{model_id}": {200: ("The model named.", MODEL, None)},
     "/v1/completions": {200: ("The continuation(s).", COMPLETION, events(COMPLETION))},
     "/v1/chat/completions": {200: ("The reply(ies).", CHAT, events(CHAT_CHUNK))},
     "/v1/responses": {200: ("The response.", RESPONSE, RESPONSE_EVENT)},
@@ -142,10 +150,10 @@ REPLIES = {
 }
 ERRORS = {"/v1/completions": GENERATION_ERRORS, "/v1/chat/completions": GENERATION_ERRORS,
           "/v1/responses": GENERATION_ERRORS,
-          "/v1/attention": {**BODY_ERRORS, 404: GENERATION_ERRORS[404]},
-          "/v1/models/{model_id}": {404: GENERATION_ERRORS[404]},
-          "/tokenize": {**BODY_ERRORS, 404: GENERATION_ERRORS[404]},
-          "/detokenize": {**BODY_ERRORS, 404: GENERATION_ERRORS[404]}}
+          "/v1/attention": {**BODY_ERRORS, **MODEL_ERRORS},
+          "/v1/models/{model_id}": {404: MODEL_ERRORS[404]},
+          "/tokenize": {**BODY_ERRORS, **MODEL_ERRORS},
+          "/detokenize": {**BODY_ERRORS, **MODEL_ERRORS}}
 
 
 REQUESTS = ("CompletionRequest", "ChatRequest", "ResponsesRequest")  # the generation routes
@@ -153,14 +161,18 @@ NAMED = (*REQUESTS, "AttentionRequest")  # the requests that name the model
 MAY_NAME = ("TokenizeRequest", "DetokenizeRequest")  # the requests that may name it
 
 
-def install(app: FastAPI, limits: Limits, names: set[str], context_length: int) -> None:
-    """Serve the document below as the app's /openapi.json; names: those of the model served
-    (its id and the URI it was asked for, which a request's `model` must be); context_length:
-    its window, which bounds /v1/attention's text."""
+def install(app: FastAPI, limits: Limits, names, context_length: int) -> None:
+    """Serve the document below as the app's /openapi.json; names(): those a request's `model`
+    may give now (ServedModel.names: a registered model's versions come and go, and the
+    document follows); context_length: the served model's window, which bounds
+    /v1/attention's text."""
+    made_for: list[set[str]] = []
 
     def openapi() -> dict:
-        if app.openapi_schema is None:
-            app.openapi_schema = document(app, limits, names, context_length)
+        now = names()
+        if app.openapi_schema is None or made_for != [now]:
+            app.openapi_schema = document(app, limits, now, context_length)
+            made_for[:] = [now]
         return app.openapi_schema
 
     app.openapi = openapi

@@ -1,5 +1,5 @@
-"""The model a worker serves and the jobs that generate for requests: one Job a request,
-its choices decoded together by the shared batching.Decoder, streamed as Pieces with their
+"""The jobs that generate for requests: one Job a request, its choices decoded together by its
+model version's shared batching.Decoder (served.py), streamed as Pieces with their
 log-probabilities."""
 
 from __future__ import annotations
@@ -8,67 +8,13 @@ import asyncio
 import collections
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
 
 from fastapi import Request
 
 from tinyllm.config import SamplingConfig
 from tinyllm.generate import Draw, StopFilter, prompt_ids
-from tinyllm.serving.batching import CANCELLED, FAILED, SHUTDOWN, Decoder, Sequence
-from tinyllm.serving.requests import RequestError
-from tinyllm.tracking.discovery import load_resolved, pinned_uri
-
-
-@dataclass
-class Served:
-    """One loaded model version and the decoder its requests share."""
-
-    loaded: Any  # tinyllm.package.LoadedModel
-    decoder: Decoder
-
-    @property
-    def id(self) -> str:
-        source = self.loaded.source
-        return source.name or Path(source.uri).name
-
-    @property
-    def uri(self) -> str:
-        return pinned_uri(self.loaded.source)
-
-
-class ServedModel:
-    """The model a server serves: a resolved model, then each newer version it is given (an
-    alias or /latest that moved)."""
-
-    def __init__(self, resolved, device: str = "cpu", max_batch: int = 64):
-        self.device, self.max_batch = device, max_batch
-        self.after_step = lambda: None
-        self.current = self._serve(load_resolved(resolved, device))
-        # the names a request may give: the model's, and the URI asked for (e.g. an alias)
-        self.names = {self.current.id, resolved.uri}
-
-    def _serve(self, loaded) -> Served:
-        decoder = Decoder(loaded.model, self.max_batch)
-        decoder.after_step = lambda: self.after_step()
-        return Served(loaded, decoder)
-
-    def swap(self, resolved) -> None:
-        """Serve resolved from the next request on; requests in flight finish on the old one."""
-        old, self.current = self.current, self._serve(load_resolved(resolved, self.device))
-        old.decoder.retire()
-
-    def check_name(self, name: str) -> Served:
-        served = self.current
-        if name not in self.names | {served.uri}:
-            raise RequestError(f"model '{name}' is not served here; this server serves "
-                               f"'{served.id}' ({served.uri})", "model", 404,
-                               "model_not_found")
-        return served
-
-    def stop(self) -> None:
-        self.current.decoder.stop()
-
+from tinyllm.serving.batching import CANCELLED, FAILED, SHUTDOWN, Sequence
+from tinyllm.serving.served import Served
 
 # Why a choice ended (its finish_reason), by the decoder's end reason; a failed one has no
 # finish_reason but an error (Job.error), which the client gets instead of the reply.

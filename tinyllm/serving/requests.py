@@ -24,7 +24,8 @@ from tinyllm.serving.limits import Limits, fresh_seed
 
 
 class RequestError(Exception):
-    """A 4xx in OpenAI's error shape."""
+    """A 4xx in OpenAI's error shape naming the field at fault; or a 503 when what a request
+    named cannot be served now."""
 
     def __init__(self, message: str, param: str | None = None, status: int = 400,
                  code: str | None = None):
@@ -37,6 +38,8 @@ def error_body(message: str, param: str | None = None, code: str | None = None,
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+MODEL_FIELD = ("A model id GET /v1/models lists (the model served, or another version or alias "
+               "of a registered one), or its models:/ URI.")
 MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
 MAX_STOPS = 4  # OpenAI's cap on stop strings
 TOP_LOGPROBS = {"minimum": 0, "maximum": MAX_TOP_LOGPROBS}
@@ -100,8 +103,7 @@ class StreamOptions(_Strict):
 
 
 class BaseRequest(_Strict):
-    model: str = Field(description="The model's id (GET /v1/models) or the URI it was served "
-                                   "as.")
+    model: str = Field(description=MODEL_FIELD)
     stream: bool | None = Field(False, description="Reply as server-sent events.")
     stream_options: StreamOptions | None = Field(None, description="With stream.")
     stop: str | Annotated[list[str], WithJsonSchema(  # stops_of checks it, naming stop
@@ -322,8 +324,7 @@ def stops_of(body: BaseRequest) -> list[str]:
 class AttentionRequest(_Strict):
     """POST /v1/attention: where each head looked over a short text (serving/attention.py)."""
 
-    model: str = Field(description="The model's id (GET /v1/models) or the URI it was served "
-                                   "as.")
+    model: str = Field(description=MODEL_FIELD)
     text: str = Field(min_length=1, description="The text, at most the model's context length "
                                                 "(and this server's cap) in characters.")
 

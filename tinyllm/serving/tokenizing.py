@@ -16,11 +16,10 @@ from fastapi import FastAPI
 from pydantic import Field
 
 from tinyllm.generate import TEXT_START
-from tinyllm.serving.requests import Integer, RequestError, _Strict
+from tinyllm.serving.requests import MODEL_FIELD, Integer, RequestError, _Strict
 from tinyllm.tokenizer import FORMAT, UNKNOWN_TEXT
 
-MODEL = Field(None, description="The model's id (GET /v1/models) or the URI it was served as; "
-                                "omitted or null: the model served.")
+MODEL = Field(None, description=f"{MODEL_FIELD} Omitted or null: the model served.")
 
 
 class TokenizeRequest(_Strict):
@@ -40,8 +39,8 @@ def install(app: FastAPI, generation) -> None:
     """The three routes, over the model of generation (app.Generation: the model served and
     the prompt-length cap, which bounds both texts and id lists)."""
 
-    def served(name: str | None):
-        return generation.model.current if name is None else generation.model.check_name(name)
+    async def served(name: str | None):
+        return generation.model.current if name is None else await generation.model.served(name)
 
     @app.get("/tokenizer_info")
     async def tokenizer_info():
@@ -55,7 +54,7 @@ def install(app: FastAPI, generation) -> None:
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
         """A text's ids, one a character (the model's unknown-character policy applied)."""
-        loaded = served(body.model).loaded
+        loaded = (await served(body.model)).loaded
         generation.check_lengths([body.prompt], "prompt")
         tokens = [int(i) for i in loaded.tokenizer.encode(body.prompt)]
         return {"count": len(tokens), "max_model_len": loaded.model.config.context_length,
@@ -64,7 +63,7 @@ def install(app: FastAPI, generation) -> None:
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
         """The text of ids from /tokenize."""
-        loaded = served(body.model).loaded
+        loaded = (await served(body.model)).loaded
         generation.check_lengths([body.tokens], "tokens")
         size = loaded.tokenizer.vocab_size
         for i, token in enumerate(body.tokens):

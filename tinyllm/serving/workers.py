@@ -1,6 +1,10 @@
 """`tinyllm serve`'s processes: its options, and the parent that finds the model and starts,
 watches and stops the workers that serve it. Light to import: the app (tinyllm.serving.app: FastAPI,
 torch) loads only in the workers, so they are spawned without the parent's import time.
+
+Through its pipe the parent sends each worker the model, the catalog of its other versions
+(catalog.py), each new catalog and each newer version of the model; a worker asks through it
+for a version of the catalog (Ask), which the parent resolves and answers (Answer).
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
 import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from tinyllm.errors import TinyLLMError
 from tinyllm.serving.balancing import LOADING, SharedLoads
@@ -40,6 +46,23 @@ class ServeOptions:
 
 
 MAX_DEFAULT_WORKERS = 4  # each worker holds its own copy of torch and the model
+ASK_SECONDS = 120.0  # how long a worker waits for the parent to resolve a version
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A worker asks the parent for a version of the catalog (its models:/ URI)."""
+
+    uri: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The parent's answer: the version resolved, or why it could not be."""
+
+    uri: str
+    resolved: Any  # a registry.ResolvedModel; None with problem
+    problem: str | None = None
 
 
 def default_workers(device: str) -> int:
@@ -53,9 +76,10 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
     Each worker accepts on one shared socket with its own copy of the model and its own decoder:
     a decoding step is mostly Python, and one process runs Python on one core at a time. The
     less busy workers take new connections first (balancing.py). This process only finds
-    the model (MLflow) and tells the workers of a newer version when an alias or /latest moves,
-    so the workers never import MLflow, and the first one imports torch and FastAPI while this
-    one opens the registry. Any worker that fails to load ends them all.
+    the model (MLflow), reads the catalog of its other versions, tells the workers of a newer
+    version when an alias or /latest moves and resolves the versions they ask for, so the workers
+    never import MLflow, and the first one imports torch and FastAPI while this one opens the
+    registry. Any worker that fails to load ends them all.
     """
     try:  # before loading anything: a port in use is one line, at once
         listener = socket.create_server((options.host, options.port))
@@ -80,21 +104,20 @@ def serve(options: ServeOptions, workers: int, notify) -> None:
 
     try:
         first = start(0)  # importing the app while we find the model
+        from tinyllm.serving.catalog import Registry
         from tinyllm.tracking import discovery
 
-        resolved = discovery.resolve(options.uri, options.tracking_uri, notify)
-        first[1].send(resolved)
+        registry = Registry(discovery.resolve(options.uri, options.tracking_uri, notify),
+                            options.tracking_uri)
+        first[1].send((registry.served, registry.catalog))
         # The first worker loads alone, so the first answer comes as soon as it can; the others
         # load while it serves.
         notify(f"serving {_ready(*first)} on http://{options.host}:{port}/v1 ({workers} worker "
                f"process{'es' if workers > 1 else ''})")
         for started in [start(index) for index in range(1, workers)]:
-            started[1].send(resolved)
+            started[1].send((registry.served, registry.catalog))
             _ready(*started)
-        follow = discovery.moves(resolved.uri) and options.refresh_seconds > 0
-        while not multiprocessing.connection.wait([p.sentinel for p in processes],
-                                                  options.refresh_seconds if follow else None):
-            resolved = _follow(resolved, options, pipes, notify)
+        _run(processes, pipes, registry, options, notify)
         ended = next(p for p in processes if not p.is_alive())
         raise TinyLLMError(f"worker process {ended.name} exited (code {ended.exitcode}); "
                            "the server stops")
@@ -115,21 +138,55 @@ def _ready(process, pipe) -> str:
     return served
 
 
-def _follow(resolved, options: ServeOptions, pipes, notify):
-    """Check the alias (or /latest) once; when it moved, send every worker the new version."""
-    from tinyllm.tracking import discovery
+def _run(processes, pipes, registry, options: ServeOptions, notify) -> None:
+    """Until a worker ends: answer what the workers ask, and for a registered model read the
+    registry every refresh_seconds."""
+    follow = registry.changes and options.refresh_seconds > 0
+    check_at = time.monotonic() + options.refresh_seconds
+    sentinels = {p.sentinel for p in processes}
+    while True:
+        wait = max(0.0, check_at - time.monotonic()) if follow else None
+        ready = multiprocessing.connection.wait([*sentinels, *pipes], wait)
+        if sentinels.intersection(ready):
+            return
+        for pipe in ready:
+            _answer(pipe, registry)
+        if follow and time.monotonic() >= check_at:
+            _follow(registry, pipes, notify)
+            check_at = time.monotonic() + options.refresh_seconds
+
+
+def _answer(pipe, registry) -> None:
+    """Resolve the version a worker asks for (downloaded once) and answer it."""
+    from tinyllm.errors import user_error_message
 
     try:
-        moved = discovery.newer(resolved, options.tracking_uri)
+        ask = pipe.recv()
+    except (EOFError, OSError):
+        return  # the worker is gone: its sentinel says so
+    try:
+        answer = Answer(ask.uri, registry.resolve(ask.uri))
+    except Exception as exc:
+        answer = Answer(ask.uri, None, user_error_message(exc) or repr(exc))
+    _tell(pipe, answer)
+
+
+def _follow(registry, pipes, notify) -> None:
+    """Read the registry once: send every worker the catalog when it changed, and the new
+    version when the alias (or /latest) moved."""
+    before, uri = registry.catalog, registry.served.uri
+    try:
+        if registry.refresh() != before:
+            for pipe in pipes:
+                _tell(pipe, registry.catalog)
+        moved = registry.moved()
     except Exception as exc:  # a store hiccup must not stop serving the current one
-        notify(f"could not check {resolved.uri}: {exc}")
-        return resolved
-    if moved is None:
-        return resolved
-    for pipe in pipes:
-        _tell(pipe, moved)
-    notify(f"{resolved.uri} moved to version {moved.version}: new requests get it")
-    return moved
+        notify(f"could not check {uri}: {exc}")
+        return
+    if moved is not None:
+        for pipe in pipes:
+            _tell(pipe, moved)
+        notify(f"{uri} moved to version {moved.version}: new requests get it")
 
 
 def _interrupt(_signum, _frame) -> None:
@@ -169,18 +226,44 @@ def _worker(options: ServeOptions, listener: socket.socket, pipe, loads: SharedL
     setup_logging(options.verbose)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (uvicorn then takes over)
     try:
-        resolved = pipe.recv()
+        resolved, catalog = pipe.recv()
     except EOFError:
         return  # the parent is gone
+    parent = Parent(pipe)
     try:
-        model = app.load(resolved, options.device)
+        model = app.load(resolved, options.device, catalog, parent.resolve)
     except Exception as exc:
         _tell(pipe, (user_error_message(exc) or f"worker failed: {exc!r}", None))
         raise SystemExit(1) from None
     if not _tell(pipe, (None, app.describe(model))):
         return
-    threading.Thread(target=_listen, args=(pipe, model), daemon=True).start()
+    threading.Thread(target=_listen, args=(parent, model), daemon=True).start()
     app.run(model, options.limits, listener, loads)
+
+
+class Parent:
+    """A worker's end of its pipe, once it serves: its questions to the parent, one at a time
+    (_listen hands over the answers)."""
+
+    def __init__(self, pipe):
+        self.pipe, self.asking, self.answers = pipe, threading.Lock(), queue.Queue()
+
+    def resolve(self, uri: str):
+        """The registry.ResolvedModel of a catalog version, as the parent resolved it."""
+        with self.asking:
+            if not _tell(self.pipe, Ask(uri)):
+                raise TinyLLMError("the server's main process is gone")
+            deadline = time.monotonic() + ASK_SECONDS
+            answer = None
+            while answer is None or answer.uri != uri:  # else late, for an earlier question
+                try:
+                    answer = self.answers.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise TinyLLMError(f"the server's main process did not find {uri} in "
+                                       f"{ASK_SECONDS:.0f} s") from None
+        if answer.problem:
+            raise TinyLLMError(answer.problem)
+        return answer.resolved
 
 
 def _tell(pipe, message) -> bool:
@@ -192,14 +275,22 @@ def _tell(pipe, message) -> bool:
         return False
 
 
-def _listen(pipe, model) -> None:
-    """Serve each newer version the parent sends. SIGTERM this worker once the parent is gone,
-    even killed by SIGKILL: its end of the pipe closes."""
+def _listen(parent: Parent, model) -> None:
+    """Take what the parent sends: answers, each new catalog, and each newer version, served
+    from then on. SIGTERM this worker once the parent is gone, even killed by SIGKILL: its
+    end of the pipe closes."""
+    from tinyllm.serving.catalog import Catalog
+
     with contextlib.suppress(EOFError, OSError):
         while True:
-            resolved = pipe.recv()
-            try:
-                model.swap(resolved)
-            except Exception as exc:  # keep serving the current one
-                log.warning("could not load %s: %s", resolved.uri, exc)
+            message = parent.pipe.recv()
+            if isinstance(message, Answer):
+                parent.answers.put(message)
+            elif isinstance(message, Catalog):
+                model.catalog = message
+            else:
+                try:
+                    model.swap(message)
+                except Exception as exc:  # keep serving the current one
+                    log.warning("could not load %s: %s", message.uri, exc)
     os.kill(os.getpid(), signal.SIGTERM)

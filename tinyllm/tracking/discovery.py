@@ -119,17 +119,6 @@ def moves(uri: str) -> bool:
     return uri.startswith("models:/") and ("@" in uri or uri.endswith("/latest"))
 
 
-def newer(resolved, tracking_uri: str | None = None):
-    """The version resolved.uri (an alias or /latest) names now, resolved, when it is another
-    than resolved's; else None."""
-    from tinyllm.tracking.registry import registered_version, resolve_model_uri
-
-    store, _ = open_store(tracking_uri)
-    if registered_version(resolved.uri, store) == resolved.version:
-        return None
-    return resolve_model_uri(resolved.uri, store)
-
-
 def recorded_test_bits(loaded, tracking_uri: str | None = None) -> float | None:
     """The test bits/char recorded for a loaded model: the registered version's tag, the run's
     metric, the package's meta or the evaluation beside it; None when none holds it."""

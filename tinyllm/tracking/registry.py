@@ -30,8 +30,8 @@ def _missing(exc) -> bool:
     return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
 
 
-def registry_versions(store: Store, name: str) -> tuple[list, list[str]]:
-    """The versions of a registered model, oldest first, and its aliases."""
+def registry_versions(store: Store, name: str) -> tuple[list, dict[str, str]]:
+    """The versions of a registered model, oldest first, and its aliases (alias -> version)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -45,7 +45,8 @@ def registry_versions(store: Store, name: str) -> tuple[list, list[str]]:
                            f"registered models: {listed}") from None
     versions = sorted(store.client.search_model_versions(f"name='{name}'"),
                       key=lambda v: int(v.version))
-    return versions, sorted(getattr(model, "aliases", {}) or {})
+    aliases = getattr(model, "aliases", {}) or {}
+    return versions, {alias: str(aliases[alias]) for alias in sorted(aliases)}
 
 
 @dataclass(frozen=True)
@@ -116,15 +117,6 @@ def _version_for(store: Store, uri: str, name: str, version: str | None, alias: 
         raise TinyLLMError(f"model '{name}' has no version '{version}' ({uri}); versions: "
                            f"{', '.join(str(v.version) for v in versions)}")
     return match[0]
-
-
-def registered_version(uri: str, store: Store) -> str:
-    """The version a models:/ URI names now: an alias or /latest moves when models register."""
-    match = _MODELS_URI.match(uri)
-    if not match:
-        raise TinyLLMError(f"malformed model URI {uri!r}; expected models:/NAME/VERSION, "
-                           "models:/NAME@ALIAS or models:/NAME/latest")
-    return str(_version_for(store, uri, match["name"], match["version"], match["alias"]).version)
 
 
 def _package_in(directory: Path, uri: str) -> Path:

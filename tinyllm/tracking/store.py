@@ -230,7 +230,11 @@ class Store:
 
 # --- reading the store ------------------------------------------------------------------------
 
-def ui_page(store: Store, route: str) -> str:
+LOCAL_UI = "http://127.0.0.1:5000/"  # where `mlflow ui` serves a local store by default
+LOCAL_UI_NOTE = "after `mlflow ui` in the project root"
+
+
+def ui_address(store: Store, route: str) -> str:
     """The address of an `mlflow ui` page, opening on its model-training layout.
 
     MLflow 3.17's UI ignores EXPERIMENT_KIND: every page (runs, a run, a model version) takes
@@ -240,7 +244,23 @@ def ui_page(store: Store, route: str) -> str:
     page = f"#/{route}?workflowType=machine_learning"
     if store.uri.startswith(("http://", "https://")):
         return f"{store.uri.rstrip('/')}/{page}"
-    return f"http://127.0.0.1:5000/{page} (after `mlflow ui` in the project root)"
+    return f"{LOCAL_UI}{page}"
+
+
+def ui_note(store: Store) -> str | None:
+    """What a user must do before ui_address opens: start `mlflow ui` for a local store."""
+    return None if store.uri.startswith(("http://", "https://")) else LOCAL_UI_NOTE
+
+
+def ui_page(store: Store, route: str) -> str:
+    """ui_address, with what to do first when the store is local (for a terminal)."""
+    note = ui_note(store)
+    return ui_address(store, route) + (f" ({note})" if note else "")
+
+
+def run_route(experiment_id: str, run_id: str) -> str:
+    """The `mlflow ui` route of a run's page."""
+    return f"experiments/{experiment_id}/runs/{run_id}"
 
 
 def runs_page(store: Store, experiment: str) -> str:

@@ -1,6 +1,7 @@
-// The tinyllm playground: writes, chats, scores and shows attention through this server's own
-// API (docs/serving.md). Sampling limits come from its /openapi.json, the one definition the
-// server validates against; nothing is fetched from anywhere else.
+// The tinyllm playground: writes, chats, scores, shows attention and sets two versions of the
+// model side by side through this server's own API (docs/serving.md). Sampling limits come from
+// its /openapi.json, the one definition the server validates against, and the models from its
+// /v1/models; nothing is fetched from anywhere else.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,6 +9,7 @@ const LN2 = Math.log(2);
 const SHOWN = { " ": "␣", "\n": "↵", "\t": "⇥" };  // characters a tooltip cannot show as is
 const TOP = 5;  // alternatives listed per character
 const NOT_SETTINGS = new Set(["n", "top_logprobs", "max_completion_tokens"]);  // the page's own
+const SIDES = ["a", "b"];  // side by side: model A and model B
 let modelId = null;
 let maxStops = 0;
 
@@ -16,13 +18,54 @@ function percent(logprob) { return `${(100 * Math.exp(logprob)).toFixed(1)}%`; }
 
 // --- the model and the settings, from the server ---------------------------------------------
 
-let served = {};  // what /v1/models says: served_as and run_id
+let served = {};  // the model served, as /v1/models lists it first
+let reading = null;  // /v1/models being read again
 
-function showModel(version) {
-  const run = served.run_id ? ` · trained by run ${served.run_id} (see it in mlflow ui)` : "";
-  const alias = served.served_as && served.served_as !== version
-    ? ` · served as ${served.served_as}, followed to each new version` : "";
-  $("model-info").textContent = `Model ${modelId} · version ${version}${alias}${run}`;
+function showModel() {
+  const info = $("model-info");
+  info.replaceChildren(`Model ${served.id} · version ${served.version}`);
+  if (served.served_as !== served.version) {
+    info.append(` · served as ${served.served_as}, followed to each new version`);
+  }
+  if (served.aliases?.length) info.append(` · aliases: ${served.aliases.join(", ")}`);
+  if (!served.run_id) return;
+  info.append(" · trained by run ");
+  if (!served.run_page) { info.append(served.run_id); return; }
+  const link = document.createElement("a");
+  link.href = served.run_page;
+  link.textContent = served.run_id;
+  info.append(link, ` in mlflow ui${served.run_page_note ? ` (${served.run_page_note})` : ""}`);
+}
+
+// The models from /v1/models: the one served names the page's requests; any two of them can be
+// set side by side, unless it is the only one.
+async function loadModels() {
+  const models = (await (await fetch("/v1/models")).json()).data;
+  [served] = models;
+  modelId = served.id;
+  showModel();
+  const many = models.length > 1;
+  $("compare-form").hidden = !many;
+  $("compare-info").textContent = many ? "The same prompt and seed to two versions of the model,"
+    + " and the bits per character each gives the text."
+    : `Side by side needs a registered model: this server serves ${served.served_as}, which has `
+      + "no other version to compare. Serve one from the MLflow registry (tinyllm serve "
+      + "--model-uri models:/NAME@ALIAS) to compare two of its versions.";
+  const other = models.find((m) => m.version !== served.version) ?? models[1];
+  SIDES.forEach((side, i) => {
+    const picker = $(`model-${side}`);
+    const chosen = picker.value || [served, other][i]?.id;
+    picker.replaceChildren(...models.map((m) => new Option(`${m.id} → ${m.version}`, m.id)));
+    if (models.some((m) => m.id === chosen)) picker.value = chosen;
+  });
+}
+
+// A reply of the model served names the version it came from: when an alias moved, read the
+// models again, as the server follows it.
+function follow(model, version) {
+  if (model === modelId && version !== served.version && !reading) {
+    reading = loadModels().finally(() => { reading = null; });
+  }
 }
 
 function numberType(prop) {
@@ -75,10 +118,7 @@ async function loadContract() {
   const attention = schemas.AttentionRequest.properties.text;
   $("attention-text").maxLength = attention.maxLength;
   $("attention-info").textContent = `Up to ${attention.maxLength} characters.`;
-  const models = await (await fetch("/v1/models")).json();
-  [served] = models.data;
-  modelId = served.id;
-  showModel(models.data[0].version);
+  await loadModels();
 }
 
 function settings() {
@@ -113,8 +153,9 @@ async function post(path, body) {
 
 // Streams a generation: each chunk goes to onChunk; returns the last chunk's head (seed, model).
 async function stream(path, body, onChunk) {
+  const asked = { model: modelId, ...body, stream: true };
   const reply = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ model: modelId, ...body, stream: true }) });
+    body: JSON.stringify(asked) });
   if (!reply.ok) throw await failure(reply);
   const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
@@ -131,7 +172,7 @@ async function stream(path, body, onChunk) {
       const chunk = JSON.parse(event);
       if (chunk.error) throw new Error(chunk.error.message);
       head = chunk;
-      showModel(chunk.model);
+      follow(asked.model, chunk.model);
       for (const choice of chunk.choices) onChunk(choice);
     }
   }
@@ -236,6 +277,17 @@ function replyInfo(target, head, replay) {
   target.append(button);
 }
 
+// A streamed completion's characters, each into view with its scores; their log-probabilities.
+function completionText(view, choice) {
+  const lp = choice.logprobs;
+  return [...choice.text].map((char, i) => {
+    const logprob = lp?.token_logprobs[i] ?? null;
+    view.add(char, logprob === null ? null
+      : entry(char, logprob, Object.entries(lp.top_logprobs[i])));
+    return logprob;
+  });
+}
+
 async function complete(seed) {
   const view = scoredText($("completion"));
   const info = $("completion-info");
@@ -243,11 +295,7 @@ async function complete(seed) {
   const body = { ...settings(), prompt: $("prompt").value, logprobs: alternatives() };
   if (seed !== undefined) body.seed = seed;
   try {
-    const head = await stream("/v1/completions", body, (choice) => {
-      const lp = choice.logprobs;
-      [...choice.text].forEach((char, i) => view.add(char, lp && lp.token_logprobs[i] !== undefined
-        ? entry(char, lp.token_logprobs[i], Object.entries(lp.top_logprobs[i])) : null));
-    });
+    const head = await stream("/v1/completions", body, (choice) => completionText(view, choice));
     replyInfo(info, head, complete);
   } catch (error) {
     info.textContent = error.message;
@@ -316,6 +364,12 @@ async function chat() {
 // Surprisal in bits as a light background: 0 bits white-green, 8+ bits red.
 function surprisalColour(bits) { return probabilityColour(Math.max(0, 1 - bits / 8)); }
 
+// Mean bits per character of log-probabilities (nulls, the unscored first character, left out).
+function bitsPerChar(logprobs) {
+  const scored = logprobs.filter((lp) => lp !== null);
+  return -scored.reduce((a, b) => a + b, 0) / scored.length / LN2;
+}
+
 async function score() {
   const text = $("score-text").value;
   const result = $("score-result");
@@ -328,10 +382,10 @@ async function score() {
     const items = lp.tokens.map((char, i) => lp.token_logprobs[i] === null
       ? { char, logprob: null, tops: [] }
       : entry(char, lp.token_logprobs[i], Object.entries(lp.top_logprobs[i])));
-    const scored = lp.token_logprobs.slice(1);
-    const bits = -scored.reduce((a, b) => a + b, 0) / scored.length / LN2;
-    result.textContent = scored.length
-      ? `${bits.toFixed(4)} bits per character over ${scored.length} characters (${reply.model})`
+    const count = lp.token_logprobs.length - 1;
+    result.textContent = count > 0
+      ? `${bitsPerChar(lp.token_logprobs).toFixed(4)} bits per character over ${count} characters`
+        + ` (${reply.model})`
       : "A text needs two characters or more to be scored.";
     const view = charView($("score-map"), (i) => scoreLines(items[i]));
     const written = [...text];  // shown as written, unless the model dropped some (unknown)
@@ -414,6 +468,39 @@ async function showAttention() {
     + "character to see where it looked.";
 }
 
+// --- side by side ------------------------------------------------------------------------------
+
+// One side: its model's reply to the prompt under the seed, and the bits per character it gives
+// the text to score.
+async function compareSide(side, body, text) {
+  const model = $(`model-${side}`).value;
+  const view = scoredText($(`reply-${side}`));
+  const info = $(`info-${side}`);
+  info.className = "reply-info";
+  info.textContent = "Generating…";
+  try {
+    const logprobs = [];
+    const head = await stream("/v1/completions", { ...body, model },
+                              (choice) => logprobs.push(...completionText(view, choice)));
+    const scored = await post("/v1/completions", { model, prompt: text, echo: true,
+                                                   max_tokens: 0, logprobs: 0 });
+    const bits = (lps) => (lps.some((lp) => lp !== null)
+      ? `${bitsPerChar(lps).toFixed(4)} bits/char` : "nothing to score");
+    info.textContent = `seed ${head.seed} · ${head.model} · its reply: ${bits(logprobs)} · `
+      + `the text: ${bits(scored.choices[0].logprobs.token_logprobs)}`;
+  } catch (error) {
+    info.textContent = error.message;
+    info.className = "reply-info error";
+  }
+}
+
+async function compareModels() {
+  const given = settings();
+  const seed = given.seed ?? Math.floor(Math.random() * 2 ** 31);  // the same for both
+  const body = { ...given, seed, prompt: $("compare-prompt").value, logprobs: alternatives() };
+  await Promise.all(SIDES.map((side) => compareSide(side, body, $("compare-text").value)));
+}
+
 // --- start ------------------------------------------------------------------------------------
 
 function on(form, action) {
@@ -425,6 +512,7 @@ loadContract().then(() => {
   on("chat-form", chat);
   on("score-form", score);
   on("attention-form", showAttention);
+  on("compare-form", compareModels);
   document.body.dataset.ready = "true";
 }, (error) => {
   $("model-info").textContent = `Cannot reach the server's API: ${error.message}`;
