@@ -27,7 +27,14 @@ from tinyllm.generate import stream_tokens
 from tinyllm.model import GPT, GPTConfig
 from tinyllm.package import FORMAT_1_BLOCK
 from tinyllm.serving import launch
-from tinyllm.serving.batching import Decoder, Sequence, SlotCache, decode_step, transposed_weights
+from tinyllm.serving.batching import (
+    SHUTDOWN,
+    Decoder,
+    Sequence,
+    SlotCache,
+    decode_step,
+    transposed_weights,
+)
 from tinyllm.serving.launch import free_port, stop
 
 TINYLLM = str(Path(sys.executable).with_name("tinyllm"))
@@ -492,3 +499,18 @@ def test_a_decoding_step_that_fails_ends_its_sequences_and_the_next_ones_are_ser
     assert got[0] == [FAILED] and failed.error == "RuntimeError: injected"
     assert got[1][:-1] == list(stream_tokens(model, [1, 2], settings))
     assert decoder.failures.count == 1
+
+
+def test_a_retired_decoder_finishes_its_work_and_tells_later_requests_it_has_shut_down(model):
+    """A version dropped (or replaced) while a request picked it: the request ends, never hangs."""
+    decoder = Decoder(model, max_batch=2)
+    settings = SamplingConfig(max_tokens=5, seed=1)
+    before: list = []
+    decoder.submit(Sequence([1, 2], settings, before.append))
+    decoder.retire()
+    decoder.thread.join(timeout=30)
+    assert not decoder.thread.is_alive()
+    assert before == [*stream_tokens(model, [1, 2], settings), "length"]
+    after: list = []
+    decoder.submit(Sequence([1, 2], settings, after.append))
+    assert after == [SHUTDOWN]

@@ -146,6 +146,9 @@ class Decoder:
         self.active: list[Sequence] = []
         self.stopping = False
         self.retired = False  # ends its thread once its sequences are done
+        # submit's check and put, and the thread's last stop, one at a time: a sequence is
+        # either queued before the thread drains the queue, or told SHUTDOWN, never stranded.
+        self.closing = threading.Lock()
         self.after_step: Callable[[], None] = lambda: None
         self.failures = Failures()
         self.thread = threading.Thread(target=self._run, name="tinyllm-decoder", daemon=True)
@@ -160,11 +163,12 @@ class Decoder:
         return self.thread.is_alive() and not self.stopping
 
     def submit(self, sequence: Sequence) -> Sequence:
-        if self.stopping:  # its thread has ended: nobody else would wake the request
-            sequence.emit(SHUTDOWN)
-            self.after_step()
-            return sequence
-        self.incoming.put(sequence)
+        with self.closing:
+            if not self.stopping:
+                self.incoming.put(sequence)
+                return sequence
+        sequence.emit(SHUTDOWN)  # its thread has ended: nobody else would wake the request
+        self.after_step()
         return sequence
 
     def stop(self) -> None:
@@ -211,7 +215,8 @@ class Decoder:
         except Exception:  # a bug outside a step: end every sequence, never leave one waiting
             log.exception("decoder failed")
         finally:
-            self.stopping = True
+            with self.closing:
+                self.stopping = True
             for sequence in self.active:
                 sequence.emit(SHUTDOWN)
             self.active = []
