@@ -227,17 +227,39 @@ class Store:
 
 # --- reading the store ------------------------------------------------------------------------
 
-def ui_page(store: Store, route: str) -> str:
-    """The address of an `mlflow ui` page, opening on its model-training layout.
+def ui_page(store: Store, route: str, query: dict[str, str] | None = None) -> str:
+    """The address of an `mlflow ui` page (route, then the query's settings), opening on its
+    model-training layout.
 
     MLflow 3.17's UI ignores EXPERIMENT_KIND: every page (runs, a run, a model version) takes
     its layout from the address's workflowType, else from the GenAI / Model training switch at
     the top left, which the browser remembers, else GenAI.
     """
-    page = f"#/{route}?workflowType=machine_learning"
+    from urllib.parse import quote
+
+    settings = {**(query or {}), "workflowType": "machine_learning"}
+    page = f"#/{route}?" + "&".join(f"{key}={quote(value, safe='[],')}"
+                                    for key, value in settings.items())
     if store.uri.startswith(("http://", "https://")):
         return f"{store.uri.rstrip('/')}/{page}"
     return f"http://127.0.0.1:5000/{page} (after `mlflow ui` in the project root)"
+
+
+def compare_page(store: Store, runs: list, metric: str) -> str:
+    """Where a browser draws one metric's curves of several runs (mlflow ui's metric view).
+
+    MLflow's Compare page takes no metric in its address (its plots open on the first metric the
+    runs share, often a system one); the metric view it links each metric to does.
+    """
+    import json
+
+    def listed(values) -> str:
+        return json.dumps(list(values), separators=(",", ":"))
+
+    return ui_page(store, "metric", {
+        "runs": listed(run.info.run_id for run in runs), "metric": json.dumps(metric),
+        "experiments": listed(sorted({run.info.experiment_id for run in runs})),
+        "plot_metric_keys": listed([metric]), "x_axis": "step"})
 
 
 def runs_page(store: Store, experiment: str) -> str:
