@@ -21,6 +21,9 @@ from tiny_project import tiny_params, wait_for_checkpoint
 from tinyllm import workflow
 from tinyllm.config import params_from_dict
 
+# Long enough for a signal to land mid-training; a checkpoint soon.
+LONG_RUN = {"train.max_steps": 300, "train.checkpoint_interval": 20, "train.eval_interval": 100,
+            "model.dropout": 0.1}
 SCRIPT = textwrap.dedent("""
     import sys
     from tinyllm import workflow
@@ -32,9 +35,7 @@ SCRIPT = textwrap.dedent("""
 
     def main():
         setup_logging()
-        params = params_from_dict(tiny_params({corpus!r}, **{{
-            "train.max_steps": 300, "train.checkpoint_interval": 20, "train.eval_interval": 100,
-            "model.dropout": 0.1, "tracking.enabled": {tracked!r}}}))
+        params = params_from_dict(tiny_params({corpus!r}, **{overrides!r}))
         layout = workflow.Layout({root!r})
         workflow.build(params, layout, through=workflow.{through})
 
@@ -46,8 +47,8 @@ def start_training(root: Path, corpus: Path, store: str | None = None) -> subpro
     """The tiny params' 300 steps in a new process: with evaluation, or tracked into `store` (an
     MLflow URI) without (registering the model takes seconds)."""
     code = SCRIPT.format(tests=str(Path(__file__).parents[1]), corpus=str(corpus),
-                         root=str(root), tracked=store is not None,
-                         through="train" if store else "evaluate")
+                         root=str(root), through="train" if store else "evaluate",
+                         overrides={**LONG_RUN, "tracking.enabled": store is not None})
     env = {**os.environ, **({"MLFLOW_TRACKING_URI": store} if store else {})}
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
@@ -91,7 +92,7 @@ def losses(root: Path) -> list[tuple]:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_writes_a_checkpoint_and_exits_promptly_with_one_line(
-        tmp_path, corpus_dir, new_store, signum):
+        tmp_path, corpus_dir, new_store, monkeypatch, signum):
     store = new_store(tmp_path / "store")
     process = start_training(tmp_path, corpus_dir, store)
     wait_for_checkpoint(process, tmp_path / "models/checkpoints/last.pt")
@@ -109,9 +110,9 @@ def test_a_stop_signal_writes_a_checkpoint_and_exits_promptly_with_one_line(
     assert run.info.status == "KILLED" and state["run_id"] == run.info.run_id
     if signum != signal.SIGINT:
         return
-    resumed = start_training(tmp_path, corpus_dir, store)  # `dvc repro` after Ctrl-C
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # `dvc repro` after Ctrl-C, in-process
+    params = params_from_dict(tiny_params(str(corpus_dir), **LONG_RUN))  # tracked, as started
+    workflow.build(params, workflow.Layout(tmp_path), through=workflow.train)
     assert [r.info.run_id for r in tracked_runs(store)] == [run.info.run_id]  # no KILLED twin
     check_one_whole_run(store, run.info.run_id, steps=300, evaluated_at=[100, 200, 300])
 
