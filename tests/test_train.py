@@ -128,8 +128,8 @@ def test_a_finished_run_leaves_no_checkpoint_and_training_it_again_starts_at_ste
     assert len(list(tmp_path.glob("*set-aside*"))) == 1
 
 
-def test_a_checkpoint_keeps_the_tracking_run_it_logs_into(tmp_path, gpt_config, train_config,
-                                                          splits):
+def test_a_checkpoint_keeps_the_tracking_run_it_logs_into_and_an_older_one_still_resumes(
+        tmp_path, gpt_config, train_config, splits):
     from tinyllm.training.state import checkpoint_run_id, run_fingerprint
 
     cfg = dataclasses.replace(train_config, max_steps=4, warmup_steps=1, checkpoint_interval=2)
@@ -138,6 +138,11 @@ def test_a_checkpoint_keeps_the_tracking_run_it_logs_into(tmp_path, gpt_config, 
     assert checkpoint_run_id(tmp_path / CHECKPOINT_FILE, fingerprint) == "run-1"
     assert checkpoint_run_id(tmp_path / CHECKPOINT_FILE, "other params") is None
     assert (tmp_path / CHECKPOINT_FILE).exists()  # only looked at, never set aside
+    older = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    del older["run_id"]  # written before checkpoints kept it: resumed, into a new run
+    torch.save(older, tmp_path / CHECKPOINT_FILE)
+    assert checkpoint_run_id(tmp_path / CHECKPOINT_FILE, fingerprint) is None
+    assert fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path).resumed_from == 2
 
 
 def test_checkpoint_from_other_params_is_set_aside(tmp_path, gpt_config, train_config, splits,
