@@ -29,8 +29,8 @@ ONE = [sys.executable]
 TWO = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-def final_weights(layout: workflow.Layout) -> dict:
-    return torch.load(layout.checkpoints / "last.pt", weights_only=True)["model"]
+def package_weights(layout: workflow.Layout) -> dict:
+    return torch.load(layout.model / "weights.pt", weights_only=True)
 
 
 def curves(layout: workflow.Layout) -> dict[str, list[float]]:
@@ -65,9 +65,7 @@ def test_two_processes_train_the_weights_of_one_and_only_rank_0_writes(tmp_path,
     layout = make_project(tmp_path / "project", corpus)
     code, output = train_stage(layout, TWO)
     assert code == 0, output
-    assert_close(final_weights(one_process), final_weights(layout))
-    best = torch.load(layout.model / "weights.pt", weights_only=True)
-    assert_close(torch.load(one_process.model / "weights.pt", weights_only=True), best)
+    assert_close(package_weights(one_process), package_weights(layout))
     for column, values in curves(one_process).items():
         assert curves(layout)[column] == pytest.approx(values, rel=1e-4), column
     summary = json.loads((layout.train_dir / "summary.json").read_text())
@@ -76,7 +74,7 @@ def test_two_processes_train_the_weights_of_one_and_only_rank_0_writes(tmp_path,
     assert summary["best_val_loss"] == pytest.approx(reference["best_val_loss"], abs=1e-5)
     assert summary["tokens_seen"] == reference["tokens_seen"]
     assert output.count("train: 30 of 30 planned steps") == 1  # rank 0's closing line, once
-    assert [p.name for p in layout.checkpoints.iterdir()] == ["last.pt"]
+    assert list(layout.checkpoints.iterdir()) == []  # rank 0's checkpoint, removed at the end
     assert len(curves(layout)["train_loss"]) == 30  # one row a step, written once
     assert json.loads(layout.run_handoff.read_text()) == {"run_id": None}
 
@@ -103,7 +101,9 @@ def test_two_process_run_stopped_early_resumes_in_one_process(tmp_path, corpus, 
     code, output = train_stage(layout, ONE)
     assert code == 0, output
     assert "resuming from" in output and "of 600" in output
-    assert_close(final_weights(reference), final_weights(layout))
+    assert_close(package_weights(reference), package_weights(layout))
+    with sqlite3.connect(layout.root / "mlflow.db") as db:  # the resume continued that run
+        assert db.execute("SELECT status FROM runs").fetchall() == [("FINISHED",)]
 
 
 def test_sigterm_stops_every_rank_at_one_step_with_rank_0_checkpoint(tmp_path, corpus):

@@ -1,4 +1,5 @@
-"""Training: the loss really falls, resume is exact, foreign/broken checkpoints are set aside."""
+"""Training: the loss really falls, resume is exact, only an interrupted run's checkpoint is
+resumed (a finished run's, a foreign or a broken one is set aside)."""
 
 from __future__ import annotations
 
@@ -75,13 +76,14 @@ def test_loss_falls_well_below_unigram_entropy(train_config, optimizer):
     assert result.history[0]["train_loss"] > entropy  # it started above the unigram level
 
 
-def _train_interrupted(gpt_config, cfg, splits, checkpoint_dir, at_step):
+def _train_interrupted(gpt_config, cfg, splits, checkpoint_dir, at_step, **fit_options):
     def interrupt(metrics):
         if metrics.step == at_step:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        fit(gpt_config, cfg, *splits, checkpoint_dir=checkpoint_dir, callbacks=[interrupt])
+        fit(gpt_config, cfg, *splits, checkpoint_dir=checkpoint_dir, callbacks=[interrupt],
+            **fit_options)
 
 
 @pytest.mark.parametrize("dropout, optimizer", [(0.0, "adamw"), (0.2, "adamw"), (0.0, "muon")])
@@ -101,23 +103,58 @@ def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, gpt_config, tr
     assert resumed.best_val_loss == straight.best_val_loss
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
-    final_a = torch.load(tmp_path / "a" / CHECKPOINT_FILE, weights_only=True)["model"]
-    final_b = torch.load(tmp_path / "b" / CHECKPOINT_FILE, weights_only=True)["model"]
-    for name, tensor in final_a.items():
-        assert torch.equal(tensor, final_b[name]), name
+    assert [h["train_loss"] for h in straight.history] == [
+        h["train_loss"] for h in resumed.history]
+    assert not any((tmp_path / run / CHECKPOINT_FILE).exists() for run in "ab")  # both ended
+
+
+def test_a_finished_run_leaves_no_checkpoint_and_training_it_again_starts_at_step_0(
+        tmp_path, gpt_config, train_config, splits, caplog):
+    """`dvc repro -f` retrains: checkpoints resume an interrupted run and nothing else, also a
+    finished run's that an older tinyllm (or a kill just before its removal) left."""
+    cfg = dataclasses.replace(train_config, max_steps=4, warmup_steps=1, checkpoint_interval=2)
+    _train_interrupted(gpt_config, cfg, splits, tmp_path, at_step=3)  # checkpoint of step 2
+    assert fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path).resumed_from == 2
+    assert not (tmp_path / CHECKPOINT_FILE).exists()
+    assert fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path).resumed_from == 0
+
+    _train_interrupted(gpt_config, cfg, splits, tmp_path, at_step=3)
+    finished = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    torch.save({**finished, "step": 4}, tmp_path / CHECKPOINT_FILE)  # at its plan's end
+    with caplog.at_level(logging.WARNING, logger="tinyllm.training"):
+        result = fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path)
+    assert result.resumed_from == 0 and result.steps == 4
+    assert any("its run finished (step 4 of 4)" in r.getMessage() for r in caplog.records)
+    assert len(list(tmp_path.glob("*set-aside*"))) == 1
+
+
+def test_a_checkpoint_keeps_the_tracking_run_it_logs_into_and_an_older_one_still_resumes(
+        tmp_path, gpt_config, train_config, splits):
+    from tinyllm.training.state import checkpoint_run_id, run_fingerprint
+
+    cfg = dataclasses.replace(train_config, max_steps=4, warmup_steps=1, checkpoint_interval=2)
+    fingerprint = run_fingerprint(gpt_config, cfg, "")
+    _train_interrupted(gpt_config, cfg, splits, tmp_path, at_step=3, run_id="run-1")
+    assert checkpoint_run_id(tmp_path / CHECKPOINT_FILE, fingerprint) == "run-1"
+    assert checkpoint_run_id(tmp_path / CHECKPOINT_FILE, "other params") is None
+    assert (tmp_path / CHECKPOINT_FILE).exists()  # only looked at, never set aside
+    older = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    del older["run_id"]  # written before checkpoints kept it: resumed, into a new run
+    torch.save(older, tmp_path / CHECKPOINT_FILE)
+    assert checkpoint_run_id(tmp_path / CHECKPOINT_FILE, fingerprint) is None
+    assert fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path).resumed_from == 2
 
 
 def test_checkpoint_from_other_params_is_set_aside(tmp_path, gpt_config, train_config, splits,
                                                    caplog):
-    cfg = dataclasses.replace(train_config, max_steps=4, warmup_steps=1)
-    fit(gpt_config, cfg, *splits, checkpoint_dir=tmp_path)
+    cfg = dataclasses.replace(train_config, max_steps=4, warmup_steps=1, checkpoint_interval=2)
+    _train_interrupted(gpt_config, cfg, splits, tmp_path, at_step=3)
     other = dataclasses.replace(cfg, learning_rate=1e-3)
     with caplog.at_level(logging.WARNING, logger="tinyllm.training"):
         result = fit(gpt_config, other, *splits, checkpoint_dir=tmp_path)
     assert result.resumed_from == 0 and result.steps == 4
     assert len(list(tmp_path.glob("*set-aside*"))) == 1
     assert any("other params" in r.getMessage() for r in caplog.records)
-    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["step"] == 4  # a fresh one
 
 
 def test_checkpoint_under_other_speed_settings_is_resumed(tmp_path, gpt_config, train_config,
@@ -235,8 +272,7 @@ def test_a_budgeted_run_ends_with_an_evaluation_and_keeps_the_best_of_all(
     assert len(evaluated) >= 2
     assert result.best_val_loss == min(evaluated.values())
     assert result.best_step == min(evaluated, key=evaluated.get)
-    saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
-    assert saved["step"] == result.steps  # the stop is checkpointed
+    assert not (tmp_path / CHECKPOINT_FILE).exists()  # the run ended: nothing to resume
 
 
 def test_a_budget_plan_counts_what_callbacks_do_at_each_evaluation(

@@ -440,13 +440,16 @@ def _experiment_name() -> str:
 def runs(obj: Options, experiment: str | None, over: str, as_json: bool) -> None:
     """Group the finished runs of an experiment by recipe (every data, tokenizer, model and
     train key but --over) and show each recipe's mean ± sd of the test loss over its seeds,
-    best first. Run a recipe over seeds with `dvc exp run --queue -S 'train.seed=1,2,3'`
-    and `dvc queue start`.
+    best first, then the address that draws their validation loss curves in `mlflow ui`. Run a
+    recipe over seeds with `dvc exp run --queue -S 'train.seed=1,2,3'` and `dvc queue start`.
     """
     from tinyllm.tracking import sweep
+    from tinyllm.tracking.runs import VAL_LOSS
+    from tinyllm.tracking.store import compare_page
 
     experiment = experiment or _experiment_name()
-    everything, uri = sweep.experiment_runs(obj.tracking_uri, experiment)
+    everything, store = sweep.experiment_runs(obj.tracking_uri, experiment)
+    uri = store.uri
     groups = sweep.group_runs(everything, over)
     if as_json:
         click.echo(json.dumps(sweep.as_dicts(groups, over), indent=2))
@@ -459,6 +462,9 @@ def runs(obj: Options, experiment: str | None, over: str, as_json: bool) -> None
     for corpus, corpus_groups in sweep.by_corpus(groups).items():
         click.echo(f"\ncorpus {corpus}:")
         print_whole(recipes_table(corpus_groups, over))
+    listed = [run for group in groups for run in group.runs.values()]
+    click.echo(f"\nTheir validation loss curves in mlflow ui:\n"
+               f"{compare_page(store, listed, VAL_LOSS)}")
 
 
 def recipes_table(groups, over: str):

@@ -6,6 +6,7 @@ metadata carries its allowed range or choices, so the validation is declared nex
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -18,7 +19,7 @@ from typing import Any
 import yaml
 
 from tinyllm.errors import TinyLLMError
-from tinyllm.recipes import apply_recipe
+from tinyllm.recipes import RECIPE_INPUTS, apply_recipe
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # where torch runs; auto: CUDA, else MPS, else CPU
 RECIPES = ("auto", "none")  # auto: with a time budget, recipes.py fits the knobs to it
@@ -340,6 +341,18 @@ def params_from_dict(raw: Any, source: str = "params") -> Params:
     built = {name: build_section(f.default_factory, name, raw.get(name))
              for name, f in sections.items()}
     return apply_recipe(Params(**built)).check()
+
+
+def changed_keys(params: Params, baseline: dict) -> dict[str, Any]:
+    """The keys of params whose values differ from baseline's (a params.yaml-shaped dict; {}: the
+    defaults), in params.yaml's order. A key a budget's recipe set is no change of its own: the
+    budget is."""
+    flat = params.flat()
+    given = {key: flat[key] for key in RECIPE_INPUTS}
+    base = params_from_dict(baseline).flat()
+    fitted = params_from_dict(set_keys(copy.deepcopy(baseline), given)).flat()
+    return {key: value for key, value in flat.items()
+            if value != (base if key in given else fitted)[key]}
 
 
 def load_params_or_defaults(path: str | Path = "params.yaml") -> Params:

@@ -50,6 +50,10 @@ BY_BUDGET = BY_DEVICE["cpu"]
 WEIGHT_DECAY_BY_PASSES = {0: 0.1, 20: 1.0}
 
 
+# The keys that choose a budget's recipe (apply_recipe): the keys it sets follow from these.
+RECIPE_INPUTS = ("train.time_budget_minutes", "train.recipe", "train.device")
+
+
 def recipe_for(minutes: float, device: str = "cpu") -> tuple[float, dict[str, int | float]]:
     """(the row's budget, its values) for a budget of `minutes` on a device kind."""
     rows = BY_DEVICE.get(device, BY_BUDGET)

@@ -100,35 +100,39 @@ def tokenize(params: Params, layout: Layout) -> dict:
 
 def train(params: Params, layout: Layout, tracking_uri: str | None = None, *,
           callbacks: tuple = (), **fit_options):
-    """Train (resuming this run's checkpoint if there is one) and write the model package.
+    """Train (resuming an interrupted run's checkpoint if there is one) and write the model
+    package.
 
     callbacks and fit_options go to tinyllm.training.loop.fit besides the pipeline's own (a sweep's
     plan and simulated clock).
 
-    With tracking on, the MLflow store is checked before any work, and the run id is handed to
-    evaluate through layout.run_handoff. Under torchrun every rank trains; rank 0 alone tracks
-    and writes.
+    With tracking on, the MLflow store is checked before any work; a resume continues the MLflow
+    run its checkpoint names, and the run id is handed to evaluate through layout.run_handoff.
+    Under torchrun every rank trains; rank 0 alone tracks and writes.
     """
     from tinyllm.model import GPTConfig
     from tinyllm.tracking.runs import run_name, training_run
     from tinyllm.training import distributed
     from tinyllm.training.batches import check_batch_split
     from tinyllm.training.loop import fit
+    from tinyllm.training.state import CHECKPOINT_FILE, checkpoint_run_id, run_fingerprint
 
     tokenizer, train_tokens, val_tokens, fingerprint = _training_data(layout)
     model_cfg = GPTConfig.from_params(params.model, tokenizer.vocab_size)
     check_batch_split(params.train.batch_size)  # before an MLflow run is started for nothing
     main = distributed.is_main()
     facts = _run_facts(params, model_cfg, tokenizer.vocab_size, fingerprint)
-    name = run_name(params.tracking.registry_name, params)
-    with training_run(params, name, facts, tracking_uri, enabled=main) as run:
+    interrupted = checkpoint_run_id(layout.checkpoints / CHECKPOINT_FILE,
+                                    run_fingerprint(model_cfg, params.train, fingerprint))
+    with training_run(params, run_name(params), facts, tracking_uri, enabled=main,
+                      resume=interrupted) as run:
         _log_inputs(run, params, layout)
         callbacks = [*_pipeline_callbacks(run, params, layout, tokenizer),
                      *callbacks] if main else []
         with run.system_metrics():
             result = fit(model_cfg, params.train, train_tokens, val_tokens,
                          checkpoint_dir=layout.checkpoints, data_fingerprint=fingerprint,
-                         callbacks=callbacks, **fit_options)
+                         callbacks=callbacks, run_id=run.id, **fit_options)
         if not main:
             return result
         summary = _record_result(run, result, layout, tokenizer, fingerprint)
@@ -170,14 +174,16 @@ def _log_inputs(run, params: Params, layout: Layout) -> None:
 
 
 def _pipeline_callbacks(run, params: Params, layout: Layout, tokenizer) -> list:
-    """The pipeline's own watchers of fit: progress, live curves, the run's, samples."""
+    """The pipeline's own watchers of fit: progress, live curves, samples, the run's. The
+    samples of a step reach the run before its metrics: a process killed between the two leaves
+    a step the resume logs again, not a step's samples missing (StepLogger.logged_through)."""
     from tinyllm.training.outputs import LiveCurves
     from tinyllm.training.progress import ProgressReporter
     from tinyllm.training.samples import TrainingSamples
 
-    return [ProgressReporter(), LiveCurves(layout.train_dir), *run.callbacks,
+    return [ProgressReporter(), LiveCurves(layout.train_dir),
             TrainingSamples(layout.train_dir, tokenizer, params.evaluate.prompts,
-                            run.log_samples)]
+                            run.log_samples), *run.callbacks]
 
 
 def _record_result(run, result, layout: Layout, tokenizer, fingerprint: str) -> dict:
@@ -222,8 +228,7 @@ def evaluate(params: Params, layout: Layout, tracking_uri: str | None = None) ->
 
     cfg, tracked = params.evaluate, params.tracking
     device = select_device(cfg.device, key="evaluate.device")
-    name = run_name(tracked.registry_name, params)
-    with evaluation_run(params, layout.run_handoff, name, tracking_uri) as run:
+    with evaluation_run(params, layout.run_handoff, run_name(params), tracking_uri) as run:
         # A package swap killed halfway leaves the whole old package aside: evaluate reads it.
         loaded = load_package(_require(current_directory(layout.model), "train"), str(device))
         metrics = {split: _score(loaded, layout, split, cfg) for split in (VAL, TEST)}

@@ -6,10 +6,12 @@ import json
 import re
 import statistics
 import subprocess
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
 from tinyllm.io import exclusive_lock
+from tinyllm.tracking.runs import VAL_LOSS
 from tinyllm.tracking.store import Store
 
 # Two corpora; on the first, two recipes of one key pair apart, one of them over three seeds.
@@ -55,8 +57,10 @@ def test_the_session_run_is_listed_with_its_test_loss(invoke, tiny_model):
 
 
 def check_fits_80_columns_whole(out: str) -> None:
+    out, link = out.split("\nTheir validation loss curves in mlflow ui:\n")  # a URL: no wrap
     intro, *tables = out.splitlines()  # the intro is a sentence naming the store: it may wrap
     assert intro.startswith("Runs of experiment") and max(map(len, tables)) <= 80, out
+    assert link.endswith(" (after `mlflow ui` in the project root)\n")
     plays, letters = out.split("corpus data/raw/plays:")[1].split(
         "corpus data/raw/my_own_text_of_letters:")  # one table a corpus, best corpus first
     for header in ("recipe", "runs", "train.seed", "test loss", "(nats/char)", "test bits/char"):
@@ -81,9 +85,18 @@ def test_fits_columns_80(invoke, monkeypatch, sweep_experiment):
     result = invoke("runs", "--experiment", sweep_experiment)
     assert result.exit_code == 0, result.stderr
     check_fits_80_columns_whole(result.stdout)
-    [plays] = [r for r in json.loads(invoke("runs", "--experiment", sweep_experiment,
-                                            "--json").stdout) if r["runs"] == 3]
+    recipes = json.loads(invoke("runs", "--experiment", sweep_experiment, "--json").stdout)
+    [plays] = [r for r in recipes if r["runs"] == 3]
     assert plays["corpus"] == "data/raw/plays" and plays["values"] == ["1", "2", "1337"]
+    # The link opens mlflow ui's model-training layout on every listed run's validation loss.
+    link = result.stdout.splitlines()[-1].split()[0]
+    page, query = urlsplit(link).fragment.split("?")
+    settings = {key: json.loads(value) if value.startswith(("[", '"')) else value
+                for key, value in parse_qsl(query)}
+    assert page == "/metric" and settings.pop("workflowType") == "machine_learning"
+    assert settings.pop("runs") == [i for r in recipes for i in r["run_ids"]]
+    assert settings == {"metric": VAL_LOSS, "experiments": [settings["experiments"][0]],
+                        "plot_metric_keys": [VAL_LOSS], "x_axis": "step"}
 
 
 def test_an_unknown_experiment_is_one_error_line(invoke, error_line, tiny_model):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 from pathlib import Path
 
+import pytest
 import yaml
 from tiny_project import write_params
 
+from tinyllm.tracking.runs import STEP_METRICS
 from tinyllm.tracking.store import Store
 
 SMALL = ["--layers", "1", "--heads", "2", "--width", "16"]
@@ -32,30 +37,63 @@ def test_trains_registers_under_the_data_name_and_can_be_chatted_with(invoke, ti
     assert chat.exit_code == 0 and len(chat.stdout) >= 5
 
 
-def test_no_register_fresh_start_sets_the_checkpoint_aside_and_resume_continues(
-        invoke, tiny_project):
-    args = ["train", "data", "--no-register", "--max-steps", "4", *SMALL]
-    first = invoke(*args)
+def test_no_register_trains_untracked_into_its_output_directory(invoke, tiny_project):
+    first = invoke("train", "data", "--no-register", "--max-steps", "4", *SMALL)
     assert first.exit_code == 0, first.stderr
     assert "training 'data' on data (from scratch)" in first.stdout  # a directory's name
     assert "tracking: off (--no-register" in first.stdout
     assert "chat with it:  tinyllm chat --model-uri runs/data/models/model" in first.stdout
     assert "4 steps, warm-up 0, batch" in first.stdout  # warm-up 5 capped, not refused
-    checkpoints = Path("runs/data/models/checkpoints")
-    assert (checkpoints / "last.pt").is_file()
     with_store = Store().client
     assert "data" not in {m.name for m in with_store.search_registered_models()}
 
-    again = invoke(*args)
-    assert again.exit_code == 0
-    assert "the previous checkpoint was moved to" in again.stderr
-    assert len(list(checkpoints.glob("last.set-aside-*.pt"))) == 1
 
+@contextlib.contextmanager
+def ctrl_c_at(step: int):
+    """Ctrl-C (SIGINT to this process) once training has logged `step`."""
+    from tinyllm.training.progress import ProgressReporter
+
+    report = ProgressReporter.__call__
+
+    def call(self, metrics):
+        report(self, metrics)
+        if metrics.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ProgressReporter, "__call__", call)
+        yield
+
+
+def test_resume_continues_the_interrupted_mlflow_run_and_a_fresh_start_opens_another(
+        invoke, tiny_project):
+    args = ["train", tiny_project, "--max-steps", "8", *SMALL]
+    with ctrl_c_at(step=4):
+        stopped = invoke(*args)
+    assert stopped.exit_code == 130
+    assert "interrupted by signal 2 at step 5; checkpoint written" in stopped.stderr  # next step
+    assert "run the same command with --resume to continue" in stopped.stderr
     resumed = invoke(*args, "--resume")
     assert resumed.exit_code == 0, resumed.stderr
     assert "(resuming)" in resumed.stdout
-    summary = json.loads(Path("runs/data/models/train/summary.json").read_text())
-    assert summary["resumed_from_step"] == 4
+    summary = json.loads(Path("runs/my_text/models/train/summary.json").read_text())
+    assert summary["resumed_from_step"] == 5
+    client = Store().client
+    experiment = client.get_experiment_by_name("cli-tests").experiment_id
+    [run] = client.search_runs([experiment])  # one model, one run: no KILLED twin
+    assert run.info.status == "FINISHED" and "eval_test_loss" in run.data.metrics
+    steps = client.get_metric_history(run.info.run_id, STEP_METRICS["train_loss"])
+    assert sorted(m.step for m in steps) == list(range(1, 9))  # each step once
+
+    with ctrl_c_at(step=4):
+        assert invoke(*args).exit_code == 130
+    again = invoke(*args)  # without --resume: the checkpoint is set aside, a new run opens
+    assert again.exit_code == 0 and "the previous checkpoint was moved to" in again.stderr
+    assert len(list(Path("runs/my_text/models/checkpoints").glob("last.set-aside-*.pt"))) == 1
+    runs = client.search_runs([experiment], order_by=["attributes.start_time"])
+    assert [r.info.status for r in runs] == ["FINISHED", "KILLED", "FINISHED"]
+    first = runs[0].info.run_name
+    assert [r.info.run_name for r in runs] == [first, f"{first} #2", f"{first} #3"]
 
 
 def test_evaluate_max_chars_of_params_yaml_caps_what_it_scores(invoke, tiny_project):

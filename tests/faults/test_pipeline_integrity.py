@@ -141,7 +141,8 @@ def check_evaluate_only_run_is_its_own(repo: Path) -> None:
     runs = client.search_runs([experiment.experiment_id])
     [child] = [r for r in runs if r.data.tags.get("dvc.experiment") == "seed-two"]
     parent = client.get_run(child.data.tags["mlflow.parentRunId"])
-    assert child.info.run_name == "seed-two" and child.info.status == "FINISHED"
+    assert child.info.run_name == "tiny evaluate.seed=2 (seed-two)"  # what it changed
+    assert parent.info.run_name == "tiny" and child.info.status == "FINISHED"
     assert child.data.params["evaluate.seed"] == "2"
     assert parent.data.params["evaluate.seed"] == "1337"
     assert "eval_test_loss" in child.data.metrics and "eval_test_loss" in parent.data.metrics

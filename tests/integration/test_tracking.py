@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from tiny_project import ROOT, make_project
@@ -14,7 +16,7 @@ import tinyllm
 from tinyllm import workflow
 from tinyllm.errors import TinyLLMError
 from tinyllm.tracking.registry import resolve_model_uri
-from tinyllm.tracking.runs import STEP_METRICS
+from tinyllm.tracking.runs import STEP_METRICS, VAL_LOSS
 from tinyllm.tracking.store import Store, rehome_artifacts, runs_page, ui_page
 
 
@@ -43,15 +45,15 @@ def test_run_logs_params_step_metrics_artifacts_and_registers(tmp_path, make_par
     assert run.data.params["model.d_model"] == "32"
     assert int(run.data.params["derived.parameters"]) > 1000
     assert "derived.data_fingerprint" in run.data.params
-    history = store.client.get_metric_history(run.info.run_id, "train_loss")
+    history = store.client.get_metric_history(run.info.run_id, STEP_METRICS["train_loss"])
     assert sorted(m.step for m in history) == list(range(1, 31))
-    assert len(store.client.get_metric_history(run.info.run_id, "val_loss")) == 3
+    assert len(store.client.get_metric_history(run.info.run_id, VAL_LOSS)) == 3
     assert run.data.metrics["eval_test_loss"] == pytest.approx(metrics["test"]["loss"])
     assert {"eval_test_bits_per_char", "eval_test_perplexity", "eval_val_loss"} <= set(
         run.data.metrics)
     # Charts are the curves and the evaluation's scores; training's single values are tags.
     assert {k for k in run.data.metrics if not k.startswith(("eval_", "system/"))} == set(
-        STEP_METRICS)
+        STEP_METRICS.values())
     assert run.data.tags["tinyllm.steps"] == "30"
     assert run.data.tags["tinyllm.stopped_by"] == "max_steps"
     artifacts = {a.path for folder in ("data", "eval")
@@ -233,3 +235,62 @@ def test_a_run_whose_process_was_killed_ends_killed_when_the_next_run_opens(
         end_abandoned_runs(store, "tests")  # a live process's run is left alone
         assert store.client.get_run(live.id).info.status == "RUNNING"
     assert store.client.get_run(live.id).info.status == "FINISHED"
+
+
+def test_a_reopened_run_gets_each_step_and_sample_once_the_retrained_ones_too(store_uri):
+    """Killed once step 12 was logged, resumed from its step-8 checkpoint: the run keeps steps
+    1-12 with the times they were logged at and gets 13 on, each once."""
+    from types import SimpleNamespace
+
+    from tinyllm.tracking.runs import TRAINING_SAMPLES, TrackedRun
+
+    def train(run: TrackedRun, history: list[dict], steps: range) -> None:
+        run.steps.on_start(history, None)
+        for step in steps:
+            history.append({"step": step, "train_loss": 1 / step, "val_loss": None})
+            run.steps(SimpleNamespace(step=step, val_loss=None))
+        run.steps.flush()
+
+    store = Store()
+    killed = TrackedRun.start(store, "tests", "killed", {}, {})
+    history: list[dict] = []
+    train(killed, history, range(1, 13))
+    killed.log_samples([{"step": s, "prompt": "A", "text": "b"} for s in (4, 8, 12)])
+    times = {m.step: m.timestamp for m in store.client.get_metric_history(
+        killed.id, STEP_METRICS["train_loss"])}
+    reopened = TrackedRun.reopen(store, store.client.get_run(killed.id), "tests")
+    assert reopened.steps.logged_through == 12
+    train(reopened, history[:8], range(9, 15))
+    reopened.log_samples([{"step": s, "prompt": "A", "text": "b"} for s in (12, 14)])
+    logged = store.client.get_metric_history(killed.id, STEP_METRICS["train_loss"])
+    assert sorted(m.step for m in logged) == list(range(1, 15))
+    assert all(m.timestamp == times[m.step] for m in logged if m.step <= 12)
+    table = json.loads(Path(store.client.download_artifacts(killed.id, TRAINING_SAMPLES))
+                       .read_text())
+    assert [row[table["columns"].index("step")] for row in table["data"]] == [4, 8, 12, 14]
+
+
+def test_run_names_say_what_differs_from_the_committed_params_and_never_repeat(
+        tmp_path, monkeypatch, store_uri, corpus_dir):
+    from tiny_project import tiny_params, write_params
+
+    from tinyllm.config import params_from_dict
+    from tinyllm.tracking.runs import TrackedRun, run_name
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert run_name(params_from_dict({"train": {"time_budget_minutes": 2, "seed": 7}})) == (
+        "shakespeare train.seed=7 train.time_budget_minutes=2")  # not the keys its recipe set
+    raw = tiny_params(str(corpus_dir))
+    write_params(tmp_path / "params.yaml", raw)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for command in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "params"]):
+        subprocess.run([*git, *command], cwd=tmp_path, check=True)
+    raw["train"]["learning_rate"], raw["model"]["qk_norm"] = 0.01, False
+    assert run_name(params_from_dict(raw)) == "tiny model.qk_norm=false train.learning_rate=0.01"
+    monkeypatch.setenv("DVC_EXP_NAME", "sappy-lair")
+    assert run_name(params_from_dict(raw)) == (
+        "tiny model.qk_norm=false train.learning_rate=0.01 (sappy-lair)")
+    store = Store()
+    names = [TrackedRun.start(store, "tests", "tiny", {}, {}).id for _ in range(3)]
+    assert [store.client.get_run(i).info.run_name for i in names] == ["tiny", "tiny #2", "tiny #3"]

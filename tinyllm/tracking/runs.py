@@ -3,10 +3,11 @@
 `training_run` and `evaluation_run` open it once per step; the step logs through it, registers
 the model through it, and leaves the `with` block, which ends the run FINISHED, or KILLED when it
 was interrupted (Ctrl-C, SIGTERM) or FAILED on an error; a run whose process was killed outright
-ends KILLED when the next step opens a run (end_abandoned_runs). Every call goes through the
-run's own MlflowClient, bound to its store: nothing sets MLflow's process-global tracking URI or
-active run, so two stores in one process never mix. With tracking off (or on ranks other than 0
-under torchrun) a NullRun takes the same calls and records nothing.
+ends KILLED when the next step opens a run (end_abandoned_runs). One model is one run: a resumed
+training reopens the run its checkpoint names, and evaluate logs into train's run. Every call
+goes through the run's own MlflowClient, bound to its store: nothing sets MLflow's process-global
+tracking URI or active run, so two stores in one process never mix. With tracking off (or on ranks
+other than 0 under torchrun) a NullRun takes the same calls and records nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from tinyllm.config import Params, SamplingConfig, TrackingConfig
+from tinyllm.errors import TinyLLMError
 from tinyllm.io import atomic_write_json, file_sha256
 from tinyllm.tracking.store import TEST_BITS_TAG, Store, project_root
 
@@ -36,7 +39,12 @@ PACKAGE_ARTIFACT = "package"  # the model package inside the MLflow Model's arti
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 PACKAGE_CODE = Path(__file__).parents[1]  # tinyllm's source, logged with the model (code_paths)
 TRAINING_SAMPLES = "training_samples.json"  # MLflow table of samples taken while training
-STEP_METRICS = ("train_loss", "val_loss", "lr", "tokens_per_sec", "grad_norm")
+# The curves every step logs: history key (steps.csv's column) -> MLflow metric. The losses share
+# the prefix "loss/": mlflow ui draws a prefix's section ("loss": train, val) before its "Model
+# metrics", so a run page and the runs' chart view lead with the loss curves.
+STEP_METRICS = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "lr",
+                "tokens_per_sec": "tokens_per_sec", "grad_norm": "grad_norm"}
+VAL_LOSS = STEP_METRICS["val_loss"]  # what a compare link opens on (store.compare_page)
 EVAL_METRIC_PREFIX = "eval_"  # eval_test_loss, eval_val_bits_per_char, ...
 
 
@@ -76,12 +84,68 @@ def source_tags(root: Path) -> dict[str, str]:
     return tags
 
 
-def run_name(prefix: str, params: Params) -> str:
-    """The DVC experiment name when DVC runs one, else e.g. shakespeare-d256-l6-1a2b3c."""
+NAME_LENGTH = 200  # a run name's changed keys stop here ("+N more"); MLflow holds 250 characters
+UNNAMED = ("data.corpus", "tracking.")  # the registry name and the experiment say these
+
+
+def baseline_params(root: Path) -> dict:
+    """The params a run's name is told against: params.yaml as committed (at the commit a DVC
+    experiment started from, else HEAD), like `dvc exp show` and `dvc params diff`; {} (the
+    defaults) outside git or when that file is missing or unreadable."""
+    import yaml
+
+    rev = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
+    text = _git(root, "show", f"{rev}:./params.yaml")
+    with contextlib.suppress(yaml.YAMLError):
+        committed = yaml.safe_load(text or "")
+        if isinstance(committed, dict):
+            return committed
+    return {}
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "[…]" if isinstance(value, list) else str(value)
+
+
+def run_name(params: Params) -> str:
+    """What a run is, for mlflow ui's Run Name column: the registry name, then each key whose
+    value differs from the committed params.yaml (baseline_params), then the DVC experiment's
+    name when DVC runs one, e.g. `shakespeare train.seed=2 (sappy-lair)`. TrackedRun.start
+    makes it unique in its experiment (`shakespeare #2`)."""
+    from tinyllm.config import changed_keys
+
+    try:
+        changed = changed_keys(params, baseline_params(project_root()))
+    except TinyLLMError:  # a committed params.yaml that no longer validates: the defaults
+        changed = changed_keys(params, {})
+    shown = [f"{key}={_shown(value)}" for key, value in changed.items()
+             if not key.startswith(UNNAMED)]
+    parts = [params.tracking.registry_name]
+    for i, part in enumerate(shown):
+        if len(" ".join([*parts, part])) > NAME_LENGTH:
+            parts.append(f"+{len(shown) - i} more")
+            break
+        parts.append(part)
     if os.environ.get("DVC_EXP_NAME"):
-        return os.environ["DVC_EXP_NAME"]
-    digest = hashlib.sha256(json.dumps(params.flat(), sort_keys=True, default=str).encode())
-    return f"{prefix}-d{params.model.d_model}-l{params.model.n_layer}-{digest.hexdigest()[:6]}"
+        parts.append(f"({os.environ['DVC_EXP_NAME']})")
+    return " ".join(parts)
+
+
+def unique_name(store: Store, experiment_id: str, name: str) -> str:
+    """name, or `name #N` when runs of the experiment hold it already (N: one past the last)."""
+    pattern = name.replace("\\", "_").replace("'", "_")  # LIKE's any-character, not escaped
+    numbered = re.compile(re.escape(name) + r" #(\d+)")
+    taken = []
+    for run in store.client.search_runs([experiment_id], f"attributes.run_name LIKE '{pattern}%'",
+                                        max_results=50_000):
+        match = numbered.fullmatch(run.info.run_name or "")
+        if match or run.info.run_name == name:
+            taken.append(int(match[1]) if match else 1)
+    return f"{name} #{max(taken) + 1}" if taken else name
 
 
 # --- opening a run ------------------------------------------------------------------------------
@@ -118,14 +182,23 @@ def end_abandoned_runs(store: Store, experiment: str) -> None:
 
 
 def training_run(params: Params, name: str, facts: dict, tracking_uri: str | None = None,
-                 enabled: bool = True) -> TrackedRun | NullRun:
-    """A new run holding every params.yaml key and the derived facts; a NullRun when tracking is
-    off. The store is checked here, before any training."""
+                 enabled: bool = True, resume: str | None = None) -> TrackedRun | NullRun:
+    """The run training logs into: `resume` (the run an interrupted training's checkpoint names)
+    reopened when the store still has it, so one model is one run; else a new run holding every
+    params.yaml key and the derived facts. A NullRun when tracking is off. The store is checked
+    here, before any training."""
     if not (enabled and params.tracking.enabled):
         return NullRun()
-    store = Store(tracking_uri)
-    end_abandoned_runs(store, params.tracking.experiment)
-    return TrackedRun.start(store, params.tracking.experiment, name, params.flat(), facts)
+    store, experiment = Store(tracking_uri), params.tracking.experiment
+    end_abandoned_runs(store, experiment)
+    interrupted = _stored_run(store, resume, experiment) if resume else None
+    if interrupted is not None:
+        log.info("MLflow run %s (%s) continues", interrupted.info.run_name, resume)
+        return TrackedRun.reopen(store, interrupted, experiment)
+    if resume:
+        log.warning("MLflow run %s of the checkpoint is not in %s; starting a new run", resume,
+                    store.uri)
+    return TrackedRun.start(store, experiment, name, params.flat(), facts)
 
 
 def evaluation_run(params: Params, handoff: Path, name: str,
@@ -139,8 +212,6 @@ def evaluation_run(params: Params, handoff: Path, name: str,
     """
     if not params.tracking.enabled:
         return NullRun()
-    from mlflow.exceptions import MlflowException
-
     store, experiment = Store(tracking_uri), params.tracking.experiment
     end_abandoned_runs(store, experiment)
     run_id = None
@@ -148,23 +219,32 @@ def evaluation_run(params: Params, handoff: Path, name: str,
         run_id = json.loads(handoff.read_text()).get("run_id")
     if not run_id:
         return TrackedRun.start(store, experiment, name, params.flat(), {})
-    try:
-        train_run = store.client.get_run(run_id)
-    except MlflowException:
-        train_run = None
-    if train_run is None or train_run.info.lifecycle_stage == "deleted":
+    train_run = _stored_run(store, run_id, experiment)
+    if train_run is None:
         log.warning("MLflow run %s from %s is not in %s; starting a fresh run",
                     run_id, handoff, store.uri)
         return TrackedRun.start(store, experiment, name, params.flat(), {})
-    store.check_artifacts_beside(train_run.info.artifact_uri, f"MLflow run {run_id}")
     if not any(key.startswith(EVAL_METRIC_PREFIX) for key in train_run.data.metrics):
-        store.client.update_run(run_id, status="RUNNING")
-        reopened = TrackedRun(store, run_id, experiment)
-        reopened.set_tags(_owner())
-        return reopened
+        return TrackedRun.reopen(store, train_run, experiment)
     log.info("MLflow run %s holds an earlier evaluation; this one is a new run nested under it",
              run_id)
     return TrackedRun.start(store, experiment, name, params.flat(), {}, parent=run_id)
+
+
+def _stored_run(store: Store, run_id: str, experiment: str):
+    """The MLflow run run_id when this store holds it, undeleted, in the experiment; else None.
+    A run whose artifacts are in another project's folder is an error (Store's)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = store.client.get_run(run_id)
+    except MlflowException:
+        return None
+    if run.info.lifecycle_stage == "deleted" or (
+            run.info.experiment_id != store.experiment_id(experiment)):
+        return None
+    store.check_artifacts_beside(run.info.artifact_uri, f"MLflow run {run_id}")
+    return run
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -180,9 +260,10 @@ class Registration:
 class TrackedRun:
     """One MLflow run and everything a pipeline step records in it (see the module's doc)."""
 
-    def __init__(self, store: Store, run_id: str, experiment: str):
+    def __init__(self, store: Store, run_id: str, experiment: str, logged_through: int = 0):
+        """logged_through: the last step whose curves the (reopened) run holds already."""
         self.store, self.id, self.experiment = store, run_id, experiment
-        self.steps = StepLogger(store, run_id)
+        self.steps = StepLogger(store, run_id, logged_through)
         self.callbacks = [self.steps]  # training callbacks: the step metrics
 
     @classmethod
@@ -195,11 +276,25 @@ class TrackedRun:
             tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
         if parent:
             tags["mlflow.parentRunId"] = parent
-        run = store.client.create_run(store.experiment_id(experiment), run_name=name, tags=tags)
+        experiment_id = store.experiment_id(experiment)
+        name = unique_name(store, experiment_id, name)
+        tags["mlflow.runName"] = name
+        run = store.client.create_run(experiment_id, run_name=name, tags=tags)
         tracked = cls(store, run.info.run_id, experiment)
         tracked.log_params({**params, **{f"derived.{k}": v for k, v in facts.items()}})
         log.info("MLflow run %s (%s) in %s", name, tracked.id, store.uri)
         return tracked
+
+    @classmethod
+    def reopen(cls, store: Store, run, experiment: str) -> TrackedRun:
+        """A stored run (an mlflow Run) RUNNING again under this process, to log more into:
+        an interrupted training's, or train's for its evaluation. Its params stay as logged."""
+        run_id = run.info.run_id
+        logged = store.client.get_metric_history(run_id, STEP_METRICS["train_loss"])
+        store.client.update_run(run_id, status="RUNNING")
+        reopened = cls(store, run_id, experiment, max((m.step for m in logged), default=0))
+        reopened.set_tags(_owner())
+        return reopened
 
     def __enter__(self) -> TrackedRun:
         return self
@@ -256,7 +351,11 @@ class TrackedRun:
 
     def log_samples(self, rows: list[dict]) -> None:
         """Rows of samples taken while training -> the run's table TRAINING_SAMPLES (appended to
-        at each evaluation; the run page's Artifacts tab shows it as a table)."""
+        at each evaluation; the run page's Artifacts tab shows it as a table). A reopened run
+        holds the rows up to the step it has logged already."""
+        rows = [row for row in rows if row["step"] > self.steps.logged_through]
+        if not rows:
+            return
         self.store.client.log_table(self.id, data={k: [r[k] for r in rows]
                                                    for k in ("step", "prompt", "text")},
                                     artifact_file=TRAINING_SAMPLES)
@@ -268,8 +367,8 @@ class TrackedRun:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop chatter
-        monitor = SystemMetricsMonitor(self.id, sampling_interval=interval,
-                                       tracking_uri=self.store.uri)
+        monitor = SystemMetricsMonitor(self.id, sampling_interval=interval, resume_logging=True,
+                                       tracking_uri=self.store.uri)  # a reopened run's go on
         monitor.start()
         try:
             yield
@@ -350,6 +449,7 @@ class TrackedRun:
 class NullRun:
     """Tracking off: a TrackedRun's calls, recording nothing."""
 
+    id = None  # no MLflow run
     callbacks: tuple = ()
 
     def __enter__(self) -> NullRun:
@@ -377,28 +477,41 @@ class NullRun:
 
 class StepLogger:
     """A training callback buffering step metrics and sending them in batches (fast on sqlite).
-    Given the run so far on start (a checkpoint's, on resume), it logs those steps too, so a
-    resumed run's curves are whole."""
 
-    def __init__(self, store: Store, run_id: str, flush_every: int = 100):
+    Every step is logged once. Given the run so far on start (a checkpoint's, on resume), it logs
+    those steps too, so a resumed run's curves are whole; a reopened MLflow run holds the steps up
+    to logged_through already, and those are skipped, retrained ones included. Each step's
+    history entry keeps the time it was logged at, so a step logged again from a checkpoint has
+    its first time.
+    """
+
+    def __init__(self, store: Store, run_id: str, logged_through: int = 0,
+                 flush_every: int = 100):
         self.store, self.run_id, self.flush_every = store, run_id, flush_every
+        self.logged_through = logged_through
         self.buffer: list = []
+        self.history: list[dict] = []
 
-    def add(self, step: int, values: dict) -> None:
+    def add(self, entry: dict) -> None:
         from mlflow.entities import Metric
 
-        stamp = int(values.get("timestamp_ms") or 0)
-        for key in STEP_METRICS:
-            if values.get(key) is not None:
-                self.buffer.append(Metric(key, float(values[key]), stamp, step))
+        if entry["step"] <= self.logged_through:
+            return
+        stamp = int(entry.get("timestamp_ms") or 0)
+        for key, metric in STEP_METRICS.items():
+            if entry.get(key) is not None:
+                self.buffer.append(Metric(metric, float(entry[key]), stamp, entry["step"]))
 
     def on_start(self, history: list[dict], model) -> None:
+        self.history = history
         for entry in history:
-            self.add(entry["step"], entry)
+            self.add(entry)
         self.flush()
 
     def __call__(self, m) -> None:
-        self.add(m.step, {**m.__dict__, "timestamp_ms": time.time() * 1000})
+        entry = self.history[-1]  # m's: the loop appends it before calling back
+        entry["timestamp_ms"] = int(time.time() * 1000)
+        self.add(entry)
         if m.val_loss is not None or len(self.buffer) >= self.flush_every * len(STEP_METRICS):
             self.flush()
 

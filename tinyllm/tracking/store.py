@@ -234,14 +234,19 @@ LOCAL_UI = "http://127.0.0.1:5000/"  # where `mlflow ui` serves a local store by
 LOCAL_UI_NOTE = "after `mlflow ui` in the project root"
 
 
-def ui_address(store: Store, route: str) -> str:
-    """The address of an `mlflow ui` page, opening on its model-training layout.
+def ui_address(store: Store, route: str, query: dict[str, str] | None = None) -> str:
+    """The address of an `mlflow ui` page (route, then the query's settings), opening on its
+    model-training layout.
 
     MLflow 3.17's UI ignores EXPERIMENT_KIND: every page (runs, a run, a model version) takes
     its layout from the address's workflowType, else from the GenAI / Model training switch at
     the top left, which the browser remembers, else GenAI.
     """
-    page = f"#/{route}?workflowType=machine_learning"
+    from urllib.parse import quote
+
+    settings = {**(query or {}), "workflowType": "machine_learning"}
+    page = f"#/{route}?" + "&".join(f"{key}={quote(value, safe='[],')}"
+                                    for key, value in settings.items())
     if store.uri.startswith(("http://", "https://")):
         return f"{store.uri.rstrip('/')}/{page}"
     return f"{LOCAL_UI}{page}"
@@ -252,15 +257,32 @@ def ui_note(store: Store) -> str | None:
     return None if store.uri.startswith(("http://", "https://")) else LOCAL_UI_NOTE
 
 
-def ui_page(store: Store, route: str) -> str:
+def ui_page(store: Store, route: str, query: dict[str, str] | None = None) -> str:
     """ui_address, with what to do first when the store is local (for a terminal)."""
     note = ui_note(store)
-    return ui_address(store, route) + (f" ({note})" if note else "")
+    return ui_address(store, route, query) + (f" ({note})" if note else "")
 
 
 def run_route(experiment_id: str, run_id: str) -> str:
     """The `mlflow ui` route of a run's page."""
     return f"experiments/{experiment_id}/runs/{run_id}"
+
+
+def compare_page(store: Store, runs: list, metric: str) -> str:
+    """Where a browser draws one metric's curves of several runs (mlflow ui's metric view).
+
+    MLflow's Compare page takes no metric in its address (its plots open on the first metric the
+    runs share, often a system one); the metric view it links each metric to does.
+    """
+    import json
+
+    def listed(values) -> str:
+        return json.dumps(list(values), separators=(",", ":"))
+
+    return ui_page(store, "metric", {
+        "runs": listed(run.info.run_id for run in runs), "metric": json.dumps(metric),
+        "experiments": listed(sorted({run.info.experiment_id for run in runs})),
+        "plot_metric_keys": listed([metric]), "x_axis": "step"})
 
 
 def runs_page(store: Store, experiment: str) -> str:

@@ -37,8 +37,8 @@ class RunGroup:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def experiment_runs(tracking_uri: str | None, experiment: str) -> tuple[list, str]:
-    """(every run of the experiment, the store's URI), through all of MLflow's result pages.
+def experiment_runs(tracking_uri: str | None, experiment: str) -> tuple[list, object]:
+    """(every run of the experiment, its Store), through all of MLflow's result pages.
     A missing store or experiment is an error that says how to make one."""
     from tinyllm.tracking.discovery import open_store
 
@@ -54,7 +54,7 @@ def experiment_runs(tracking_uri: str | None, experiment: str) -> tuple[list, st
         everything.extend(page)
         token = page.token
         if not token:
-            return everything, uri
+            return everything, store
 
 
 def group_runs(runs, over: str) -> list[RunGroup]:

@@ -7,8 +7,9 @@ data supports no more), so warm-up, decay and the final evaluation land at the d
 
 Resuming is exact on CPU: a checkpoint holds the weights, optimizer, step, best-so-far weights and
 every random state, so training N steps equals training k, resuming, and training N - k. A
-checkpoint whose fingerprint (model shape, training recipe, data) differs from the current run is
-set aside, never resumed into.
+checkpoint only resumes an interrupted run: a run that ends removes its checkpoint, and one whose
+fingerprint (model shape, training recipe, data) differs from the current run, or whose run had
+finished, is set aside, never resumed into.
 
 Under torchrun the W processes train one model data-parallel (DistributedDataParallel). Each
 draws every window of a step from the same seeded sampler and keeps rows rank::W of each
@@ -150,9 +151,12 @@ def estimate_loss(model: GPT, batches, batch_size: int, autocast) -> float:
 def fit(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
         val_tokens: np.ndarray, *, checkpoint_dir: Path | None = None,
         data_fingerprint: str = "", callbacks: Iterable[Callable[[StepMetrics], None]] = (),
-        plan: StepPlan | None = None, clock: Callable[[], float] = time.monotonic
-        ) -> TrainResult:
+        plan: StepPlan | None = None, clock: Callable[[], float] = time.monotonic,
+        run_id: str | None = None) -> TrainResult:
     """Train a GPT from scratch or from this run's checkpoint; returns the best model.
+
+    run_id names the tracking run this training logs into; checkpoints keep it, so a resume can
+    continue that run (state.checkpoint_run_id).
 
     A budgeted run calibrates its plan and follows `clock` (seconds); a sweep that plans as
     another machine would passes that plan and a clock that advances as that machine's would.
@@ -170,7 +174,7 @@ def fit(model_cfg: GPTConfig, cfg: TrainConfig, train_tokens: np.ndarray,
         torch.set_num_threads(cfg.threads)
     with distributed.process_group(select_device(cfg.device, key="train.device")) as device:
         return _train_on(device, model_cfg, cfg, train_tokens, val_tokens, checkpoint_dir,
-                         data_fingerprint, callbacks, plan, clock)
+                         data_fingerprint, callbacks, plan, clock, run_id)
 
 
 def calibrate(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: slice,
@@ -203,7 +207,8 @@ def calibrate(model: GPT, cfg: TrainConfig, train_tokens: np.ndarray, rows: slic
 def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
               train_tokens: np.ndarray, val_tokens: np.ndarray, checkpoint_dir: Path | None,
               data_fingerprint: str, callbacks: Iterable[Callable[[StepMetrics], None]],
-              plan: StepPlan | None, clock: Callable[[], float]) -> TrainResult:
+              plan: StepPlan | None, clock: Callable[[], float], run_id: str | None
+              ) -> TrainResult:
     """Build the run (fresh or from its checkpoint), plan it, train it and return the result."""
     autocast = autocast_for(device)
     callbacks = list(callbacks)
@@ -221,6 +226,7 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
         val_tokens, model_cfg.context_length, cfg.eval_batches * cfg.batch_size, rows))
     started = clock()  # the budget counts from here: calibration, steps, evaluations
     state = _start_or_resume(checkpoint_path, fingerprint, model, optimizer, sampler, cfg)
+    state.run_id = run_id
     spent_before = state.train_seconds
 
     def validate(net: GPT = model) -> float:
@@ -249,6 +255,8 @@ def _train_on(device: torch.device, model_cfg: GPTConfig, cfg: TrainConfig,
 
     resumed_from = state.step
     stopped_by = loop.train(checkpoint, checkpoint_path)
+    if checkpoint_path is not None and distributed.is_main():
+        checkpoint_path.unlink(missing_ok=True)  # the run ended: nothing is left to resume
     if state.best is not None:
         model.load_state_dict(state.best)
     model.eval()
@@ -333,8 +341,9 @@ class _Loop:
             while state.step < state.plan.steps:
                 tick, started = time.perf_counter(), self.clock()
                 signum, stop_now, end = self._step(step_fn, stop, pace, tick)
-                saved = signum or stop_now or state.step % cfg.checkpoint_interval == 0 or (
-                    state.step == state.plan.steps)
+                # A run that ends removes its checkpoint: none is written for its last step.
+                saved = signum or (not stop_now and state.step < state.plan.steps
+                                   and state.step % cfg.checkpoint_interval == 0)
                 if saved:
                     checkpoint()
                 if signum:

@@ -45,18 +45,31 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def _resumable(path: Path, fingerprint: str, mmap: bool = False) -> tuple[dict | None, str]:
+    """(the checkpoint at path, "") when it holds an unfinished run of these params and data,
+    else (None, why not). mmap reads its tensors only when used."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+            return None, "it was made under other params or data"
+        if state["step"] >= state["plan"]["steps"]:
+            return None, f"its run finished (step {state['step']} of {state['plan']['steps']})"
+    except Exception as exc:  # a damaged checkpoint must not stop a fresh start
+        return None, f"it cannot be read ({first_line(exc)})"
+    return state, ""
+
+
 def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
-    """The checkpoint at path if it belongs to this run; a foreign or broken one is set aside."""
+    """The checkpoint at path if it resumes an interrupted run of these params and data; any
+    other (a finished run's, a foreign or a broken one) is set aside.
+
+    Checkpoints resume an interrupted run and nothing else: a run that ends removes its own
+    (fit), so training the same params again (`dvc repro -f`) starts from step 0.
+    """
     if not path.exists():
         return None
-    reason = None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
-            reason = "it was made under other params or data"
-    except Exception as exc:  # a damaged checkpoint must not stop a fresh start
-        reason = f"it cannot be read ({first_line(exc)})"
-    if reason is None:
+    state, reason = _resumable(path, fingerprint)
+    if state is not None:
         return state
     if not distributed.is_main():  # rank 0 sets it aside; every rank starts from step 0
         return None
@@ -64,6 +77,14 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
     log.warning("not resuming from %s: %s; moved it to %s and starting from step 0",
                 path, reason, aside.name)
     return None
+
+
+def checkpoint_run_id(path: Path, fingerprint: str) -> str | None:
+    """The tracking run a resumable checkpoint at path logs into, so that its resume continues
+    that run; None without one (or for one written before checkpoints kept it). Cheap: no
+    tensor is read."""
+    state = _resumable(path, fingerprint, mmap=True)[0] if path.exists() else None
+    return state.get("run_id") if state else None
 
 
 @dataclass
@@ -83,6 +104,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)
     plan: StepPlan | None = None
     train_seconds: float = 0.0  # sessions before this one, at a restore
+    run_id: str | None = None  # the tracking (MLflow) run it logs into: a resume continues it
 
     def save(self, path: Path, fingerprint: str, model: GPT, optimizer, sampler) -> None:
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
