@@ -17,7 +17,6 @@ from tinyllm.config import TrackingConfig
 from tinyllm.corpus import TEST
 from tinyllm.errors import TinyLLMError
 from tinyllm.layout import Layout, evaluation_of
-from tinyllm.tracking.store import TEST_BITS_TAG
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +122,7 @@ def recorded_test_bits(loaded, tracking_uri: str | None = None) -> float | None:
     """The test bits/char recorded for a loaded model: the registered version's tag, the run's
     metric, the package's meta or the evaluation beside it; None when none holds it."""
     from tinyllm.tracking.runs import eval_metric
+    from tinyllm.tracking.store import TEST_BITS_TAG
 
     resolved = loaded.source
     try:
