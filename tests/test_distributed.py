@@ -89,31 +89,26 @@ def stop_after_first_checkpoint(layout: workflow.Layout, launcher: list[str]) ->
     return err
 
 
-def test_two_process_run_stopped_early_resumes_in_one_process(tmp_path, corpus, new_store):
-    long_run = {"train.max_steps": 600, "train.checkpoint_interval": 5}
+def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_in_one_process(
+        tmp_path, corpus, new_store):
+    long_run = {"train.max_steps": 300, "train.checkpoint_interval": 5}
     reference = make_project(tmp_path / "reference", corpus, **long_run)
     assert train_stage(reference, ONE)[0] == 0
     layout = make_project(tmp_path / "project", corpus, **long_run, **{"tracking.enabled": True})
     new_store(layout.root)
-    stop_after_first_checkpoint(layout, TWO)
-    with sqlite3.connect(layout.root / "mlflow.db") as db:  # rank 0 alone tracked the run
-        assert db.execute("SELECT status FROM runs").fetchall() == [("KILLED",)]
-    code, output = train_stage(layout, ONE)
-    assert code == 0, output
-    assert "resuming from" in output and "of 600" in output
-    assert_close(package_weights(reference), package_weights(layout))
-    with sqlite3.connect(layout.root / "mlflow.db") as db:  # the resume continued that run
-        assert db.execute("SELECT status FROM runs").fetchall() == [("FINISHED",)]
-
-
-def test_sigterm_stops_every_rank_at_one_step_with_rank_0_checkpoint(tmp_path, corpus):
-    layout = make_project(tmp_path / "project", corpus, **{
-        "train.max_steps": 3000, "train.checkpoint_interval": 5})
     err = stop_after_first_checkpoint(layout, TWO)
     step = torch.load(layout.checkpoints / "last.pt", weights_only=True)["step"]
     # Each rank's error line (their output may interleave): both stopped at the saved step.
     assert err.count("error: training interrupted by signal 15 at step ") == 2, err
     assert err.count(f"interrupted by signal 15 at step {step};") == 2, err
+    with sqlite3.connect(layout.root / "mlflow.db") as db:  # rank 0 alone tracked the run
+        assert db.execute("SELECT status FROM runs").fetchall() == [("KILLED",)]
+    code, output = train_stage(layout, ONE)
+    assert code == 0, output
+    assert "resuming from" in output and "of 300" in output
+    assert_close(package_weights(reference), package_weights(layout))
+    with sqlite3.connect(layout.root / "mlflow.db") as db:  # the resume continued that run
+        assert db.execute("SELECT status FROM runs").fetchall() == [("FINISHED",)]
 
 
 def test_batch_size_not_divisible_by_the_world_size_is_one_error_line(tmp_path, corpus):
